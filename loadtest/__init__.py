@@ -1,0 +1,1 @@
+"""The load generator for the HTTP service; built in issue 5."""

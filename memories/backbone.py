@@ -1,0 +1,198 @@
+"""The frozen encoder every memory sits on.
+
+:class:`Backbone` wraps a Hugging Face encoder (BERT, RoBERTa or MPNet family) and its tokenizer.
+It freezes the weights, keeps the model in eval mode, and wraps every encoder layer so that a
+memory can be applied to the layer's output (after the layer's own LayerNorm, as in the authors'
+code). Which memory is applied is decided per forward call with :meth:`Backbone.forward`'s
+``memory`` argument, so one resident backbone serves any number of tasks.
+
+The fingerprint (sha256 of the structural config and every weight) is what memory files record,
+so a memory trained for one backbone is refused by another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from memories.errors import ConfigError
+
+Pooling = Literal["cls", "mean"]
+POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
+
+LayerMemory = Callable[[int, torch.Tensor], torch.Tensor]
+"""Applies a memory after layer ``i``: (layer index, hidden [B, S, d]) -> hidden [B, S, d]."""
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "mpnet")
+
+# Config fields that decide what the weights mean; volatile fields (paths, library versions,
+# attention implementation) stay out of the fingerprint.
+_STRUCTURAL_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+    "position_embedding_type",
+    "relative_attention_num_buckets",
+)
+
+
+class _MemorySlot:
+    """The memory of the forward call in progress (None outside a call or for the bare model)."""
+
+    def __init__(self) -> None:
+        self.memory: LayerMemory | None = None
+
+
+class _LayerWithMemory(nn.Module):
+    """Runs one encoder layer, then the current memory on its output."""
+
+    def __init__(self, inner: nn.Module, index: int, slot: _MemorySlot) -> None:
+        super().__init__()
+        self.inner = inner
+        self.index = index
+        self.slot = slot
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        memory = self.slot.memory
+        if memory is None:
+            return out
+        # BERT/RoBERTa layers return the hidden state, MPNet layers a tuple led by it.
+        if isinstance(out, tuple):
+            return (memory(self.index, out[0]), *out[1:])
+        return memory(self.index, out)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of the structural config and every parameter (name, dtype, shape, bytes)."""
+    config: Any = model.config
+    digest = hashlib.sha256()
+    structure = {field: getattr(config, field, None) for field in _STRUCTURAL_FIELDS}
+    digest.update(json.dumps(structure, sort_keys=True).encode())
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).reshape(-1).numpy().data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised batch: input_ids, attention_mask [B, S] and token_type_ids [B, S] or None."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+
+    def rows(self, index: torch.Tensor | slice) -> Encoded:
+        """The sub-batch of the given rows (padding is left as it is)."""
+        types = None if self.token_type_ids is None else self.token_type_ids[index]
+        return Encoded(self.input_ids[index], self.attention_mask[index], types)
+
+
+class Backbone:
+    """A frozen encoder with a tokenizer, a default pooling and a fingerprint."""
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        tokenizer: Any,
+        pooling: Pooling,
+        max_positions: int,
+    ) -> None:
+        config: Any = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"backbone model_type {config.model_type!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling: Pooling = pooling
+        self.max_positions = max_positions
+        self.hidden_size: int = config.hidden_size
+        self.num_layers: int = config.num_hidden_layers
+        self.model_type: str = config.model_type
+        self.fingerprint = fingerprint(model)
+        self._slot = _MemorySlot()
+        encoder: Any = model.encoder
+        layers: nn.ModuleList = encoder.layer
+        for i in range(len(layers)):
+            layers[i] = _LayerWithMemory(layers[i], i, self._slot)
+
+    def describe(self) -> dict[str, Any]:
+        """What a memory file records about its backbone."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "pooling": self.pooling,
+        }
+
+    def tokenize(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 128
+    ) -> Encoded:
+        """Tokenise single texts or (text, pair) rows, truncated to max_length, padded to the longest."""
+        if max_length < 8 or max_length > self.max_positions:
+            raise ConfigError(
+                f"max_length must be in [8, {self.max_positions}] for {self.name}, got {max_length}"
+            )
+        enc = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation="longest_first",
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        return Encoded(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+
+    @contextmanager
+    def _attached(self, memory: LayerMemory | None) -> Iterator[None]:
+        self._slot.memory = memory
+        try:
+            yield
+        finally:
+            self._slot.memory = None
+
+    def forward(self, batch: Encoded, memory: LayerMemory | None = None) -> torch.Tensor:
+        """Last hidden state [B, S, d], with ``memory`` applied after every layer (None = bare)."""
+        kwargs: dict[str, torch.Tensor] = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+        }
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        with self._attached(memory):
+            hidden: torch.Tensor = self.model(**kwargs).last_hidden_state
+        return hidden
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """hidden [B, S, d], attention_mask [B, S] -> [B, d]: first token, or mean over real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

@@ -1,0 +1,168 @@
+"""Throughput benchmark: bare backbone vs backbone + SPARTAN, measured in one process and run.
+
+For each sequence length the variants run interleaved, round after round (the order rotates
+every round), on one fixed batch of random token ids. Throughput is instances per minute from
+the median time; ratios are taken per round between variants of the same round and their
+median is reported, which cancels most of the drift of a shared, noisy machine.
+
+Variants:
+* ``bare``: the frozen backbone alone;
+* ``spartan-dense``: one memory, every child via two GEMMs and a top-K mask (production path);
+* ``spartan-gather``: one memory, only the chosen parents' children gathered per token;
+* ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from memories.backbone import Backbone, Encoded, LayerMemory
+from memories.model import PackedMemory, TaskMemory, run_batch
+from memories.spartan import SpartanConfig, SpartanLayer, spartan_gather
+
+VARIANTS = ("bare", "spartan-dense", "spartan-gather", "mixed-dense")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_size: int = 32
+    seq_lengths: tuple[int, ...] = (64, 128)
+    rounds: int = 3
+    threads: int = 1
+    spartan: SpartanConfig = field(default_factory=SpartanConfig)
+    seed: int = 0
+
+
+def random_batch(backbone: Backbone, batch_size: int, seq_length: int, seed: int) -> Encoded:
+    """Full-length rows of random ids (no padding), framed by the tokenizer's special tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = len(backbone.tokenizer)
+    ids = torch.randint(4, vocab, (batch_size, seq_length), generator=generator)
+    ids[:, 0] = backbone.tokenizer.cls_token_id
+    ids[:, -1] = backbone.tokenizer.sep_token_id
+    return Encoded(ids, torch.ones_like(ids), None)
+
+
+def _gather_memory(task: TaskMemory) -> LayerMemory:
+    layers = [layer for layer in task.layers if isinstance(layer, SpartanLayer)]
+
+    def apply(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = layers[index]
+        return spartan_gather(hidden, layer.parent_keys, layer.child_keys, layer.child_values, layer.config)
+
+    return apply
+
+
+def _variants(backbone: Backbone, batch: Encoded, options: BenchOptions) -> dict[str, Callable[[], object]]:
+    rows = batch.input_ids.shape[0]
+    torch.manual_seed(options.seed)
+    tasks = [
+        TaskMemory(backbone.hidden_size, backbone.num_layers, 2, options.spartan).requires_grad_(False)
+        for _ in range(rows)
+    ]
+    packed: list[PackedMemory] = [task.pack(backbone.pooling) for task in tasks]
+    gather = _gather_memory(tasks[0])
+    return {
+        "bare": lambda: backbone.forward(batch),
+        "spartan-dense": lambda: run_batch(backbone, batch, [packed[0]] * rows),
+        "spartan-gather": lambda: backbone.forward(batch, gather),
+        "mixed-dense": lambda: run_batch(backbone, batch, packed),
+    }
+
+
+def machine() -> dict[str, object]:
+    """Facts about the host that a reader needs to compare numbers."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_bench(
+    backbone: Backbone, options: BenchOptions, progress: Callable[[str], None] = print
+) -> dict[str, object]:
+    """Measure every variant at every sequence length; returns the JSON-ready report."""
+    torch.set_num_threads(options.threads)
+    results: dict[str, object] = {}
+    for seq in options.seq_lengths:
+        batch = random_batch(backbone, options.batch_size, seq, options.seed)
+        variants = _variants(backbone, batch, options)
+        with torch.no_grad():
+            for fn in variants.values():
+                fn()  # warm-up: allocator, first-call paths
+            times: dict[str, list[float]] = {name: [] for name in variants}
+            names = list(variants)
+            for r in range(options.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    tick = time.perf_counter()
+                    variants[name]()
+                    times[name].append(time.perf_counter() - tick)
+                progress(
+                    f"seq {seq} round {r + 1}/{options.rounds}: "
+                    + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+                )
+        per_variant = {
+            name: {
+                "inst_per_min": round(60.0 * options.batch_size / statistics.median(ts), 1),
+                "seconds": [round(t, 4) for t in ts],
+            }
+            for name, ts in times.items()
+        }
+        ratios = {
+            f"{name}/bare": _paired_ratio(times["bare"], times[name]) for name in names if name != "bare"
+        }
+        ratios["mixed-dense/spartan-dense"] = _paired_ratio(times["spartan-dense"], times["mixed-dense"])
+        results[str(seq)] = {"variants": per_variant, "ratios": ratios}
+    return {
+        "backbone": backbone.name,
+        "batch_size": options.batch_size,
+        "threads": options.threads,
+        "rounds": options.rounds,
+        "spartan": {
+            "num_parents": options.spartan.num_parents,
+            "num_children": options.spartan.num_children,
+            "top_k": options.spartan.top_k,
+            "child_temperature": options.spartan.child_temperature,
+        },
+        "machine": machine(),
+        "results": results,
+    }
+
+
+def _paired_ratio(reference: list[float], other: list[float]) -> float:
+    """Median over rounds of throughput(other) / throughput(reference) = t_ref / t_other."""
+    return round(statistics.median(r / o for r, o in zip(reference, other, strict=True)), 4)
+
+
+def format_table(report: dict[str, object]) -> str:
+    """A Markdown table: inst/min per variant and sequence length, with the ratio to bare."""
+    results = report["results"]
+    assert isinstance(results, dict)
+    lines = [
+        "| seq | variant | inst/min | ratio to bare |",
+        "|---:|---|---:|---:|",
+    ]
+    for seq, result in results.items():
+        for name, numbers in result["variants"].items():
+            ratio = "1.0000" if name == "bare" else f"{result['ratios'][f'{name}/bare']:.4f}"
+            lines.append(f"| {seq} | {name} | {numbers['inst_per_min']} | {ratio} |")
+        lines.append(
+            f"| {seq} | mixed-dense / spartan-dense | | {result['ratios']['mixed-dense/spartan-dense']:.4f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""The ``spartan`` command line: train, eval, bench, backbones.
+
+Each subcommand parses its options, loads what it needs and calls one function of the package;
+no model work happens at import time. Errors of the package's exception tree end the command
+with a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from memories.errors import SpartanError
+from memories.spartan import SpartanConfig
+
+
+def _add_spartan_options(parser: argparse.ArgumentParser) -> None:
+    defaults = SpartanConfig()
+    group = parser.add_argument_group("memory hyper-parameters")
+    group.add_argument("--parents", type=int, default=defaults.num_parents, help="Np, parents per layer")
+    group.add_argument("--children", type=int, default=defaults.num_children, help="Nc, children per parent")
+    group.add_argument("--top-k", type=int, default=defaults.top_k, help="K, parents chosen per token")
+    group.add_argument(
+        "--child-temperature", type=float, default=defaults.child_temperature, help="divides child logits"
+    )
+
+
+def _spartan_config(args: argparse.Namespace) -> SpartanConfig:
+    return SpartanConfig(args.parents, args.children, args.top_k, args.child_temperature)
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from memories.backbones import load_backbone
+    from memories.train import TrainOptions, train
+
+    options = TrainOptions(
+        task=args.task,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        steps=args.steps,
+        few_shot=args.few_shot,
+        max_train_examples=args.max_train_examples,
+        max_dev_examples=args.max_dev_examples,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        seed=args.seed,
+        max_seq_length=args.max_seq_length,
+        eval_every=args.eval_every,
+        pooling=args.pooling,
+        spartan=_spartan_config(args),
+        dtype=args.dtype,
+    )
+    _set_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    result = train(options, backbone, _log, command=args.command_line)
+    summary = {
+        "out": str(result.out),
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "train_examples_per_minute": round(result.train_examples_per_minute, 1),
+        "dev": result.best.metrics,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from memories.backbones import load_backbone
+    from memories.data import read_examples, split_path, task_spec
+    from memories.evaluate import evaluate
+    from memories.memfile import check_backbone, read_memory
+
+    _set_threads(args.threads)
+    memfile = read_memory(args.memory)
+    meta = memfile.metadata
+    task = args.task or meta.task
+    if not task:
+        raise SpartanError("the memory names no task; pass --task")
+    backbone = load_backbone(args.backbone or meta.backbone)
+    check_backbone(meta, backbone)
+    path = split_path(args.data, task, args.split)
+    examples = read_examples(path)
+    spec = task_spec(task, examples)
+    expected_labels = tuple(meta.labels)
+    if spec.labels != expected_labels or spec.task_type != meta.task_type:
+        raise SpartanError(
+            f"the memory predicts {meta.task_type} {list(expected_labels)}, "
+            f"the data is {spec.task_type} {list(spec.labels)}"
+        )
+    with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
+        result = evaluate(
+            backbone,
+            memfile.to_packed(),
+            spec,
+            examples,
+            args.max_seq_length or meta.max_seq_length,
+            args.batch_size,
+            bar.update,
+        )
+    report = {
+        "memory": str(args.memory),
+        "task": task,
+        "split": args.split,
+        "examples": len(examples),
+        "backbone": backbone.name,
+        "metrics": result.metrics,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{task} {args.split} ({len(examples)} examples): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from memories.backbones import load_backbone
+    from memories.bench import BenchOptions, format_table, run_bench
+
+    options = BenchOptions(
+        batch_size=args.batch_size,
+        seq_lengths=tuple(args.seq),
+        rounds=args.rounds,
+        threads=args.threads,
+        spartan=_spartan_config(args),
+    )
+    _set_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    report = run_bench(backbone, options, _log)
+    report["command"] = args.command_line
+    table = format_table(report)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        _log(f"wrote {args.json}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from memories.backbones import CATALOGUE
+
+    for spec in CATALOGUE.values():
+        print(f"{spec.name:22} {spec.description}")
+    print(f"{'<directory>':22} a local Hugging Face checkpoint (BERT, RoBERTa or MPNet family)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spartan", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a memory for a task")
+    train.add_argument("--task", required=True, help="task name (e.g. sst2, bbc, or your own)")
+    train.add_argument(
+        "--data", type=Path, required=True, help="data root (<data>/<task>/train.jsonl) or task folder"
+    )
+    train.add_argument(
+        "--backbone", default="minilm", help="short name (see 'spartan backbones') or directory"
+    )
+    train.add_argument("--out", type=Path, required=True, help="memory file to write (.safetensors)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="epochs over the train split (default 3)")
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    train.add_argument(
+        "--few-shot", action="store_true", help="train on fewshot200.jsonl, 1000 steps by default"
+    )
+    train.add_argument("--max-train-examples", type=int, help="random subset of the train split")
+    train.add_argument("--max-dev-examples", type=int, help="random subset of the dev split")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--warmup-ratio", type=float, default=0.0)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--max-seq-length", type=int, default=128)
+    train.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations")
+    train.add_argument("--pooling", choices=("cls", "mean"), help="default: the backbone's")
+    train.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="on-disk precision")
+    train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    _add_spartan_options(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a memory file on a data split")
+    ev.add_argument("--memory", type=Path, required=True)
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--split", default="dev")
+    ev.add_argument("--task", help="default: the task recorded in the memory")
+    ev.add_argument("--backbone", help="default: the backbone recorded in the memory")
+    ev.add_argument("--max-seq-length", type=int, help="default: the memory's")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--threads", type=int)
+    ev.add_argument("--json", action="store_true", help="print a JSON report")
+    ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="throughput: bare backbone vs SPARTAN variants vs mixed tasks")
+    bench.add_argument("--backbone", default="roberta-base-random")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--seq", type=int, nargs="+", default=[64, 128])
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--json", type=Path, help="write the full report here")
+    _add_spartan_options(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    backbones = sub.add_parser("backbones", help="list the named backbones")
+    backbones.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["spartan", *argv])
+    _quiet_transformers()
+    try:
+        status: int = args.func(args)
+    except SpartanError as exc:
+        print(f"spartan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

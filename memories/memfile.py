@@ -1,0 +1,360 @@
+"""The memory file: the unit users train, upload, version and serve.
+
+A memory file is a safetensors file (never pickle) holding the tensors of a
+:class:`~memories.model.TaskMemory` (``layers.<i>.parent_keys|child_keys|child_values``,
+``head.dense.*``, ``head.out.*``) in fp32 or fp16, and a ``__metadata__`` header with the format
+version, the backbone it was trained on (name and fingerprint), its shape, hyper-parameters,
+task type, label names, pooling, maximum sequence length and a training summary.
+
+Header values are strings (a safetensors rule): text fields as they are, everything else as
+JSON. :func:`parse_memory` treats the bytes as untrusted: it checks the size, the framing, every
+tensor entry, the metadata schema, the exact tensor set and shapes and that every value is
+finite, and raises :class:`~memories.errors.InvalidMemoryFileError` naming the first failed
+check. :func:`check_backbone` then decides whether the memory fits a given backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from memories.backbone import Backbone, Pooling
+from memories.data import TaskType
+from memories.errors import (
+    BackboneMismatchError,
+    ConfigError,
+    InvalidMemoryFileError,
+    MemoryTooLargeError,
+)
+from memories.model import PackedMemory, TaskMemory
+from memories.spartan import SpartanConfig
+
+FORMAT_NAME: Final = "spartan-memory"
+FORMAT_VERSION = 1
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+
+FileDType = Literal["float32", "float16"]
+_SAFETENSORS_DTYPES: dict[str, FileDType] = {"F32": "float32", "F16": "float16"}
+_TORCH_DTYPES: dict[FileDType, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+_ITEM_SIZE = {"F32": 4, "F16": 2}
+_FP16_MAX = 65504.0
+
+# Header fields stored as plain text; every other field is JSON.
+_TEXT_FIELDS = frozenset({"format", "backbone", "backbone_fingerprint", "task_type", "pooling", "task"})
+
+
+class MemoryMetadata(BaseModel):
+    """The ``__metadata__`` header of a memory file, validated field by field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    format: Literal["spartan-memory"] = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    backbone: str = Field(min_length=1, max_length=1024)
+    backbone_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hidden_size: int = Field(ge=1, le=16384)
+    num_layers: int = Field(ge=1, le=256)
+    num_parents: int = Field(ge=1, le=4096)
+    num_children: int = Field(ge=1, le=4096)
+    top_k: int = Field(ge=1)
+    child_temperature: float = Field(gt=0)
+    task_type: TaskType
+    labels: list[str]
+    pooling: Pooling
+    max_seq_length: int = Field(ge=8, le=8192)
+    task: str = Field(default="", max_length=256)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(f"format_version {value} is not supported (this build reads {FORMAT_VERSION})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MemoryMetadata:
+        if self.top_k > self.num_parents:
+            raise ValueError(f"top_k {self.top_k} exceeds num_parents {self.num_parents}")
+        if not math.isfinite(self.child_temperature):
+            raise ValueError("child_temperature must be finite")
+        if self.task_type == "classification":
+            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+                raise ValueError("a classification memory needs at least 2 distinct label names")
+            if any(not label or len(label) > 128 for label in self.labels):
+                raise ValueError("label names must be 1-128 characters")
+        elif self.labels:
+            raise ValueError("a regression memory has no label names")
+        return self
+
+    @property
+    def spartan_config(self) -> SpartanConfig:
+        return SpartanConfig(self.num_parents, self.num_children, self.top_k, self.child_temperature)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels) if self.task_type == "classification" else 1
+
+    def to_header(self) -> dict[str, str]:
+        """String-valued safetensors metadata: text as is, everything else as JSON."""
+        return {
+            name: value if name in _TEXT_FIELDS else json.dumps(value, sort_keys=True)
+            for name, value in self.model_dump().items()
+        }
+
+    @classmethod
+    def from_header(cls, header: dict[str, str]) -> MemoryMetadata:
+        """Inverse of :meth:`to_header`; raises InvalidMemoryFileError naming the bad field."""
+        if header.get("format") != FORMAT_NAME:
+            raise InvalidMemoryFileError(
+                f"metadata field 'format' must be {FORMAT_NAME!r}, got {header.get('format')!r}: "
+                "this safetensors file is not a SPARTAN memory"
+            )
+        values: dict[str, Any] = {}
+        for name, raw in header.items():
+            if name in _TEXT_FIELDS or name not in cls.model_fields:
+                values[name] = raw
+                continue
+            try:
+                values[name] = json.loads(raw)
+            except json.JSONDecodeError:
+                raise InvalidMemoryFileError(
+                    f"metadata field {name!r} is not valid JSON: {raw[:80]!r}"
+                ) from None
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise InvalidMemoryFileError(f"bad metadata: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "header"
+    return f"{where}: {error['msg']}"
+
+
+def expected_shapes(meta: MemoryMetadata) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape the metadata implies (taken from TaskMemory itself, on no storage)."""
+    with torch.device("meta"):
+        task = TaskMemory(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
+    return {name: tuple(t.shape) for name, t in task.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class MemoryFile:
+    """A validated memory: metadata and tensors (fp32 or fp16, as stored)."""
+
+    metadata: MemoryMetadata
+    tensors: dict[str, torch.Tensor]
+    sha256: str = ""
+
+    @property
+    def dtype(self) -> FileDType:
+        first = next(iter(self.tensors.values()))
+        return "float16" if first.dtype == torch.float16 else "float32"
+
+    @classmethod
+    def from_task(cls, task: TaskMemory, metadata: MemoryMetadata) -> MemoryFile:
+        tensors = {name: t.detach().float().clone() for name, t in task.state_dict().items()}
+        memfile = cls(metadata, tensors)
+        _check_tensors(metadata, {n: tuple(t.shape) for n, t in tensors.items()})
+        return memfile
+
+    def to_task_memory(self) -> TaskMemory:
+        """A trainable fp32 module holding these tensors (e.g. to continue training)."""
+        meta = self.metadata
+        task = TaskMemory(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
+        task.load_state_dict({name: t.float() for name, t in self.tensors.items()})
+        return task
+
+    def to_packed(self) -> PackedMemory:
+        """The fp32 inference form."""
+        return self.to_task_memory().pack(self.metadata.pooling)
+
+    def to_bytes(self, dtype: FileDType = "float32") -> bytes:
+        from safetensors.torch import save
+
+        target = _TORCH_DTYPES[dtype]
+        tensors = {}
+        for name, tensor in self.tensors.items():
+            if dtype == "float16" and tensor.abs().max().item() > _FP16_MAX:
+                raise ConfigError(f"tensor {name} has values beyond the fp16 range; save as float32")
+            tensors[name] = tensor.to(target).contiguous()
+        data: bytes = save(tensors, metadata=self.metadata.to_header())
+        return data
+
+    def save(self, path: Path, dtype: FileDType = "float32") -> str:
+        """Write atomically (temp file in the same directory, fsync, rename); returns the sha256."""
+        data = self.to_bytes(dtype)
+        atomic_write(path, data)
+        return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sniff_foreign(data: bytes) -> str | None:
+    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:
+        return "a Python pickle (e.g. torch.save output)"
+    if data[:4] == b"PK\x03\x04":
+        return "a zip archive (the format of torch.save)"
+    return None
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Framing checks; returns (metadata, tensor entries). Never looks at tensor bytes."""
+    foreign = _sniff_foreign(data)
+    if foreign:
+        raise InvalidMemoryFileError(f"the file is {foreign}; memory files must be safetensors, never pickle")
+    if len(data) < 8:
+        raise InvalidMemoryFileError(
+            f"truncated file: {len(data)} bytes, a safetensors file starts with an 8-byte header length"
+        )
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise InvalidMemoryFileError(
+            f"not a safetensors file, or a corrupt one: header length {header_len} "
+            f"exceeds {MAX_HEADER_BYTES} bytes"
+        )
+    if 8 + header_len > len(data):
+        raise InvalidMemoryFileError(
+            f"truncated file: the header claims {header_len} bytes but only {len(data) - 8} follow"
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidMemoryFileError("not a safetensors file: the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidMemoryFileError("not a safetensors file: the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InvalidMemoryFileError(
+            "the safetensors header has no string-valued __metadata__ (not a SPARTAN memory)"
+        )
+    data_len = len(data) - 8 - header_len
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise InvalidMemoryFileError(f"tensor {name!r}: malformed header entry")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise InvalidMemoryFileError(
+                f"tensor {name!r} has dtype {dtype}; memory files hold F32 or F16 only"
+            )
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            raise InvalidMemoryFileError(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise InvalidMemoryFileError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * _ITEM_SIZE[dtype]:
+            raise InvalidMemoryFileError(
+                f"tensor {name!r}: byte range {offsets} does not match shape {shape}"
+            )
+        if begin < 0 or end > data_len:
+            raise InvalidMemoryFileError(
+                f"truncated file: tensor {name!r} ends at byte {end} of the data "
+                f"but the data has {data_len} bytes"
+            )
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise InvalidMemoryFileError("corrupt file: tensor byte ranges overlap or leave gaps")
+        position = end
+    if position != data_len:
+        raise InvalidMemoryFileError(
+            f"corrupt file: {data_len - position} trailing bytes after the last tensor"
+        )
+    return metadata, header
+
+
+def _check_tensors(meta: MemoryMetadata, shapes: dict[str, tuple[int, ...]]) -> None:
+    expected = expected_shapes(meta)
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise InvalidMemoryFileError(
+            f"missing tensors: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise InvalidMemoryFileError(
+            f"unexpected tensors: {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else "")
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise InvalidMemoryFileError(
+                f"tensor {name} has shape {list(shapes[name])}, the metadata implies {list(shape)}"
+            )
+
+
+def parse_memory(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MemoryFile:
+    """Validate untrusted bytes completely and return the memory; raises InvalidMemoryFileError."""
+    if len(data) > max_bytes:
+        raise MemoryTooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes} bytes")
+    header, entries = _parse_header(data)
+    meta = MemoryMetadata.from_header(header)
+    _check_tensors(meta, {name: tuple(entry["shape"]) for name, entry in entries.items()})
+    dtypes = {entry["dtype"] for entry in entries.values()}
+    if len(dtypes) != 1:
+        raise InvalidMemoryFileError(f"tensors mix dtypes {sorted(dtypes)}; use one of F32 or F16 for all")
+    from safetensors.torch import load
+
+    tensors: dict[str, torch.Tensor] = load(data)
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InvalidMemoryFileError(f"tensor {name} has {bad} non-finite values (NaN or inf)")
+    return MemoryFile(meta, tensors, hashlib.sha256(data).hexdigest())
+
+
+def read_memory(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> MemoryFile:
+    """Read and validate a memory file from disk."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise MemoryTooLargeError(f"{path} is {size} bytes; the limit is {max_bytes} bytes")
+    return parse_memory(path.read_bytes(), max_bytes)
+
+
+def check_backbone(meta: MemoryMetadata, backbone: Backbone) -> None:
+    """Raise BackboneMismatchError unless the memory was trained on exactly this backbone."""
+    if meta.hidden_size != backbone.hidden_size or meta.num_layers != backbone.num_layers:
+        raise BackboneMismatchError(
+            f"the memory has {meta.num_layers} layers of hidden size {meta.hidden_size}; "
+            f"backbone {backbone.name!r} has {backbone.num_layers} layers "
+            f"of hidden size {backbone.hidden_size}"
+        )
+    if meta.backbone_fingerprint != backbone.fingerprint:
+        raise BackboneMismatchError(
+            f"the memory was trained on backbone {meta.backbone!r} "
+            f"(fingerprint {meta.backbone_fingerprint[:12]}), not on {backbone.name!r} "
+            f"(fingerprint {backbone.fingerprint[:12]}); retrain it for this backbone"
+        )
+    if meta.max_seq_length > backbone.max_positions:
+        raise BackboneMismatchError(
+            f"max_seq_length {meta.max_seq_length} exceeds the backbone's {backbone.max_positions} positions"
+        )

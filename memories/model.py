@@ -1,0 +1,193 @@
+"""A task's memory plus head, and batches whose rows use different tasks.
+
+* :class:`TaskMemory` is the trainable unit: one :class:`~memories.spartan.SpartanLayer` per
+  backbone layer and a classification/regression :class:`Head`. Its ``state_dict`` names are the
+  tensor names of the memory file.
+* :class:`PackedMemory` is the frozen inference form of a task: per layer the packed keys
+  ``[P; CK]`` and values ``CV`` ready for :func:`~memories.spartan.spartan_dense`.
+* :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
+  memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
+  keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
+  uses one memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from memories.backbone import Backbone, Encoded, Pooling, pool
+from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense
+
+
+class Head(nn.Module):
+    """dense (d -> d), tanh, dropout, out (d -> num_outputs): RoBERTa's classification head."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled [B, d] -> logits [B, num_outputs]."""
+        logits: torch.Tensor = self.out(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        return logits
+
+
+class TaskMemory(nn.Module):
+    """All trainable tensors of one task: a memory per backbone layer and the head."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: SpartanConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(SpartanLayer(hidden_size, config) for _ in range(num_layers))
+        self.head = Head(hidden_size, num_outputs)
+
+    def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
+        """Training path (differentiable): logits [B, num_outputs]."""
+        layers = self.layers
+
+        def apply(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = layers[index](hidden)
+            return out
+
+        hidden = backbone.forward(batch, apply)  # [B, S, d]
+        logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
+        return logits
+
+    def pack(self, pooling: Pooling) -> PackedMemory:
+        """A detached fp32 copy in inference form (the head in eval mode)."""
+        layers = []
+        with torch.no_grad():
+            for layer in self.layers:
+                assert isinstance(layer, SpartanLayer)
+                keys, values = layer.packed()
+                layers.append((keys.detach().float().clone(), values.detach().float().clone()))
+            head = Head(self.head.dense.in_features, self.head.out.out_features)
+            head.load_state_dict({k: v.float() for k, v in self.head.state_dict().items()})
+        head.eval().requires_grad_(False)
+        return PackedMemory(self.config, pooling, tuple(layers), head)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedMemory:
+    """A task ready to serve: per layer (keys [Np + Np*Nc, d], values [Np*Nc, d]) and the head."""
+
+    config: SpartanConfig
+    pooling: Pooling
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    head: Head
+
+    @property
+    def num_outputs(self) -> int:
+        return self.head.out.out_features
+
+    def nbytes(self) -> int:
+        """Resident bytes of every tensor (what a byte-bounded cache charges for this task)."""
+        tensors = [t for pair in self.layers for t in pair] + list(self.head.state_dict().values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """Per row: the head output [num_outputs of that row's task]; optionally the routing.
+
+    ``routing[r]`` is row r's parent gate per layer, [L, S, Np] (zero outside the top-K).
+    """
+
+    logits: list[torch.Tensor]
+    routing: list[torch.Tensor] | None = None
+
+
+def _group_rows(memories: Sequence[PackedMemory]) -> list[list[int]]:
+    """Row indices grouped by memory hyper-parameters (rows of one group share a GEMM shape)."""
+    groups: dict[SpartanConfig, list[int]] = {}
+    for row, memory in enumerate(memories):
+        groups.setdefault(memory.config, []).append(row)
+    return list(groups.values())
+
+
+def _rows_by_memory(memories: Sequence[PackedMemory], rows: Sequence[int]) -> dict[int, list[int]]:
+    by_memory: dict[int, list[int]] = {}
+    for row in rows:
+        by_memory.setdefault(id(memories[row]), []).append(row)
+    return by_memory
+
+
+class _MixedApply:
+    """The per-layer memory of one mixed batch (called by the backbone after every layer)."""
+
+    def __init__(self, memories: Sequence[PackedMemory], record: bool) -> None:
+        self.memories = memories
+        self.groups = _group_rows(memories)
+        self.shared = [len(_rows_by_memory(memories, rows)) == 1 for rows in self.groups]
+        # routing[layer] = [(rows, gate [len(rows), S, Np]), ...]
+        self.routing: list[list[tuple[list[int], torch.Tensor]]] | None = [] if record else None
+
+    def _apply_group(
+        self, index: int, x: torch.Tensor, rows: list[int], shared: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        first = self.memories[rows[0]]
+        if shared:
+            keys, values = first.layers[index]  # [M, d], [Np*Nc, d]
+        else:
+            keys = torch.stack([self.memories[r].layers[index][0] for r in rows])  # [G, M, d]
+            values = torch.stack([self.memories[r].layers[index][1] for r in rows])  # [G, Np*Nc, d]
+        record: list[torch.Tensor] | None = [] if self.routing is not None else None
+        out = spartan_dense(x, keys, values, first.config, record)
+        return out, (record[0] if record else None)
+
+    def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        if self.routing is not None:
+            self.routing.append([])
+        if len(self.groups) == 1:
+            out, gate = self._apply_group(index, hidden, self.groups[0], self.shared[0])
+            if self.routing is not None and gate is not None:
+                self.routing[-1].append((self.groups[0], gate))
+            return out
+        out = hidden.clone()
+        for rows, shared in zip(self.groups, self.shared, strict=True):
+            idx = torch.tensor(rows)
+            part, gate = self._apply_group(index, hidden[idx], rows, shared)
+            out[idx] = part
+            if self.routing is not None and gate is not None:
+                self.routing[-1].append((rows, gate))
+        return out
+
+    def routing_per_row(self, batch_size: int) -> list[torch.Tensor]:
+        """Row r -> its gates stacked over layers, [L, S, Np]."""
+        assert self.routing is not None, "routing was not recorded"
+        per_row: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
+        for layer in self.routing:
+            for rows, gate in layer:
+                for pos, row in enumerate(rows):
+                    per_row[row].append(gate[pos])
+        return [torch.stack(gates) for gates in per_row]
+
+
+def run_batch(
+    backbone: Backbone,
+    batch: Encoded,
+    memories: Sequence[PackedMemory],
+    record_routing: bool = False,
+) -> BatchOutput:
+    """One backbone pass; row r uses ``memories[r]`` (rows may repeat or mix tasks freely)."""
+    batch_size = batch.input_ids.shape[0]
+    assert len(memories) == batch_size, f"{len(memories)} memories for {batch_size} rows"
+    apply = _MixedApply(memories, record_routing)
+    with torch.no_grad():
+        hidden = backbone.forward(batch, apply)  # [B, S, d]
+        logits: list[torch.Tensor] = [torch.empty(0)] * batch_size
+        for rows in _rows_by_memory(memories, range(batch_size)).values():
+            memory = memories[rows[0]]
+            idx = torch.tensor(rows)
+            pooled = pool(hidden[idx], batch.attention_mask[idx], memory.pooling)  # [G, d]
+            out = memory.head(pooled)  # [G, num_outputs]
+            for pos, row in enumerate(rows):
+                logits[row] = out[pos]
+    routing = apply.routing_per_row(batch_size) if record_routing else None
+    return BatchOutput(logits, routing)

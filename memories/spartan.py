@@ -1,0 +1,185 @@
+"""The SPARTAN sparse hierarchical memory (Deshpande et al., 2022, section 3).
+
+Per layer, with hidden size d, Np parents, Nc children per parent and top-K:
+
+    g   = softmax(P v)                      parent attention, P [Np, d]
+    S   = topK(g)                           chosen parents
+    v_i = CV_i^T softmax(CK_i v / tau)      child read-out of parent i, CK_i, CV_i [Nc, d]
+    out = v + sum_{i in S} g_i v_i / sum_{i in S} g_i
+
+There is no LayerNorm. Renormalising g over S equals a softmax over the chosen parent logits
+only, which is what the production paths compute.
+
+Three implementations live here:
+
+* :func:`spartan_reference` follows the equations token by token; it exists for the tests.
+* :func:`spartan_dense` computes every child as two GEMMs (keys ``[P; CK]``, then values
+  ``CV``) with a top-K mask in between. It is the production path: ``spartan bench`` measured
+  it far faster on a CPU than gathering (see docs/benchmark.md).
+* :func:`spartan_gather` gathers only the chosen parents' children per token; it is kept as
+  the measured alternative.
+
+Both production paths accept either one memory for the whole batch (keys ``[M, d]``) or one
+memory per row (keys ``[B, M, d]``), which is how mixed-task batches run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from memories.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SpartanConfig:
+    """Hyper-parameters of one memory; the paper's defaults are 16 / 3 / 8 / 1.6."""
+
+    num_parents: int = 16
+    num_children: int = 3
+    top_k: int = 8
+    child_temperature: float = 1.6
+
+    def __post_init__(self) -> None:
+        if self.num_parents < 1 or self.num_children < 1:
+            raise ConfigError(
+                f"num_parents and num_children must be >= 1, got {self.num_parents} and {self.num_children}"
+            )
+        if not 1 <= self.top_k <= self.num_parents:
+            raise ConfigError(f"top_k must be in [1, num_parents={self.num_parents}], got {self.top_k}")
+        if not (math.isfinite(self.child_temperature) and self.child_temperature > 0):
+            raise ConfigError(f"child_temperature must be a positive number, got {self.child_temperature}")
+
+    @property
+    def num_cells(self) -> int:
+        """Children in total, Np * Nc."""
+        return self.num_parents * self.num_children
+
+    @property
+    def num_keys(self) -> int:
+        """Rows of the packed key matrix ``[P; CK]``: Np + Np * Nc."""
+        return self.num_parents + self.num_cells
+
+
+def spartan_reference(
+    x: torch.Tensor,
+    parent_keys: torch.Tensor,
+    child_keys: torch.Tensor,
+    child_values: torch.Tensor,
+    config: SpartanConfig,
+) -> torch.Tensor:
+    """The memory's residual output, straight from the equations, one token at a time.
+
+    x [..., d]; parent_keys [Np, d]; child_keys, child_values [Np, Nc, d]. Returns v + v_O.
+    Slow by design: only tests call it.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.empty_like(flat)
+    for n, v in enumerate(flat):
+        g = torch.softmax(parent_keys @ v, dim=0)  # [Np]
+        chosen = torch.topk(g, config.top_k).indices  # [K]
+        z = g[chosen].sum()
+        v_o = torch.zeros_like(v)
+        for i in chosen.tolist():
+            attn = torch.softmax(child_keys[i] @ v / config.child_temperature, dim=0)  # [Nc]
+            v_o = v_o + g[i] * (child_values[i].T @ attn)  # [d]
+        out[n] = v + v_o / z
+    return out.reshape(x.shape)
+
+
+def pack_keys(parent_keys: torch.Tensor, child_keys: torch.Tensor) -> torch.Tensor:
+    """``[P; CK]``: parent keys [..., Np, d] and child keys [..., Np, Nc, d] -> [..., Np + Np*Nc, d]."""
+    flat_children = child_keys.flatten(-3, -2)  # [..., Np*Nc, d]
+    return torch.cat([parent_keys, flat_children], dim=-2)
+
+
+def top_k_gate(parent_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Renormalised parent attention with exactly ``top_k`` non-zeros per token.
+
+    parent_logits [..., Np] -> gate [..., Np]; the softmax over the chosen logits equals
+    g_i / sum_{j in S} g_j of the paper.
+    """
+    if top_k == parent_logits.shape[-1]:
+        return torch.softmax(parent_logits, dim=-1)
+    top = parent_logits.topk(top_k, dim=-1)
+    masked = torch.full_like(parent_logits, -math.inf).scatter(-1, top.indices, top.values)
+    return torch.softmax(masked, dim=-1)
+
+
+def spartan_dense(
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    config: SpartanConfig,
+    record: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Production path: every child via two GEMMs and a top-K mask. Returns x + v_O.
+
+    x [B, S, d]; keys [M, d] or [B, M, d] with M = Np + Np*Nc (see :func:`pack_keys`);
+    values [Np*Nc, d] or [B, Np*Nc, d]. When ``record`` is given the parent gate [B, S, Np]
+    is appended to it (routing explanations and the parent-specialisation analysis).
+    """
+    np_, nc = config.num_parents, config.num_children
+    scores = x @ keys.transpose(-1, -2)  # [B, S, Np + Np*Nc]
+    parent_logits, child_logits = scores.split([np_, np_ * nc], dim=-1)
+    gate = top_k_gate(parent_logits, config.top_k)  # [B, S, Np]
+    child_attn = torch.softmax(child_logits.unflatten(-1, (np_, nc)) / config.child_temperature, dim=-1)
+    weights = (child_attn * gate.unsqueeze(-1)).flatten(-2)  # [B, S, Np*Nc]
+    if record is not None:
+        record.append(gate.detach())
+    return x + weights @ values  # [B, S, d]
+
+
+def spartan_gather(
+    x: torch.Tensor,
+    parent_keys: torch.Tensor,
+    child_keys: torch.Tensor,
+    child_values: torch.Tensor,
+    config: SpartanConfig,
+) -> torch.Tensor:
+    """Alternative path: gather the K chosen parents' children per token. Returns x + v_O.
+
+    x [B, S, d]; parent_keys [Np, d]; child_keys, child_values [Np, Nc, d] (one memory for the
+    whole batch). Exact, but the per-token gathers move K*Nc*d floats per token.
+    """
+    d = x.shape[-1]
+    flat = x.reshape(-1, d)  # [N, d]
+    top = (flat @ parent_keys.T).topk(config.top_k, dim=-1)  # [N, K]
+    gate = torch.softmax(top.values, dim=-1)  # [N, K]
+    ck = child_keys[top.indices]  # [N, K, Nc, d]
+    cv = child_values[top.indices]  # [N, K, Nc, d]
+    child_logits = torch.einsum("nd,nkcd->nkc", flat, ck) / config.child_temperature
+    attn = torch.softmax(child_logits, dim=-1) * gate.unsqueeze(-1)  # [N, K, Nc]
+    v_o = torch.einsum("nkc,nkcd->nd", attn, cv)  # [N, d]
+    return x + v_o.reshape(x.shape)
+
+
+class SpartanLayer(nn.Module):
+    """The trainable memory of one transformer layer.
+
+    Parameter names match the memory file (``layers.<i>.parent_keys`` and so on).
+    Initialisation: keys ~ N(0, 1/d) so the logits of a unit-scale hidden state start near
+    unit variance, values ~ N(0, value_std^2) so an untrained memory changes the layer output
+    only slightly (the residual dominates).
+    """
+
+    def __init__(self, hidden_size: int, config: SpartanConfig, value_std: float = 0.02) -> None:
+        super().__init__()
+        self.config = config
+        key_std = hidden_size**-0.5
+        np_, nc, d = config.num_parents, config.num_children, hidden_size
+        self.parent_keys = nn.Parameter(torch.randn(np_, d) * key_std)  # [Np, d]
+        self.child_keys = nn.Parameter(torch.randn(np_, nc, d) * key_std)  # [Np, Nc, d]
+        self.child_values = nn.Parameter(torch.randn(np_, nc, d) * value_std)  # [Np, Nc, d]
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys [Np + Np*Nc, d], values [Np*Nc, d]) for :func:`spartan_dense`."""
+        return pack_keys(self.parent_keys, self.child_keys), self.child_values.flatten(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, S, d] -> x + v_O [B, S, d] (the training path; differentiable)."""
+        keys, values = self.packed()
+        return spartan_dense(x, keys, values, self.config)

@@ -1,0 +1,249 @@
+"""Train a task's SPARTAN memory and head on a frozen backbone.
+
+AdamW with the paper's defaults (lr 1e-3, batch 16), a linear learning-rate decay, gradient
+clipping at 1.0. Training runs for a number of epochs or of steps; the few-shot mode trains on
+``fewshot200.jsonl`` for 1000 steps (the paper's Table 2). The dev split is evaluated every
+``eval_every`` steps and at the end; each new best checkpoint is written atomically to the
+output path at once, so an interrupted run still leaves its best memory behind.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from memories.backbone import Backbone, Pooling
+from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
+from memories.errors import ConfigError
+from memories.evaluate import Evaluation, evaluate
+from memories.memfile import FileDType, MemoryFile, MemoryMetadata
+from memories.model import TaskMemory
+from memories.spartan import SpartanConfig
+
+FEW_SHOT_SPLIT = "fewshot200"
+FEW_SHOT_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything that decides a training run (recorded in the memory file's summary)."""
+
+    task: str
+    data: Path
+    out: Path
+    epochs: float | None = None
+    steps: int | None = None
+    few_shot: bool = False
+    train_split: str = "train"
+    dev_split: str = "dev"
+    max_train_examples: int | None = None
+    max_dev_examples: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    seed: int = 42
+    max_seq_length: int = 128
+    eval_every: int = 500
+    eval_batch_size: int = 64
+    pooling: Pooling | None = None
+    spartan: SpartanConfig = field(default_factory=SpartanConfig)
+    dtype: FileDType = "float32"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.eval_every < 1 or self.lr <= 0:
+            raise ConfigError("batch_size and eval_every must be >= 1 and lr > 0")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best: Evaluation
+    best_step: int
+    steps: int
+    seconds: float
+    train_examples_per_minute: float
+    out: Path
+
+
+def _subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
+def _total_steps(options: TrainOptions, train_size: int) -> int:
+    if options.steps is not None:
+        return options.steps
+    if options.few_shot:
+        return FEW_SHOT_STEPS
+    epochs = options.epochs if options.epochs is not None else 3.0
+    return max(1, math.ceil(epochs * train_size / options.batch_size))
+
+
+def _batches(size: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch: the indices 0..size-1 shuffled and cut into batches."""
+    order = torch.randperm(size, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, size, batch_size)]
+
+
+def train(
+    options: TrainOptions,
+    backbone: Backbone,
+    log: Callable[[str], None] = print,
+    command: str = "",
+) -> TrainResult:
+    """Run one training; returns the best dev evaluation. The best memory is at ``options.out``."""
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    train_split = FEW_SHOT_SPLIT if options.few_shot else options.train_split
+    train_path = split_path(options.data, options.task, train_split)
+    dev_path = split_path(options.data, options.task, options.dev_split)
+    train_set = _subsample(read_examples(train_path), options.max_train_examples, options.seed)
+    dev_set = _subsample(read_examples(dev_path), options.max_dev_examples, options.seed)
+    spec: TaskSpec = task_spec(options.task, train_set)
+    train_targets = targets(spec, train_set, str(train_path))
+    targets(spec, dev_set, str(dev_path))  # fail before training, not after
+    pooling = options.pooling or backbone.pooling
+    regression = spec.task_type == "regression"
+
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, len(spec.labels) or 1, options.spartan)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    total = _total_steps(options, len(train_set))
+    warmup = int(options.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            (step + 1) / max(1, warmup)
+            if step < warmup
+            else max(0.0, (total - step) / max(1, total - warmup))
+        ),
+    )
+    loss_fn: torch.nn.Module = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
+    log(
+        f"training {spec.name} ({spec.task_type}, {len(train_set)} train / {len(dev_set)} dev) on "
+        f"{backbone.name}: {total} steps of {options.batch_size}, lr {options.lr}, memory {options.spartan}"
+    )
+
+    best: Evaluation | None = None
+    best_step = 0
+    pending: list[list[int]] = []
+    seen = 0
+    loss_ema: float | None = None
+    started = time.perf_counter()
+    train_seconds = 0.0
+
+    def run_eval(step: int) -> None:
+        nonlocal best, best_step
+        task.eval()
+        result = evaluate(
+            backbone, task.pack(pooling), spec, dev_set, options.max_seq_length, options.eval_batch_size
+        )
+        task.train()
+        improved = best is None or result.metrics["score"] > best.metrics["score"]
+        log(f"step {step}: dev {_fmt(result.metrics)}" + ("  (best, saved)" if improved else ""))
+        if improved:
+            best, best_step = result, step
+            _save(options, backbone, task, spec, pooling, step, total, result, seen, train_seconds, command)
+
+    task.train()
+    bar = tqdm(total=total, desc=f"train {spec.name}", unit="step", file=sys.stderr, mininterval=2.0)
+    for step in range(1, total + 1):
+        if not pending:
+            pending = _batches(len(train_set), options.batch_size, generator)
+        rows = pending.pop(0)
+        chunk = [train_set[i] for i in rows]
+        tick = time.perf_counter()
+        pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
+        batch = backbone.tokenize([e.text for e in chunk], pairs, options.max_seq_length)
+        logits = task(backbone, batch, pooling)  # [B, outputs]
+        if regression:
+            loss = loss_fn(logits[:, 0], torch.tensor([train_targets[i] for i in rows], dtype=torch.float32))
+        else:
+            loss = loss_fn(logits, torch.tensor([train_targets[i] for i in rows]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        train_seconds += time.perf_counter() - tick
+        seen += len(rows)
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{loss_ema:.4f}", best=f"{best.metrics['score']:.4f}" if best else "-", refresh=False
+        )
+        if step % options.eval_every == 0 or step == total:
+            run_eval(step)
+    bar.close()
+    assert best is not None, "the final step always evaluates"
+    return TrainResult(
+        best,
+        best_step,
+        total,
+        time.perf_counter() - started,
+        60.0 * seen / max(train_seconds, 1e-9),
+        options.out,
+    )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def _save(
+    options: TrainOptions,
+    backbone: Backbone,
+    task: TaskMemory,
+    spec: TaskSpec,
+    pooling: Pooling,
+    step: int,
+    total: int,
+    result: Evaluation,
+    seen: int,
+    train_seconds: float,
+    command: str,
+) -> None:
+    summary = {
+        "data": options.data.name,
+        "train_split": FEW_SHOT_SPLIT if options.few_shot else options.train_split,
+        "dev_split": options.dev_split,
+        "step": step,
+        "total_steps": total,
+        "examples_seen": seen,
+        "train_examples_per_minute": round(60.0 * seen / max(train_seconds, 1e-9), 1),
+        "dev_metrics": {k: round(v, 6) for k, v in result.metrics.items()},
+        "options": {k: str(v) for k, v in asdict(options).items()},
+        "command": command,
+    }
+    meta = MemoryMetadata(
+        backbone=backbone.name,
+        backbone_fingerprint=backbone.fingerprint,
+        hidden_size=backbone.hidden_size,
+        num_layers=backbone.num_layers,
+        num_parents=options.spartan.num_parents,
+        num_children=options.spartan.num_children,
+        top_k=options.spartan.top_k,
+        child_temperature=options.spartan.child_temperature,
+        task_type=spec.task_type,
+        labels=list(spec.labels),
+        pooling=pooling,
+        max_seq_length=options.max_seq_length,
+        task=spec.name,
+        training=summary,
+    )
+    MemoryFile.from_task(task, meta).save(options.out, options.dtype)

@@ -1,0 +1,1 @@
+"""The HTTP inference service (routes, engine, registry, cache, auth, metrics); built in issue 4."""

@@ -1,0 +1,165 @@
+"""The spartan command line end to end: train, eval, bench, and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memories.cli import main
+from memories.memfile import read_memory
+
+
+def _train(data: Path, task: str, out: Path, *extra: str) -> None:
+    status = main(
+        [
+            "train",
+            "--task",
+            task,
+            "--data",
+            str(data),
+            "--backbone",
+            "roberta-tiny-random",
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--batch-size",
+            "4",
+            "--max-seq-length",
+            "48",
+            *extra,
+        ]
+    )
+    assert status == 0
+
+
+def test_train_then_eval_classification(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "toy.safetensors"
+    _train(toy_data, "toy", out, "--parents", "4", "--children", "2", "--top-k", "2")
+    summary = json.loads(capsys.readouterr().out)
+    memfile = read_memory(out)
+    meta = memfile.metadata
+    assert (meta.task, meta.labels, meta.num_parents, meta.top_k) == ("toy", ["negative", "positive"], 4, 2)
+    assert meta.training["dev_metrics"]["score"] == pytest.approx(summary["dev"]["score"], abs=1e-6)
+    assert meta.training["step"] == summary["best_step"]
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["examples"] == 8
+    assert report["metrics"]["accuracy"] == pytest.approx(summary["dev"]["accuracy"])
+
+
+def test_train_pairs_regression_and_fp16(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "reg.safetensors"
+    _train(toy_data, "toyreg", out, "--dtype", "float16")
+    memfile = read_memory(out)
+    assert memfile.metadata.task_type == "regression"
+    assert memfile.dtype == "float16"
+    capsys.readouterr()
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
+    assert {"pearson", "spearman", "score"} <= set(json.loads(capsys.readouterr().out)["metrics"])
+    _train(toy_data, "toypair", tmp_path / "pair.safetensors")
+
+
+def test_few_shot_mode_reads_fewshot200(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "train",
+            "--task",
+            "toy",
+            "--data",
+            str(toy_data),
+            "--backbone",
+            "roberta-tiny-random",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--few-shot",
+        ]
+    )
+    assert status == 2
+    assert "no fewshot200.jsonl for task 'toy'" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_messages(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04junk")
+    assert main(["eval", "--memory", str(bad), "--data", str(toy_data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spartan eval: error: the file is a Python pickle")
+    assert "Traceback" not in err
+    out = tmp_path / "toy.safetensors"
+    _train(toy_data, "toy", out)
+    capsys.readouterr()
+    assert (
+        main(["eval", "--memory", str(out), "--data", str(toy_data), "--backbone", "bert-tiny-random"]) == 2
+    )
+    assert "retrain it for this backbone" in capsys.readouterr().err
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--task", "toyreg"]) == 2
+    assert "the memory predicts classification" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "toy",
+                "--data",
+                str(toy_data),
+                "--backbone",
+                "roberta-tiny-random",
+                "--out",
+                str(out),
+                "--top-k",
+                "99",
+            ]
+        )
+        == 2
+    )
+    assert "top_k must be in [1, num_parents=16]" in capsys.readouterr().err
+
+
+def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    status = main(
+        [
+            "bench",
+            "--backbone",
+            "roberta-tiny-random",
+            "--batch-size",
+            "4",
+            "--seq",
+            "16",
+            "--rounds",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads(out.read_text())
+    result = report["results"]["16"]
+    assert set(result["variants"]) == {"bare", "spartan-dense", "spartan-gather", "mixed-dense"}
+    assert all(len(v["seconds"]) == 2 and v["inst_per_min"] > 0 for v in result["variants"].values())
+    assert set(result["ratios"]) == {
+        "spartan-dense/bare",
+        "spartan-gather/bare",
+        "mixed-dense/bare",
+        "mixed-dense/spartan-dense",
+    }
+    assert report["command"].startswith("spartan ")
+    assert "| 16 | spartan-dense |" in capsys.readouterr().out
+
+
+def test_backbones_lists_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backbones"]) == 0
+    assert "roberta-base-random" in capsys.readouterr().out

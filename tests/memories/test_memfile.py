@@ -1,0 +1,234 @@
+"""Memory files: round trips, and every rejection with its precise message."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from memories.backbone import Backbone
+from memories.errors import BackboneMismatchError, ConfigError, InvalidMemoryFileError, MemoryTooLargeError
+from memories.memfile import MemoryFile, MemoryMetadata, check_backbone, parse_memory, read_memory
+from memories.model import TaskMemory
+from memories.spartan import SpartanConfig
+
+
+def _memfile(backbone: Backbone, **overrides: object) -> MemoryFile:
+    torch.manual_seed(0)
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
+    fields: dict[str, object] = {
+        "backbone": backbone.name,
+        "backbone_fingerprint": backbone.fingerprint,
+        "hidden_size": backbone.hidden_size,
+        "num_layers": backbone.num_layers,
+        "num_parents": 16,
+        "num_children": 3,
+        "top_k": 8,
+        "child_temperature": 1.6,
+        "task_type": "classification",
+        "labels": ["negative", "positive"],
+        "pooling": "cls",
+        "max_seq_length": 128,
+        "task": "toy",
+        "training": {"steps": 3},
+    }
+    fields.update(overrides)
+    return MemoryFile.from_task(task, MemoryMetadata(**fields))  # type: ignore[arg-type]
+
+
+def _reheader(data: bytes, mutate: object) -> bytes:
+    """Rewrite a safetensors file's JSON header with ``mutate(header)`` (tensor bytes kept)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    mutate(header)  # type: ignore[operator]
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + length :]
+
+
+def test_round_trip_fp32_is_exact_and_fp16_is_close(roberta_tiny: Backbone, tmp_path: Path) -> None:
+    memfile = _memfile(roberta_tiny)
+    sha = memfile.save(tmp_path / "m.safetensors")
+    loaded = read_memory(tmp_path / "m.safetensors")
+    assert loaded.sha256 == sha
+    assert loaded.metadata == memfile.metadata
+    assert loaded.dtype == "float32"
+    for name, tensor in memfile.tensors.items():
+        assert torch.equal(loaded.tensors[name], tensor)
+    half = parse_memory(memfile.to_bytes("float16"))
+    assert half.dtype == "float16"
+    assert len(memfile.to_bytes("float16")) < 0.6 * len(memfile.to_bytes("float32"))
+    for name, tensor in memfile.tensors.items():
+        torch.testing.assert_close(half.tensors[name].float(), tensor, atol=1e-3, rtol=1e-3)
+    check_backbone(loaded.metadata, roberta_tiny)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "no temp file may remain"
+
+
+def test_loaded_memory_predicts_like_the_trained_one(roberta_tiny: Backbone) -> None:
+    from memories.model import run_batch
+
+    memfile = _memfile(roberta_tiny)
+    batch = roberta_tiny.tokenize(["one text", "and another"])
+    original = memfile.to_task_memory().pack("cls")
+    loaded = parse_memory(memfile.to_bytes()).to_packed()
+    a = run_batch(roberta_tiny, batch, [original] * 2).logits
+    b = run_batch(roberta_tiny, batch, [loaded] * 2).logits
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_rejects_pickle(roberta_tiny: Backbone) -> None:
+    with pytest.raises(InvalidMemoryFileError, match="Python pickle.*never pickle"):
+        parse_memory(pickle.dumps({"layers.0.parent_keys": [1.0]}))
+    buffer = io.BytesIO()
+    torch.save(_memfile(roberta_tiny).tensors, buffer)
+    with pytest.raises(InvalidMemoryFileError, match="zip archive.*torch.save"):
+        parse_memory(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated file: 0 bytes"),
+        (b"hello", "truncated file: 5 bytes"),
+        (b"this is plain text, not a memory file at all", "header length .* exceeds"),
+        (struct.pack("<Q", 4) + b"nope", "header is not JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (struct.pack("<Q", 2) + b"{}", "no string-valued __metadata__"),
+    ],
+)
+def test_rejects_non_safetensors_bytes(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidMemoryFileError, match=message):
+        parse_memory(data)
+
+
+def test_rejects_truncated_file(roberta_tiny: Backbone) -> None:
+    data = _memfile(roberta_tiny).to_bytes()
+    with pytest.raises(InvalidMemoryFileError, match="truncated file: tensor"):
+        parse_memory(data[:-10])
+    with pytest.raises(InvalidMemoryFileError, match="truncated file: the header claims"):
+        parse_memory(data[:100])
+
+
+def test_rejects_trailing_bytes(roberta_tiny: Backbone) -> None:
+    with pytest.raises(InvalidMemoryFileError, match="trailing bytes"):
+        parse_memory(_memfile(roberta_tiny).to_bytes() + b"\0" * 8)
+
+
+def test_rejects_missing_extra_and_misshaped_tensors(roberta_tiny: Backbone) -> None:
+    memfile = _memfile(roberta_tiny)
+    header = memfile.metadata.to_header()
+    tensors = dict(memfile.tensors)
+    del tensors["layers.1.child_values"]
+    with pytest.raises(InvalidMemoryFileError, match="missing tensors: layers.1.child_values"):
+        parse_memory(save(tensors, metadata=header))
+    tensors = {**memfile.tensors, "layers.9.parent_keys": torch.zeros(16, 32)}
+    with pytest.raises(InvalidMemoryFileError, match="unexpected tensors: layers.9.parent_keys"):
+        parse_memory(save(tensors, metadata=header))
+    tensors = {**memfile.tensors, "head.out.weight": torch.zeros(3, 32)}
+    with pytest.raises(
+        InvalidMemoryFileError, match=r"head.out.weight has shape \[3, 32\], the metadata implies \[2, 32\]"
+    ):
+        parse_memory(save(tensors, metadata=header))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_rejects_non_finite_values(roberta_tiny: Backbone, bad: float) -> None:
+    memfile = _memfile(roberta_tiny)
+    tensors = dict(memfile.tensors)
+    tensors["layers.0.child_keys"] = tensors["layers.0.child_keys"].clone()
+    tensors["layers.0.child_keys"][0, 0, 0] = bad
+    with pytest.raises(InvalidMemoryFileError, match="layers.0.child_keys has 1 non-finite values"):
+        parse_memory(save(tensors, metadata=memfile.metadata.to_header()))
+
+
+def test_rejects_other_dtypes_and_mixed_dtypes(roberta_tiny: Backbone) -> None:
+    memfile = _memfile(roberta_tiny)
+    header = memfile.metadata.to_header()
+    tensors = {k: v.to(torch.bfloat16) for k, v in memfile.tensors.items()}
+    with pytest.raises(InvalidMemoryFileError, match="dtype BF16; memory files hold F32 or F16"):
+        parse_memory(save(tensors, metadata=header))
+    tensors = {**memfile.tensors, "head.out.bias": memfile.tensors["head.out.bias"].half()}
+    with pytest.raises(InvalidMemoryFileError, match="mix dtypes"):
+        parse_memory(save(tensors, metadata=header))
+
+
+def test_rejects_oversize(roberta_tiny: Backbone, tmp_path: Path) -> None:
+    data = _memfile(roberta_tiny).to_bytes()
+    with pytest.raises(MemoryTooLargeError, match=f"{len(data)} bytes; the limit is 1000 bytes"):
+        parse_memory(data, max_bytes=1000)
+    (tmp_path / "big.safetensors").write_bytes(data)
+    with pytest.raises(MemoryTooLargeError, match="the limit is 1000 bytes"):
+        read_memory(tmp_path / "big.safetensors", max_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("format", "something-else", "'format' must be 'spartan-memory'"),
+        ("format_version", "2", "format_version 2 is not supported"),
+        ("num_layers", "two", "'num_layers' is not valid JSON"),
+        ("num_layers", '"2"', "num_layers: Input should be a valid integer"),
+        ("top_k", "20", "top_k 20 exceeds num_parents 16"),
+        ("labels", '["a", "a"]', "at least 2 distinct label names"),
+        ("task_type", "ranking", "task_type: Input should be 'classification' or 'regression'"),
+        ("pooling", "max", "pooling: Input should be 'cls' or 'mean'"),
+        ("backbone_fingerprint", "abc", "backbone_fingerprint: String should match pattern"),
+        ("surprise", "1", "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_rejects_bad_metadata(roberta_tiny: Backbone, field: str, value: str, message: str) -> None:
+    data = _memfile(roberta_tiny).to_bytes()
+
+    def mutate(header: dict[str, dict[str, str]]) -> None:
+        header["__metadata__"][field] = value
+
+    with pytest.raises(InvalidMemoryFileError, match=message):
+        parse_memory(_reheader(data, mutate))
+
+
+def test_rejects_missing_metadata_field(roberta_tiny: Backbone) -> None:
+    def mutate(header: dict[str, dict[str, str]]) -> None:
+        del header["__metadata__"]["labels"]
+
+    with pytest.raises(InvalidMemoryFileError, match="bad metadata: labels: Field required"):
+        parse_memory(_reheader(_memfile(roberta_tiny).to_bytes(), mutate))
+
+
+def test_rejects_wrong_backbone(tiny_backbones: dict[str, Backbone]) -> None:
+    roberta, bert = tiny_backbones["roberta-tiny-random"], tiny_backbones["bert-tiny-random"]
+    memfile = _memfile(roberta)
+    with pytest.raises(BackboneMismatchError, match="trained on backbone 'roberta-tiny-random'.*retrain"):
+        check_backbone(memfile.metadata, bert)
+    wider = memfile.metadata.model_copy(update={"hidden_size": 64})
+    with pytest.raises(BackboneMismatchError, match="hidden size 64.*hidden size 32"):
+        check_backbone(wider, roberta)
+    deeper = memfile.metadata.model_copy(update={"num_layers": 12})
+    with pytest.raises(BackboneMismatchError, match="12 layers"):
+        check_backbone(deeper, roberta)
+
+
+def test_fp16_overflow_is_refused_and_leaves_the_old_file(roberta_tiny: Backbone, tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    memfile = _memfile(roberta_tiny)
+    memfile.save(path)
+    before = path.read_bytes()
+    huge = MemoryFile(memfile.metadata, {**memfile.tensors, "head.out.bias": torch.tensor([1e6, 0.0])})
+    with pytest.raises(ConfigError, match="beyond the fp16 range"):
+        huge.save(path, "float16")
+    assert path.read_bytes() == before
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_regression_memory_has_one_output_and_no_labels(roberta_tiny: Backbone) -> None:
+    with pytest.raises(ValueError, match="regression memory has no label names"):
+        MemoryMetadata(**{**_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression"})
+    meta = MemoryMetadata(
+        **{**_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression", "labels": []}
+    )
+    assert meta.num_outputs == 1

@@ -1,0 +1,125 @@
+"""Mixed-task batches, padding, frozen backbone and routing on real (tiny, random) encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memories.backbone import Backbone, pool
+from memories.model import PackedMemory, TaskMemory, run_batch
+from memories.spartan import SpartanConfig
+from tests.conftest import TINY_BACKBONES
+
+TEXTS = [
+    "a short one",
+    "this row is quite a bit longer than the first one, with commas",
+    "mid length text here",
+    "x",
+    "another fairly long sentence that needs padding elsewhere",
+]
+
+
+def _tasks(backbone: Backbone) -> list[PackedMemory]:
+    """Three tasks: two with the default shape, one with other hyper-parameters and 3 labels."""
+    torch.manual_seed(1)
+    configs = [SpartanConfig(), SpartanConfig(), SpartanConfig(num_parents=5, num_children=2, top_k=2)]
+    tasks = []
+    for config, outputs in zip(configs, [2, 2, 3], strict=True):
+        task = TaskMemory(backbone.hidden_size, backbone.num_layers, outputs, config)
+        for layer in task.layers:  # trained-looking values, so a wrong row would show
+            torch.nn.init.normal_(layer.child_values, std=0.5)  # type: ignore[arg-type]
+        tasks.append(task.pack(backbone.pooling))
+    return tasks
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_mixed_batch_equals_each_row_alone(tiny_backbones: dict[str, Backbone], name: str) -> None:
+    backbone = tiny_backbones[name]
+    tasks = _tasks(backbone)
+    row_tasks = [tasks[0], tasks[1], tasks[2], tasks[1], tasks[0]]
+    mixed = run_batch(backbone, backbone.tokenize(TEXTS), row_tasks)
+    for text, task, logits in zip(TEXTS, row_tasks, mixed.logits, strict=True):
+        alone = run_batch(backbone, backbone.tokenize([text]), [task]).logits[0]
+        assert logits.shape == (task.num_outputs,)
+        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
+    other = run_batch(backbone, backbone.tokenize(TEXTS[:1]), [tasks[1]]).logits[0]
+    assert not torch.allclose(mixed.logits[0], other, atol=1e-3), (
+        "tasks must differ, or the test proves nothing"
+    )
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_padding_never_changes_other_rows(tiny_backbones: dict[str, Backbone], name: str) -> None:
+    backbone = tiny_backbones[name]
+    task = _tasks(backbone)[0]
+    short = backbone.tokenize(TEXTS[:1] + TEXTS[3:4])
+    padded = backbone.tokenize(TEXTS[:1] + TEXTS[3:4] + [TEXTS[1] * 3])
+    assert padded.input_ids.shape[1] > short.input_ids.shape[1]
+    a = run_batch(backbone, short, [task] * 2).logits
+    b = run_batch(backbone, padded, [task] * 3).logits
+    for row in range(2):
+        torch.testing.assert_close(a[row], b[row], atol=1e-5, rtol=1e-5)
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0]]))
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_training_step_changes_memory_and_head_but_not_backbone(
+    tiny_backbones: dict[str, Backbone], name: str
+) -> None:
+    backbone = tiny_backbones[name]
+    before_backbone = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    torch.manual_seed(0)
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
+    before_task = {k: v.clone() for k, v in task.state_dict().items()}
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    batch = backbone.tokenize(TEXTS)
+    loss = torch.nn.functional.cross_entropy(
+        task(backbone, batch, backbone.pooling), torch.tensor([0, 1, 0, 1, 0])
+    )
+    loss.backward()
+    optimizer.step()
+    after_backbone = backbone.model.state_dict()
+    assert before_backbone.keys() == after_backbone.keys()
+    for key, value in before_backbone.items():
+        assert torch.equal(value, after_backbone[key]), f"backbone tensor {key} changed"
+    assert all(p.grad is None for p in backbone.model.parameters())
+    for key, value in task.state_dict().items():
+        assert not torch.equal(value, before_task[key]), f"trainable tensor {key} did not change"
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_untrained_memory_changes_backbone_output_slightly(
+    tiny_backbones: dict[str, Backbone], name: str
+) -> None:
+    backbone = tiny_backbones[name]
+    torch.manual_seed(0)
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
+    batch = backbone.tokenize(TEXTS)
+    with torch.no_grad():
+        bare = backbone.forward(batch)
+        hidden = backbone.forward(batch, lambda i, h: task.layers[i](h))
+    change = (hidden - bare).norm() / bare.norm()
+    assert 0 < change < 0.1
+
+
+def test_routing_is_recorded_per_row_and_layer(roberta_tiny: Backbone) -> None:
+    tasks = _tasks(roberta_tiny)
+    batch = roberta_tiny.tokenize(TEXTS[:3])
+    out = run_batch(roberta_tiny, batch, tasks, record_routing=True)
+    assert out.routing is not None
+    seq = batch.input_ids.shape[1]
+    for task, gates in zip(tasks, out.routing, strict=True):
+        assert gates.shape == (roberta_tiny.num_layers, seq, task.config.num_parents)
+        assert ((gates > 0).sum(-1) == task.config.top_k).all()
+
+
+def test_packed_memory_counts_its_bytes(roberta_tiny: Backbone) -> None:
+    task = TaskMemory(roberta_tiny.hidden_size, roberta_tiny.num_layers, 2, SpartanConfig())
+    packed = task.pack("cls")
+    assert packed.nbytes() == 4 * sum(t.numel() for t in task.state_dict().values())
