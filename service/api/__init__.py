@@ -1,0 +1,1 @@
+"""HTTP layer: schemas, dependencies, routes and error mapping (FastAPI)."""

@@ -1,0 +1,102 @@
+"""One HTTP status per error class; every error body is ``{"detail": "<what to fix>"}``.
+
+Messages come from the exception (written for users); unexpected exceptions answer 500 with a
+generic message and are logged with their traceback, which never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from memories.errors import (
+    BackboneMismatchError,
+    ConfigError,
+    InvalidMemoryFileError,
+    MemoryTooLargeError,
+    SpartanError,
+)
+from service.errors import (
+    DeadlineExceededError,
+    InvalidTaskIdError,
+    OverloadedError,
+    RegistryUnavailableError,
+    ServiceError,
+    ShuttingDownError,
+    TaskNotFoundError,
+    VersionConflictError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+# Most specific first: the first matching class decides the status.
+STATUS: list[tuple[type[Exception], int]] = [
+    (InvalidTaskIdError, 422),
+    (TaskNotFoundError, 404),
+    (VersionConflictError, 412),
+    (OverloadedError, 429),
+    (DeadlineExceededError, 504),
+    (RegistryUnavailableError, 503),
+    (ShuttingDownError, 503),
+    (MemoryTooLargeError, 413),
+    (InvalidMemoryFileError, 422),
+    (BackboneMismatchError, 409),
+    (ConfigError, 422),
+    (ServiceError, 400),
+    (SpartanError, 400),
+]
+
+
+class HTTPProblem(Exception):
+    """A request problem found in a route (size limits, content type, headers)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def status_of(exc: Exception) -> int:
+    return next(status for cls, status in STATUS if isinstance(exc, cls))
+
+
+def _body(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _known(request: Request, exc: Exception) -> JSONResponse:
+    status = status_of(exc)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else None
+    return _body(status, str(exc), headers)
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPProblem)
+    return _body(exc.status, exc.detail)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return _body(422, "; ".join(parts))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _body(500, "internal error; the service logged the details")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPProblem, _problem)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ServiceError, _known)
+    app.add_exception_handler(SpartanError, _known)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""Route modules: classify, memories, health."""

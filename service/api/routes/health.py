@@ -1,0 +1,39 @@
+"""Liveness, readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import Health, Readiness
+from service.errors import RegistryUnavailableError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive and its event loop answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
+    """Ready when the backbone is loaded; says what is degraded (e.g. the registry is down)."""
+    degraded = []
+    registry = "ok"
+    try:
+        await runtime.registry.ping()
+    except RegistryUnavailableError as exc:
+        registry = "unavailable"
+        degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
+    if runtime.registry_error and registry == "ok":
+        degraded.append(f"registry events: {runtime.registry_error}")
+    return Readiness(
+        ready=True,
+        backbone=runtime.backbone.name,
+        registry=registry,  # type: ignore[arg-type]
+        degraded=degraded,
+        resident_tasks=len(runtime.cache),
+        resident_bytes=runtime.cache.resident_bytes,
+    )

@@ -1,0 +1,92 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PairInput(BaseModel):
+    """A sentence pair (e.g. paraphrase or entailment tasks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    pair: str
+
+
+Explain = Literal["none", "last_layer", "all_layers"]
+
+
+class ClassifyRequest(BaseModel):
+    """One text, a list of texts, or a list of text pairs."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": "a wonderful, warm film"}, {"inputs": ["good", "bad"]}]},
+    )
+
+    inputs: str | list[str] | list[PairInput]
+    explain: Explain = Field(
+        "none", description="also return which memory parents each input chose (last layer or all layers)"
+    )
+
+
+class ParentUse(BaseModel):
+    """How one layer's memory routed an input: mean parent weight over its tokens (sums to 1)."""
+
+    layer: int
+    weights: list[float]
+    top: list[int] = Field(description="parents by decreasing weight (non-zero only)")
+
+
+class Prediction(BaseModel):
+    """Classification: label and the probability of every label. Regression: value."""
+
+    label: str | None = None
+    scores: dict[str, float] | None = None
+    value: float | None = None
+    parents: list[ParentUse] | None = None
+
+
+class ClassifyResponse(BaseModel):
+    task: str
+    version: int = Field(description="the memory version that served every input of this request")
+    predictions: list[Prediction]
+
+
+class MemoryInfo(BaseModel):
+    """A task's current memory in the registry."""
+
+    task: str
+    version: int
+    sha256: str
+    size: int
+    owner: str
+    created_at: float
+    metadata: dict[str, Any]
+
+
+class MemoryPage(BaseModel):
+    items: list[MemoryInfo]
+    next: str | None = Field(None, description="pass as ?after= to get the next page")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    backbone: str | None
+    registry: Literal["ok", "unavailable"]
+    degraded: list[str]
+    resident_tasks: int
+    resident_bytes: int
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a message that says what to fix."""
+
+    detail: str

@@ -1,0 +1,83 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; the lifespan starts and stops the runtime.
+
+Start-up (before the first request is accepted): load the backbone (off the event loop), open
+the registry, start the engine thread, load the catalog, upload the seed memories the registry
+does not have yet. Shutdown: stop admitting, finish admitted requests, close the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from memories.backbone import Backbone
+from memories.backbones import load_backbone
+from service.api import errors
+from service.api.deps import LOCAL_TENANT
+from service.api.routes import classify, health, memories
+from service.cpu import available_cpus
+from service.engine import Engine
+from service.registry.base import Registry
+from service.registry.files import FileRegistry
+from service.registry.redis import RedisRegistry
+from service.runtime import Runtime
+from service.settings import ServiceSettings
+
+log = logging.getLogger("spartan.serve")
+
+
+def make_registry(settings: ServiceSettings) -> Registry:
+    if settings.registry == "redis":
+        return RedisRegistry(settings.redis_url, settings.redis_prefix, settings.keep_versions)
+    return FileRegistry(settings.registry_dir, settings.keep_versions)
+
+
+def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> FastAPI:
+    """The service; pass ``backbone`` to share one already loaded (tests, benchmarks)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model = backbone
+        if model is None:
+            model = await asyncio.to_thread(load_backbone, settings.backbone)
+        threads = settings.threads or available_cpus()
+        engine = Engine(
+            model, settings.max_batch_size, settings.max_wait_ms / 1000, settings.queue_size, threads
+        )
+        runtime = Runtime(settings, model, make_registry(settings), engine)
+        await runtime.start()
+        if settings.seed_dir is not None:
+            seeded = await runtime.seed(settings.seed_dir, LOCAL_TENANT)
+            log.info(
+                "seeded %d memories from %s: %s", len(seeded), settings.seed_dir, ", ".join(seeded) or "-"
+            )
+        log.warning("no API keys configured: the service is open to every caller (local development mode)")
+        log.info(
+            "serving backbone %s (%s) with %d torch threads, %s registry, cache %d MB",
+            model.name,
+            model.fingerprint[:12],
+            threads,
+            settings.registry,
+            settings.cache_bytes >> 20,
+        )
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="spartan-serve",
+        summary="Multi-tenant text classification with SPARTAN memories on one frozen encoder",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(classify.router)
+    app.include_router(memories.router)
+    app.include_router(health.router)
+    return app

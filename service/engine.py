@@ -1,0 +1,210 @@
+"""The engine: one thread that owns torch and runs dynamic, mixed-task micro-batches.
+
+The event loop never runs model code. A request becomes rows (one per text); :meth:`Engine.submit`
+admits all of a request's rows into a bounded queue or none of them (``OverloadedError`` -> 429).
+The engine thread takes the first waiting row, waits up to ``max_wait`` for more, takes what is
+queued (up to ``bucket_factor`` batches' worth), sorts it by token length and runs it in batches
+of at most ``max_batch_size`` rows, so rows of similar length share a batch and padding stays
+small. Rows of different tasks share a batch (per-row memories, see memories.model.run_batch).
+Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
+
+Results go back to the event loop with ``call_soon_threadsafe``. :meth:`Engine.stop` stops
+admission, finishes every admitted row and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from memories.backbone import Backbone
+from memories.model import run_batch
+from service.cache import LoadedMemory
+from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    """One text (or text pair) to classify with one memory."""
+
+    text: str
+    pair: str | None
+    memory: LoadedMemory
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The head output of one row [outputs], its token count, and its routing [L, S, Np] if asked."""
+
+    logits: torch.Tensor
+    tokens: int
+    routing: torch.Tensor | None = None
+
+
+@dataclass
+class _Row:
+    request: RowRequest
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[RowResult]
+    encoding: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class EngineStats:
+    """Counters for the metrics endpoint (written by the engine thread, read anywhere)."""
+
+    batches: int = 0
+    rows: int = 0
+    expired: int = 0
+    failed: int = 0
+    busy_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)  # drained by the metrics collector
+
+
+class Engine:
+    def __init__(
+        self,
+        backbone: Backbone,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.005,
+        queue_size: int = 1024,
+        threads: int = 1,
+        bucket_factor: int = 4,
+    ) -> None:
+        self.backbone = backbone
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.threads = threads
+        self.bucket_factor = bucket_factor
+        self.stats = EngineStats()
+        self._queue: queue.Queue[_Row] = queue.Queue(maxsize=queue_size)
+        self._admission = threading.Lock()
+        self._accepting = False
+        self._thread = threading.Thread(target=self._run, name="spartan-engine", daemon=True)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._accepting = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Refuse new rows, finish the admitted ones, join the thread."""
+        with self._admission:
+            self._accepting = False
+        self._thread.join(timeout)
+
+    async def submit(self, rows: Sequence[RowRequest], deadline: float) -> list[RowResult]:
+        """Classify the rows (all admitted or none); ``deadline`` is a time.monotonic() value."""
+        loop = asyncio.get_running_loop()
+        items = [_Row(r, deadline, loop, loop.create_future()) for r in rows]
+        with self._admission:
+            if not self._accepting:
+                raise ShuttingDownError("the service is shutting down")
+            if self._queue.qsize() + len(items) > self.queue_size:
+                raise OverloadedError(f"the queue is full ({self.queue_size} rows); retry later")
+            for item in items:
+                self._queue.put_nowait(item)
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(i.future for i in items)), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            raise DeadlineExceededError("the request's deadline passed before it was served") from None
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        while True:
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if not self._accepting:
+                    return
+                continue
+            rows = [first]
+            wait_until = time.monotonic() + self.max_wait_s
+            limit = self.max_batch_size * self.bucket_factor
+            while len(rows) < limit:
+                remaining = wait_until - time.monotonic()
+                block = len(rows) < self.max_batch_size and remaining > 0
+                try:
+                    rows.append(self._queue.get(timeout=remaining) if block else self._queue.get_nowait())
+                except queue.Empty:
+                    if block:
+                        continue  # max_wait is over: take what else is queued, without waiting
+                    break
+            self._process(rows)
+
+    def _process(self, rows: list[_Row]) -> None:
+        now = time.monotonic()
+        live = []
+        for row in rows:
+            if row.deadline <= now or row.future.cancelled():
+                self.stats.expired += 1
+                _resolve(
+                    row, error=DeadlineExceededError("the request's deadline passed before it was served")
+                )
+                continue
+            try:
+                meta = row.request.memory.metadata
+                row.encoding = self.backbone.encode(row.request.text, row.request.pair, meta.max_seq_length)
+            except Exception as exc:
+                self.stats.failed += 1
+                _resolve(row, error=exc)
+                continue
+            live.append(row)
+        live.sort(key=lambda r: len(r.encoding["input_ids"]))
+        for start in range(0, len(live), self.max_batch_size):
+            self._run_batch(live[start : start + self.max_batch_size])
+
+    def _run_batch(self, rows: list[_Row]) -> None:
+        tick = time.perf_counter()
+        try:
+            batch = self.backbone.collate([r.encoding for r in rows])
+            explain = any(r.request.explain for r in rows)
+            out = run_batch(
+                self.backbone, batch, [r.request.memory.packed for r in rows], record_routing=explain
+            )
+        except Exception as exc:  # a bug, not user input: answer every row, keep serving
+            log.exception("batch of %d rows failed", len(rows))
+            self.stats.failed += len(rows)
+            for row in rows:
+                _resolve(row, error=exc)
+            return
+        self.stats.busy_seconds += time.perf_counter() - tick
+        self.stats.batches += 1
+        self.stats.rows += len(rows)
+        self.stats.batch_sizes.append(len(rows))
+        for i, row in enumerate(rows):
+            tokens = len(row.encoding["input_ids"])
+            routing = out.routing[i][:, :tokens] if out.routing is not None and row.request.explain else None
+            _resolve(row, result=RowResult(out.logits[i], tokens, routing))
+
+
+def _resolve(row: _Row, result: RowResult | None = None, error: BaseException | None = None) -> None:
+    def apply() -> None:
+        if row.future.done():
+            return
+        if error is not None:
+            row.future.set_exception(error)
+        else:
+            assert result is not None
+            row.future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed, nobody waits any more
+        row.loop.call_soon_threadsafe(apply)

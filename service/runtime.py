@@ -1,0 +1,211 @@
+"""The running service's core: backbone, registry, catalog, cache and engine, wired together.
+
+Routes call these methods; nothing here knows about HTTP.
+
+* The *catalog* maps each task to its current :class:`VersionInfo`. It is filled at start-up,
+  updated by this replica's own writes at once (so after a PUT returns, new requests here use
+  the new version) and by the registry's change events (other replicas), with a periodic full
+  comparison to catch up on missed events.
+* A classify request resolves its task to one version once, then holds that memory object for
+  its whole life: a hot swap never changes a request midway.
+* When the registry is unreachable, tasks already in the catalog and cache keep classifying,
+  ``degraded`` says why, and writes fail with RegistryUnavailableError (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from memories.backbone import Backbone
+from memories.errors import SpartanError
+from memories.memfile import MemoryFile, check_backbone, parse_memory
+from service.cache import LoadedMemory, MemoryCache
+from service.engine import Engine
+from service.errors import RegistryUnavailableError, TaskNotFoundError
+from service.registry.base import Registry, VersionInfo
+from service.settings import ServiceSettings
+from service.tasks import validate_task_id
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant, and whether it may manage every tenant's tasks."""
+
+    tenant: str
+    admin: bool = False
+
+    def can_see(self, info: VersionInfo) -> bool:
+        return self.admin or info.owner == self.tenant
+
+
+class Runtime:
+    def __init__(
+        self, settings: ServiceSettings, backbone: Backbone, registry: Registry, engine: Engine
+    ) -> None:
+        self.settings = settings
+        self.backbone = backbone
+        self.registry = registry
+        self.engine = engine
+        self.cache = MemoryCache(settings.cache_bytes, self._load, settings.pinned_tasks)
+        self.catalog: dict[str, VersionInfo] = {}
+        self.registry_error: str | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.engine.start()
+        try:
+            await self._catch_up()
+        except RegistryUnavailableError as exc:
+            self.registry_error = str(exc)
+        for task in self.settings.pinned_tasks:
+            with contextlib.suppress(TaskNotFoundError, RegistryUnavailableError):
+                await self.memory(task, Caller("", admin=True))
+        self._sync_task = asyncio.create_task(self._sync(), name="registry-sync")
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        await asyncio.to_thread(self.engine.stop)
+        await self.registry.close()
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def resolve(self, task: str, caller: Caller) -> VersionInfo:
+        """The task's current version as this replica knows it; TaskNotFoundError if invisible."""
+        validate_task_id(task)
+        info = self.catalog.get(task)
+        if info is None:
+            info = await self.registry.current(task)  # a task another replica just created
+            if info is not None:
+                self.catalog[task] = info
+        if info is None or not caller.can_see(info):
+            raise TaskNotFoundError(f"task {task!r} not found")
+        return info
+
+    async def memory(self, task: str, caller: Caller) -> LoadedMemory:
+        info = await self.resolve(task, caller)
+        return await self.cache.get(task, info.version)
+
+    async def _load(self, task: str, version: int) -> LoadedMemory:
+        data = await self.registry.read(task, version)
+        return await asyncio.to_thread(self._validate, data, task, version)
+
+    def _validate(self, data: bytes, task: str, version: int) -> LoadedMemory:
+        """Parse and check a memory file (off the event loop; CPU work)."""
+        memfile = parse_memory(data, self.settings.max_upload_bytes)
+        check_backbone(memfile.metadata, self.backbone)
+        return _loaded(task, version, memfile)
+
+    async def page(
+        self, caller: Caller, after: str | None, limit: int
+    ) -> tuple[list[VersionInfo], str | None]:
+        """A page of visible tasks in id order and the cursor of the next page (None: last page)."""
+        items: list[VersionInfo] = []
+        cursor = after
+        while len(items) < limit:
+            page = await self.registry.list(cursor, limit)
+            items.extend(info for info in page if caller.can_see(info))
+            if len(page) < limit:
+                return items[:limit], None
+            cursor = page[-1].task
+        return items[:limit], items[limit - 1].task
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def upload(self, task: str, data: bytes, caller: Caller, if_match: int | None) -> VersionInfo:
+        """Validate completely, then store as the next version; the registry is untouched on error."""
+        validate_task_id(task)
+        memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
+        check_backbone(memfile.metadata, self.backbone)
+        metadata = memfile.metadata.model_dump(exclude={"training"})
+        metadata["training"] = memfile.metadata.training
+        info = await self.registry.put(
+            task, data, hashlib.sha256(data).hexdigest(), metadata, caller.tenant, if_match, caller.admin
+        )
+        self.catalog[task] = info
+        self.cache.prime(await asyncio.to_thread(_loaded, task, info.version, memfile))
+        return info
+
+    async def delete(self, task: str, caller: Caller, if_match: int | None) -> None:
+        info = await self.resolve(task, caller)
+        await self.registry.delete(task, if_match)
+        if self.catalog.get(task) == info:
+            del self.catalog[task]
+        self.cache.discard(task)
+
+    async def seed(self, folder: Path, owner: str) -> list[str]:
+        """Upload ``<folder>/<task>.safetensors`` for every task the registry does not have yet."""
+        seeded = []
+        for path in await asyncio.to_thread(lambda: sorted(folder.glob("*.safetensors"))):
+            task = path.name.removesuffix(".safetensors")
+            if await self.registry.current(task) is None:
+                try:
+                    data = await asyncio.to_thread(path.read_bytes)
+                    await self.upload(task, data, Caller(owner, admin=True), if_match=0)
+                except SpartanError as exc:
+                    log.warning("seed memory %s skipped: %s", path, exc)
+                    continue
+                seeded.append(task)
+        return seeded
+
+    # --- replicas ------------------------------------------------------------------------
+
+    def _apply(self, task: str, info: VersionInfo | None) -> None:
+        if info is None:
+            self.catalog.pop(task, None)
+            self.cache.discard(task)
+        elif task not in self.catalog or self.catalog[task].version < info.version:
+            self.catalog[task] = info
+
+    async def _catch_up(self) -> None:
+        """Compare every task's version with the registry and fetch what changed."""
+        versions = await self.registry.current_versions()
+        for task in set(self.catalog) - set(versions):
+            self._apply(task, None)
+        for task, version in versions.items():
+            known = self.catalog.get(task)
+            if known is None or known.version != version:
+                self._apply(task, await self.registry.current(task))
+
+    async def _sync(self) -> None:
+        """Follow change events and compare all versions every few seconds (missed events)."""
+        catch_up = asyncio.create_task(self._periodic_catch_up(), name="registry-catch-up")
+        try:
+            while True:
+                try:
+                    async for event in self.registry.events():
+                        known = self.catalog.get(event.task)
+                        if event.version is None:
+                            self._apply(event.task, None)
+                        elif known is None or known.version < event.version:
+                            self._apply(event.task, await self.registry.current(event.task))
+                except RegistryUnavailableError as exc:
+                    self.registry_error = str(exc)
+                    await asyncio.sleep(1.0)
+        finally:
+            catch_up.cancel()
+
+    async def _periodic_catch_up(self) -> None:
+        while True:
+            await asyncio.sleep(CATCH_UP_SECONDS if self.registry_error is None else 1.0)
+            try:
+                await self._catch_up()
+                self.registry_error = None
+            except RegistryUnavailableError as exc:
+                self.registry_error = str(exc)
+
+
+def _loaded(task: str, version: int, memfile: MemoryFile) -> LoadedMemory:
+    packed = memfile.to_packed()
+    return LoadedMemory(task, version, memfile.metadata, packed, packed.nbytes())

@@ -1,0 +1,51 @@
+"""All configuration of the service, from the environment (prefix ``SPARTAN_``) or ``spartan serve`` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """One validated object; nothing else in the service reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SPARTAN_", extra="ignore")
+
+    backbone: str = Field("minilm", description="short name (spartan backbones) or checkpoint directory")
+    registry: Literal["file", "redis"] = "file"
+    registry_dir: Path = Field(Path("registry"), description="root of the file registry")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field("spartan", pattern=r"^[a-z0-9_-]{1,32}$")
+    keep_versions: int = Field(3, ge=1, le=100, description="versions kept per task (older ones are pruned)")
+    seed_dir: Path | None = Field(
+        None, description="memories (<task>.safetensors) uploaded at start-up if absent"
+    )
+
+    cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="resident memory budget of the cache"
+    )
+    pinned_tasks: list[str] = Field(default_factory=list, description="tasks never evicted")
+
+    max_batch_size: int = Field(32, ge=1, le=512)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    queue_size: int = Field(1024, ge=1, description="admitted requests waiting for the engine")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
+
+    max_inputs: int = Field(64, ge=1, le=4096, description="texts per classify request")
+    max_text_chars: int = Field(20_000, ge=1, description="characters per text")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest memory file accepted")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _pins_are_task_ids(self) -> ServiceSettings:
+        from service.tasks import validate_task_id
+
+        for task in self.pinned_tasks:
+            validate_task_id(task)
+        return self

@@ -1,0 +1,77 @@
+"""A real uvicorn server on a free loopback port, running the app in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from memories.backbone import Backbone
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningService:
+    url: str
+    settings: ServiceSettings
+    server: uvicorn.Server
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def start_service(settings: ServiceSettings, backbone: Backbone) -> tuple[RunningService, threading.Thread]:
+    config = uvicorn.Config(
+        create_app(settings, backbone),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the server thread died during start-up"
+        assert time.monotonic() < deadline, "the server did not start within 30 s"
+        time.sleep(0.02)
+    return RunningService(f"http://127.0.0.1:{settings.port}", settings, server), thread
+
+
+@pytest.fixture
+def service_factory(roberta_tiny: Backbone, tmp_path: Path) -> Iterator[object]:
+    started: list[tuple[RunningService, threading.Thread]] = []
+
+    def make(**overrides: object) -> RunningService:
+        fields: dict[str, object] = {
+            "backbone": roberta_tiny.name,
+            "registry_dir": tmp_path / f"registry-{len(started)}",
+            "port": free_port(),
+            "threads": 1,
+            "max_wait_ms": 2.0,
+        }
+        fields.update(overrides)
+        running = start_service(ServiceSettings(**fields), roberta_tiny)  # type: ignore[arg-type]
+        started.append(running)
+        return running[0]
+
+    yield make
+    for running, thread in started:
+        running.server.should_exit = True
+        thread.join(30)

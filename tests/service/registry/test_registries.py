@@ -1,0 +1,189 @@
+"""Both registry backends against the same contract; Redis is the real server at 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import RegistryUnavailableError, TaskNotFoundError, VersionConflictError
+from service.registry.base import ChangeEvent, Registry
+from service.registry.files import FileRegistry
+from service.registry.redis import RedisRegistry
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _purge(prefix: str) -> None:
+    from redis import asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(params=["file", "redis"])
+async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
+    if request.param == "file":
+        reg: Registry = FileRegistry(tmp_path / "reg", keep_versions=2, poll_interval=0.1)
+        yield reg
+        await reg.close()
+    else:
+        prefix = f"test-{uuid.uuid4().hex[:12]}"
+        reg = RedisRegistry(REDIS_URL, prefix, keep_versions=2)
+        yield reg
+        await reg.close()
+        await _purge(prefix)
+
+
+async def _put(reg: Registry, task: str, data: bytes, owner: str = "acme", **kwargs: object) -> int:
+    info = await reg.put(
+        task, data, hashlib.sha256(data).hexdigest(), {"labels": ["a", "b"]}, owner, **kwargs
+    )  # type: ignore[arg-type]
+    return info.version
+
+
+@pytest.mark.anyio
+async def test_put_read_list_and_versions(registry: Registry) -> None:
+    assert await registry.current("sst2") is None
+    assert await _put(registry, "sst2", b"one") == 1
+    assert await _put(registry, "sst2", b"two") == 2
+    assert await _put(registry, "bbc", b"news") == 1
+    info = await registry.current("sst2")
+    assert info is not None
+    assert (info.version, info.size, info.owner, info.metadata) == (2, 3, "acme", {"labels": ["a", "b"]})
+    assert info.sha256 == hashlib.sha256(b"two").hexdigest()
+    assert await registry.read("sst2", 1) == b"one"
+    assert await registry.read("sst2", 2) == b"two"
+    assert [i.task for i in await registry.list()] == ["bbc", "sst2"]
+    assert [i.task for i in await registry.list(after="bbc")] == ["sst2"]
+    assert [i.task for i in await registry.list(limit=1)] == ["bbc"]
+    assert await registry.current_versions() == {"sst2": 2, "bbc": 1}
+
+
+@pytest.mark.anyio
+async def test_old_versions_are_pruned(registry: Registry) -> None:
+    for data in (b"1", b"2", b"3"):
+        await _put(registry, "t", data)
+    assert await registry.read("t", 3) == b"3"
+    assert await registry.read("t", 2) == b"2"
+    with pytest.raises(TaskNotFoundError, match="has no version 1"):
+        await registry.read("t", 1)
+
+
+@pytest.mark.anyio
+async def test_if_match_compare_and_set(registry: Registry) -> None:
+    assert await _put(registry, "t", b"a", if_match=0) == 1
+    with pytest.raises(VersionConflictError, match="at version 1, not 0"):
+        await _put(registry, "t", b"b", if_match=0)
+    assert await _put(registry, "t", b"b", if_match=1) == 2
+    with pytest.raises(VersionConflictError, match="at version 2, not 1"):
+        await _put(registry, "t", b"c", if_match=1)
+    assert await registry.read("t", 2) == b"b"
+    current = await registry.current("t")
+    assert current is not None
+    assert current.version == 2
+
+
+@pytest.mark.anyio
+async def test_concurrent_compare_and_set_has_one_winner(registry: Registry) -> None:
+    await _put(registry, "t", b"base")
+    results = await asyncio.gather(
+        *(_put(registry, "t", f"w{i}".encode(), if_match=1) for i in range(6)), return_exceptions=True
+    )
+    assert sum(isinstance(r, int) for r in results) == 1
+    assert sum(isinstance(r, VersionConflictError) for r in results) == 5
+
+
+@pytest.mark.anyio
+async def test_other_tenants_tasks_are_invisible_to_put(registry: Registry) -> None:
+    await _put(registry, "t", b"mine", owner="acme")
+    with pytest.raises(TaskNotFoundError, match="task 't' not found"):
+        await _put(registry, "t", b"theirs", owner="globex")
+    assert await _put(registry, "t", b"admin", owner="root", any_owner=True) == 2
+    current = await registry.current("t")
+    assert current is not None
+    assert current.owner == "acme", "an admin upload keeps the owner"
+
+
+@pytest.mark.anyio
+async def test_delete_and_numbers_are_never_reused(registry: Registry) -> None:
+    await _put(registry, "t", b"1")
+    await _put(registry, "t", b"2")
+    with pytest.raises(VersionConflictError):
+        await registry.delete("t", if_match=1)
+    await registry.delete("t", if_match=2)
+    assert await registry.current("t") is None
+    assert await registry.list() == []
+    with pytest.raises(TaskNotFoundError):
+        await registry.read("t", 2)
+    with pytest.raises(TaskNotFoundError, match="task 't' not found"):
+        await registry.delete("t")
+    assert await _put(registry, "t", b"again") == 3
+
+
+@pytest.mark.anyio
+async def test_changes_are_announced(registry: Registry) -> None:
+    seen: list[ChangeEvent] = []
+
+    async def watch() -> None:
+        async for event in registry.events():
+            seen.append(event)
+            if len(seen) == 3:
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)  # let the watcher subscribe
+    await _put(registry, "t", b"1")
+    await asyncio.sleep(0.3)
+    await _put(registry, "t", b"2")
+    await asyncio.sleep(0.3)
+    await registry.delete("t")
+    await asyncio.wait_for(watcher, 5)
+    assert seen == [ChangeEvent("t", 1), ChangeEvent("t", 2), ChangeEvent("t", None)]
+
+
+@pytest.mark.anyio
+async def test_file_registry_sees_other_processes_writes(tmp_path: Path) -> None:
+    mine, theirs = FileRegistry(tmp_path, poll_interval=0.05), FileRegistry(tmp_path)
+    events = mine.events()
+    first = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0.1)
+    await _put(theirs, "t", b"x")
+    assert await asyncio.wait_for(first, 2) == ChangeEvent("t", 1)
+    await events.aclose()
+
+
+@pytest.mark.anyio
+async def test_file_registry_never_exposes_a_partial_write(tmp_path: Path) -> None:
+    reg = FileRegistry(tmp_path)
+    await _put(reg, "t", b"good")
+    folder = next(tmp_path.iterdir())
+    (folder / ".current.json.123.tmp").write_text('{"half": ')  # a crash mid-write leaves only a temp file
+    (folder / "v00000002.bin").write_bytes(b"orphan of a crashed put")
+    current = await reg.current("t")
+    assert current is not None
+    assert current.version == 1
+    assert await reg.read("t", 1) == b"good"
+    assert all(c in "0123456789abcdef" for c in folder.name), "task ids never appear raw in paths"
+
+
+@pytest.mark.anyio
+async def test_redis_down_is_reported_as_unavailable() -> None:
+    reg = RedisRegistry("redis://127.0.0.1:1/0")
+    with pytest.raises(RegistryUnavailableError, match="Redis registry is unavailable"):
+        await reg.ping()
+    with pytest.raises(RegistryUnavailableError):
+        await _put(reg, "t", b"x")
+    await reg.close()
