@@ -196,6 +196,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    from service.auth import add_key
+
+    key = add_key(args.file, args.tenant, args.role)
+    _log(f"added a {args.role} key for tenant {args.tenant!r} to {args.file} (only its hash is stored)")
+    print(key)
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from memories.backbones import CATALOGUE
 
@@ -271,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys_add = keys.add_parser("add", help="create a key, store its hash, print the key once")
+    keys_add.add_argument("--file", type=Path, required=True, help="keys file (SPARTAN_API_KEYS_FILE)")
+    keys_add.add_argument("--tenant", required=True)
+    keys_add.add_argument("--role", choices=("tenant", "admin"), default="tenant")
+    keys_add.set_defaults(func=cmd_keys_add)
 
     backbones = sub.add_parser("backbones", help="list the named backbones")
     backbones.set_defaults(func=cmd_backbones)

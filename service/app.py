@@ -13,14 +13,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
 from service.api import errors
 from service.api.deps import LOCAL_TENANT
 from service.api.routes import classify, health, memories
+from service.auth import KeyRing
 from service.cpu import available_cpus
 from service.engine import Engine
+from service.metrics import HTTPMetrics, RuntimeCollector
 from service.registry.base import Registry
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
@@ -41,6 +44,12 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keyring = KeyRing(await asyncio.to_thread(settings.all_api_keys))  # a bad keys file fails first
+        if keyring.open:
+            log.warning(
+                "no API keys configured: the service is open to every caller (local development mode)"
+            )
+        app.state.keyring = keyring
         model = backbone
         if model is None:
             model = await asyncio.to_thread(load_backbone, settings.backbone)
@@ -55,7 +64,6 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             log.info(
                 "seeded %d memories from %s: %s", len(seeded), settings.seed_dir, ", ".join(seeded) or "-"
             )
-        log.warning("no API keys configured: the service is open to every caller (local development mode)")
         log.info(
             "serving backbone %s (%s) with %d torch threads, %s registry, cache %d MB",
             model.name,
@@ -65,6 +73,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             settings.cache_bytes >> 20,
         )
         app.state.runtime = runtime
+        metrics_registry.register(RuntimeCollector(runtime))
         try:
             yield
         finally:
@@ -76,6 +85,9 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         version="0.1.0",
         lifespan=lifespan,
     )
+    metrics_registry = CollectorRegistry()
+    app.state.metrics_registry = metrics_registry
+    app.add_middleware(HTTPMetrics, registry=metrics_registry)
     errors.install(app)
     app.include_router(classify.router)
     app.include_router(memories.router)

@@ -70,7 +70,7 @@ class EngineStats:
     expired: int = 0
     failed: int = 0
     busy_seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)  # drained by the metrics collector
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
 
 
 class Engine:
@@ -189,7 +189,7 @@ class Engine:
         self.stats.busy_seconds += time.perf_counter() - tick
         self.stats.batches += 1
         self.stats.rows += len(rows)
-        self.stats.batch_sizes.append(len(rows))
+        self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
         for i, row in enumerate(rows):
             tokens = len(row.encoding["input_ids"])
             routing = out.routing[i][:, :tokens] if out.routing is not None and row.request.explain else None

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from memories.backbone import Backbone
 from memories.errors import SpartanError
 from memories.memfile import MemoryFile, check_backbone, parse_memory
+from service.auth import Caller
 from service.cache import LoadedMemory, MemoryCache
 from service.engine import Engine
 from service.errors import RegistryUnavailableError, TaskNotFoundError
@@ -34,17 +34,6 @@ from service.tasks import validate_task_id
 log = logging.getLogger(__name__)
 
 CATCH_UP_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: a tenant, and whether it may manage every tenant's tasks."""
-
-    tenant: str
-    admin: bool = False
-
-    def can_see(self, info: VersionInfo) -> bool:
-        return self.admin or info.owner == self.tenant
 
 
 class Runtime:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.auth import ApiKey
+
 
 class ServiceSettings(BaseSettings):
     """One validated object; nothing else in the service reads the environment."""
@@ -39,6 +41,9 @@ class ServiceSettings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest memory file accepted")
 
+    api_keys_file: Path | None = Field(None, description="JSON list of hashed keys (spartan keys add)")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="hashed keys as JSON, besides the file")
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -49,3 +54,10 @@ class ServiceSettings(BaseSettings):
         for task in self.pinned_tasks:
             validate_task_id(task)
         return self
+
+    def all_api_keys(self) -> list[ApiKey]:
+        """Keys from the setting plus the keys file (read now, so a bad file fails start-up)."""
+        from service.auth import read_keys
+
+        from_file = read_keys(self.api_keys_file) if self.api_keys_file is not None else []
+        return [*self.api_keys, *from_file]

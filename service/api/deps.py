@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
-from service.runtime import Caller, Runtime
+from service.auth import Caller, KeyRing, presented_key
+from service.runtime import Runtime
 
 LOCAL_TENANT = "local"
 
@@ -16,9 +17,14 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def get_caller(request: Request) -> Caller:
-    """Open mode (no API keys configured): every caller is the local admin."""
-    return Caller(LOCAL_TENANT, admin=True)
+def get_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Caller:
+    """The caller named by its API key (401 without a valid one); the local admin in open mode."""
+    keyring: KeyRing = request.app.state.keyring
+    return keyring.caller(presented_key(authorization, x_api_key), LOCAL_TENANT)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -19,6 +19,7 @@ from memories.errors import (
     MemoryTooLargeError,
     SpartanError,
 )
+from service.auth import UnauthorizedError
 from service.errors import (
     DeadlineExceededError,
     InvalidTaskIdError,
@@ -36,6 +37,7 @@ RETRY_AFTER_SECONDS = 1
 
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[Exception], int]] = [
+    (UnauthorizedError, 401),
     (InvalidTaskIdError, 422),
     (TaskNotFoundError, 404),
     (VersionConflictError, 412),
@@ -71,7 +73,11 @@ def _body(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
 
 async def _known(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else None
+    headers = None
+    if status in (429, 503):
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    elif status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return _body(status, str(exc), headers)
 
 

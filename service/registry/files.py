@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memories.memfile import atomic_write
+from memories.atomic import atomic_write
 from service.errors import TaskNotFoundError
 from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match
 from service.tasks import storage_key, task_from_key

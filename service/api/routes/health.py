@@ -1,8 +1,9 @@
-"""Liveness, readiness."""
+"""Liveness, readiness, Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import RuntimeDep
 from service.api.schemas import Health, Readiness
@@ -37,3 +38,9 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
         resident_tasks=len(runtime.cache),
         resident_bytes=runtime.cache.resident_bytes,
     )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: HTTP, cache, engine and registry metrics of this replica."""
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -181,3 +181,23 @@ def test_health_readiness_and_openapi(http: httpx.Client) -> None:
     assert ready["degraded"] == []
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/v1/{task}/classify", "/v1/memories/{task}", "/v1/memories", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_metrics_count_traffic_cache_and_batches(http: httpx.Client, roberta_tiny: Backbone) -> None:
+    _upload(http, "t", make_memfile(roberta_tiny).to_bytes())
+    for _ in range(3):
+        http.post("/v1/t/classify", json={"inputs": ["a", "b"]})
+    http.post("/v1/missing/classify", json={"inputs": "a"})
+    text = http.get("/metrics").text
+
+    def value(line_start: str) -> float:
+        line = next(line for line in text.splitlines() if line.startswith(line_start))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('spartan_http_requests_total{method="POST",route="/v1/{task}/classify",status="200"}') == 3
+    assert value('spartan_http_requests_total{method="POST",route="/v1/{task}/classify",status="404"}') == 1
+    assert value("spartan_cache_hits_total") == 3, "the upload primed the cache"
+    assert value("spartan_engine_rows_total") == 6
+    assert value("spartan_cache_resident_tasks") == 1
+    assert value('spartan_engine_batch_size_bucket{le="+Inf"}') == value("spartan_engine_batches_total")
+    assert value("spartan_registry_up") == 1

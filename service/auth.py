@@ -1,0 +1,109 @@
+"""API keys: hashed at rest, each mapping to a tenant and a role.
+
+Keys are random tokens handed to callers once; only their sha256 is stored (a keys file or the
+``SPARTAN_API_KEYS`` setting). A request presents its key as ``Authorization: Bearer <key>`` or
+``X-API-Key: <key>``. With no keys configured the service runs open: every caller is the local
+admin, and start-up says so loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from memories.atomic import atomic_write
+from service.errors import ServiceError
+from service.registry.base import VersionInfo
+
+Role = Literal["admin", "tenant"]
+KEY_PREFIX = "sk-spartan-"
+
+
+class ApiKey(BaseModel):
+    """One stored key: its hash, the tenant it acts for, its role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    role: Role = "tenant"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant, and whether it may manage every tenant's tasks."""
+
+    tenant: str
+    admin: bool = False
+
+    def can_see(self, info: VersionInfo) -> bool:
+        return self.admin or info.owner == self.tenant
+
+
+_KEYS = TypeAdapter(list[ApiKey])
+
+
+class UnauthorizedError(ServiceError):
+    """No key, or an unknown key, while keys are configured (401)."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def read_keys(path: Path) -> list[ApiKey]:
+    """The keys file: a JSON list of {"sha256", "tenant", "role"}; raises ServiceError if malformed."""
+    try:
+        return _KEYS.validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ServiceError(f"cannot read API keys from {path}: {exc}") from None
+
+
+def add_key(path: Path, tenant: str, role: Role) -> str:
+    """Create a key for ``tenant``, store its hash in the keys file, return the key (shown once)."""
+    keys = read_keys(path) if path.exists() else []
+    key = new_key()
+    keys.append(ApiKey(sha256=hash_key(key), tenant=tenant, role=role))
+    atomic_write(path, json.dumps([k.model_dump() for k in keys], indent=2).encode() + b"\n")
+    return key
+
+
+class KeyRing:
+    """Looks up callers by key hash; empty = open mode."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._by_hash = {k.sha256: k for k in keys}
+
+    @property
+    def open(self) -> bool:
+        return not self._by_hash
+
+    def caller(self, presented: str | None, local_tenant: str) -> Caller:
+        if self.open:
+            return Caller(local_tenant, admin=True)
+        if not presented:
+            raise UnauthorizedError(
+                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )
+        entry = self._by_hash.get(hash_key(presented))
+        if entry is None:
+            raise UnauthorizedError("unknown API key")
+        return Caller(entry.tenant, admin=entry.role == "admin")
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None

@@ -1,0 +1,99 @@
+"""Prometheus metrics: HTTP traffic, cache, engine and registry health, one registry per app.
+
+HTTP counters are recorded by :class:`HTTPMetrics` (a pure ASGI middleware, labelled by route
+template, never by raw path). Cache and engine numbers are read from their stats objects at
+scrape time by :class:`RuntimeCollector`, so the hot paths only bump plain integers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.runtime import Runtime
+
+
+class RuntimeCollector(Collector):
+    """Cache, engine and registry state of one runtime, read at scrape time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        cache, engine = self.runtime.cache, self.runtime.engine
+        stats = cache.stats
+        for name, value, doc in (
+            ("cache_hits", stats.hits, "classify lookups served from the cache"),
+            ("cache_misses", stats.misses, "lookups that had to load (or wait for) a memory"),
+            ("cache_evictions", stats.evictions, "memories evicted to stay within the byte budget"),
+            ("cache_loads", stats.loads, "memories loaded from the registry"),
+            ("cache_load_failures", stats.load_failures, "loads that failed"),
+            ("cache_load_seconds", stats.load_seconds, "time spent loading memories"),
+            ("engine_batches", engine.stats.batches, "batches run by the engine"),
+            ("engine_rows", engine.stats.rows, "inputs classified by the engine"),
+            ("engine_expired_rows", engine.stats.expired, "inputs dropped because their deadline passed"),
+            ("engine_failed_rows", engine.stats.failed, "inputs that failed in the engine"),
+            ("engine_busy_seconds", engine.stats.busy_seconds, "time the engine spent running batches"),
+        ):
+            yield CounterMetricFamily(f"spartan_{name}", doc, value=value)
+        for name, value, doc in (
+            ("cache_resident_bytes", cache.resident_bytes, "bytes of memories held by the cache"),
+            ("cache_capacity_bytes", cache.capacity_bytes, "byte budget of the cache"),
+            ("cache_resident_tasks", len(cache), "memories held by the cache"),
+            ("engine_queue_depth", engine.queued, "inputs admitted and waiting for the engine"),
+            ("catalog_tasks", len(self.runtime.catalog), "tasks known to this replica"),
+            ("registry_up", 0 if self.runtime.registry_error else 1, "1 when the registry answers"),
+        ):
+            yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)
+        sizes = dict(engine.stats.batch_sizes)
+        bounds = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+        buckets = [(str(b), sum(n for size, n in sizes.items() if size <= b)) for b in bounds]
+        buckets.append(("+Inf", sum(sizes.values())))
+        total_rows = sum(size * n for size, n in sizes.items())
+        yield HistogramMetricFamily(
+            "spartan_engine_batch_size", "rows per engine batch", buckets=buckets, sum_value=total_rows
+        )
+
+
+class HTTPMetrics:
+    """Counts requests and their latency by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "spartan_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "spartan_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.requests.labels(scope["method"], template, str(status)).inc()
+            self.latency.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,122 @@
+"""Hot swap across two real `spartan serve` processes sharing the Redis registry, under load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from memories.backbones import load_backbone
+from tests.conftest import make_memfile
+from tests.service.conftest import free_port
+from tests.service.registry.test_registries import REDIS_URL, _purge
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _serve(port: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SPARTAN_BACKBONE": "roberta-tiny-random",
+        "SPARTAN_REGISTRY": "redis",
+        "SPARTAN_REDIS_URL": REDIS_URL,
+        "SPARTAN_REDIS_PREFIX": prefix,
+        "SPARTAN_THREADS": "1",
+        "SPARTAN_PORT": str(port),
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "memories.cli", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited: {log.read_text()[-2000:]}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not ready within 60 s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[list[str]]:
+    import asyncio
+
+    prefix = f"hotswap-{uuid.uuid4().hex[:10]}"
+    ports = [free_port(), free_port()]
+    processes = [_serve(port, prefix, tmp_path / f"replica-{i}.log") for i, port in enumerate(ports)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for i, (url, process) in enumerate(zip(urls, processes, strict=True)):
+            _wait_ready(url, process, tmp_path / f"replica-{i}.log")
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        asyncio.run(_purge(prefix))
+
+
+def test_put_on_one_replica_reaches_both_under_load(replicas: list[str]) -> None:
+    backbone = load_backbone("roberta-tiny-random")
+    old, new = make_memfile(backbone, seed=1).to_bytes(), make_memfile(backbone, seed=2).to_bytes()
+    headers = {"content-type": "application/octet-stream"}
+    assert httpx.put(f"{replicas[0]}/v1/memories/live", content=old, headers=headers).json()["version"] == 1
+
+    stop = threading.Event()
+    seen: dict[str, list[tuple[float, int]]] = {url: [] for url in replicas}  # (request start, version)
+    failures: list[str] = []
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(5000):  # bounded: stops by itself even if the test hangs
+                if stop.is_set():
+                    return
+                started = time.monotonic()
+                response = client.post("/v1/live/classify", json={"inputs": ["some text", "more text"]})
+                if response.status_code != 200:
+                    failures.append(f"{url}: {response.status_code} {response.text}")
+                    continue
+                seen[url].append((started, response.json()["version"]))
+
+    workers = [threading.Thread(target=load, args=(url,)) for url in replicas for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    put = httpx.put(f"{replicas[0]}/v1/memories/live", content=new, headers=headers)
+    swapped_at = time.monotonic()
+    assert put.json()["version"] == 2
+    time.sleep(2.0)
+    stop.set()
+    for worker in workers:
+        worker.join(30)
+
+    assert failures == []
+    for url, answers in seen.items():
+        versions = [v for _, v in answers]
+        assert versions[0] == 1, f"{url} served version 1 before the swap"
+        assert versions[-1] == 2, f"{url} never served version 2"
+        first_new = next(t for t, v in answers if v == 2)
+        assert first_new - swapped_at < 1.0, f"{url} took {first_new - swapped_at:.2f}s to switch"
+        switch = versions.index(2)
+        assert set(versions[switch:]) == {2}, f"{url} went back to version 1 after switching"
+    on_writer = [v for t, v in seen[replicas[0]] if t > swapped_at]
+    assert set(on_writer) == {2}, "requests started after the PUT returned get version 2 on its replica"
