@@ -14,9 +14,9 @@ import pytest
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
+from service.settings import ServiceSettings
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService, free_port, start_service
-from service.settings import ServiceSettings
 
 LONG = "a fairly long sentence about nothing in particular, " * 12  # ~128 tokens after truncation
 
@@ -27,7 +27,9 @@ def roberta_base() -> Backbone:
 
 
 @pytest.fixture
-def busy_service(roberta_base: Backbone, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RunningService]:
+def busy_service(
+    roberta_base: Backbone, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., RunningService]:
     started = []
 
     def make(**overrides: object) -> RunningService:
@@ -45,7 +47,9 @@ def busy_service(roberta_base: Backbone, tmp_path_factory: pytest.TempPathFactor
         started.append((running, thread))
         memory = make_memfile(roberta_base).to_bytes()
         with running.client() as http:
-            put = http.put("/v1/memories/t", content=memory, headers={"content-type": "application/octet-stream"})
+            put = http.put(
+                "/v1/memories/t", content=memory, headers={"content-type": "application/octet-stream"}
+            )
             assert put.status_code == 200, put.text
         return running
 
