@@ -8,11 +8,12 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` through a temp file in the same directory, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # mkstemp makes 0600; memories are meant to be shared
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

@@ -1,0 +1,213 @@
+"""A small typed client for the service (httpx), sync and async.
+
+Both clients share :class:`_Calls`, which builds each request and parses each response; they
+differ only in how they send. Error responses raise :class:`ServiceHTTPError` with the status,
+the server's message and, for 429/503, the Retry-After seconds.
+
+    with SpartanClient("http://127.0.0.1:8000", api_key=key) as client:
+        client.put_memory("sentiment", Path("sst2.safetensors").read_bytes())
+        print(client.classify("sentiment", ["a gorgeous film"]).predictions[0].label)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from service.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    Explain,
+    MemoryInfo,
+    MemoryPage,
+    PairInput,
+    Readiness,
+)
+
+M = TypeVar("M", bound=BaseModel)
+Inputs = str | Sequence[str] | Sequence[PairInput] | Sequence[tuple[str, str]]
+
+
+class ServiceHTTPError(Exception):
+    """An error response: ``status``, the server's ``detail`` and ``retry_after`` (seconds) if given."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    url: str
+    json: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] | None = None
+    params: dict[str, Any] | None = None
+
+
+class _Calls:
+    """Request builders and response parsers shared by both clients."""
+
+    @staticmethod
+    def classify(task: str, inputs: Inputs, explain: Explain) -> _Request:
+        if isinstance(inputs, str):
+            body: Any = inputs
+        else:
+            body = [PairInput(text=i[0], pair=i[1]) if isinstance(i, tuple) else i for i in inputs]
+        request = ClassifyRequest(inputs=body, explain=explain)
+        return _Request("POST", f"/v1/{task}/classify", json=request.model_dump(mode="json"))
+
+    @staticmethod
+    def put_memory(task: str, data: bytes, if_match: int | None) -> _Request:
+        headers = {"content-type": "application/octet-stream"}
+        if if_match is not None:
+            headers["if-match"] = str(if_match)
+        return _Request("PUT", f"/v1/memories/{task}", content=data, headers=headers)
+
+    @staticmethod
+    def delete_memory(task: str, if_match: int | None) -> _Request:
+        return _Request(
+            "DELETE", f"/v1/memories/{task}", headers={"if-match": str(if_match)} if if_match else None
+        )
+
+    @staticmethod
+    def list_page(after: str | None, limit: int) -> _Request:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return _Request("GET", "/v1/memories", params=params)
+
+    @staticmethod
+    def parse(response: httpx.Response, model: type[M] | None) -> M | None:
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", response.text))
+            except ValueError:
+                detail = response.text
+            retry = response.headers.get("retry-after")
+            raise ServiceHTTPError(response.status_code, detail, float(retry) if retry else None)
+        return model.model_validate_json(response.content) if model is not None else None
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class SpartanClient:
+    """Blocking client."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+
+    def __enter__(self) -> SpartanClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, request: _Request, model: type[M] | None) -> M | None:
+        response = self._http.request(
+            request.method,
+            request.url,
+            json=request.json,
+            content=request.content,
+            headers=request.headers,
+            params=request.params,
+        )
+        return _Calls.parse(response, model)
+
+    def classify(self, task: str, inputs: Inputs, explain: Explain = "none") -> ClassifyResponse:
+        return _required(self._send(_Calls.classify(task, inputs, explain), ClassifyResponse))
+
+    def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
+        return _required(self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))
+
+    def get_memory(self, task: str) -> MemoryInfo:
+        return _required(self._send(_Request("GET", f"/v1/memories/{task}"), MemoryInfo))
+
+    def delete_memory(self, task: str, if_match: int | None = None) -> None:
+        self._send(_Calls.delete_memory(task, if_match), None)
+
+    def list_memories(self, page_size: int = 100) -> Iterator[MemoryInfo]:
+        after: str | None = None
+        while True:
+            page = _required(self._send(_Calls.list_page(after, page_size), MemoryPage))
+            yield from page.items
+            if page.next is None:
+                return
+            after = page.next
+
+    def ready(self) -> Readiness:
+        return _required(self._send(_Request("GET", "/readyz"), Readiness))
+
+    def metrics(self) -> str:
+        response = self._http.get("/metrics")
+        _Calls.parse(response, None)
+        return response.text
+
+
+class AsyncSpartanClient:
+    """asyncio client (the load generator's)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+
+    async def __aenter__(self) -> AsyncSpartanClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, request: _Request, model: type[M] | None) -> M | None:
+        response = await self._http.request(
+            request.method,
+            request.url,
+            json=request.json,
+            content=request.content,
+            headers=request.headers,
+            params=request.params,
+        )
+        return _Calls.parse(response, model)
+
+    async def classify(self, task: str, inputs: Inputs, explain: Explain = "none") -> ClassifyResponse:
+        return _required(await self._send(_Calls.classify(task, inputs, explain), ClassifyResponse))
+
+    async def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
+        return _required(await self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))
+
+    async def get_memory(self, task: str) -> MemoryInfo:
+        return _required(await self._send(_Request("GET", f"/v1/memories/{task}"), MemoryInfo))
+
+    async def delete_memory(self, task: str, if_match: int | None = None) -> None:
+        await self._send(_Calls.delete_memory(task, if_match), None)
+
+    async def list_memories(self, page_size: int = 100) -> AsyncIterator[MemoryInfo]:
+        after: str | None = None
+        while True:
+            page = _required(await self._send(_Calls.list_page(after, page_size), MemoryPage))
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            after = page.next
+
+    async def ready(self) -> Readiness:
+        return _required(await self._send(_Request("GET", "/readyz"), Readiness))
+
+
+def _required(value: M | None) -> M:
+    assert value is not None, "a model was requested, so parse() returned one"
+    return value

@@ -1,0 +1,59 @@
+"""The typed clients against a real server: the same calls, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from memories.backbone import Backbone
+from service.client import AsyncSpartanClient, ServiceHTTPError, SpartanClient
+from tests.conftest import make_memfile
+from tests.service.conftest import RunningService
+
+
+def test_sync_client_round_trip(
+    service_factory: Callable[..., RunningService], roberta_tiny: Backbone
+) -> None:
+    service = service_factory()
+    with SpartanClient(service.url) as client:
+        assert client.put_memory("a", make_memfile(roberta_tiny).to_bytes(), if_match=0).version == 1
+        client.put_memory("b", make_memfile(roberta_tiny, labels=()).to_bytes())
+        single = client.classify("a", "some text")
+        pairs = client.classify("b", [("first", "second")], explain="last_layer")
+        assert single.predictions[0].label in ("negative", "positive")
+        assert pairs.predictions[0].value is not None
+        assert pairs.predictions[0].parents is not None
+        assert [m.task for m in client.list_memories(page_size=1)] == ["a", "b"]
+        assert client.get_memory("a").version == 1
+        with pytest.raises(ServiceHTTPError) as conflict:
+            client.put_memory("a", make_memfile(roberta_tiny).to_bytes(), if_match=0)
+        assert (conflict.value.status, conflict.value.detail) == (412, "task 'a' is at version 1, not 0")
+        client.delete_memory("a", if_match=1)
+        with pytest.raises(ServiceHTTPError) as missing:
+            client.classify("a", "x")
+        assert missing.value.status == 404
+        assert client.ready().ready
+        assert "spartan_engine_rows_total" in client.metrics()
+
+
+def test_async_client_round_trip(
+    service_factory: Callable[..., RunningService], roberta_tiny: Backbone
+) -> None:
+    service = service_factory()
+
+    async def scenario() -> None:
+        async with AsyncSpartanClient(service.url) as client:
+            await client.put_memory("a", make_memfile(roberta_tiny).to_bytes())
+            answers = await asyncio.gather(*(client.classify("a", [f"text {i}"]) for i in range(8)))
+            assert {a.version for a in answers} == {1}
+            assert [m.task async for m in client.list_memories()] == ["a"]
+            assert (await client.get_memory("a")).version == 1
+            await client.delete_memory("a")
+            with pytest.raises(ServiceHTTPError) as missing:
+                await client.classify("a", "x")
+            assert missing.value.status == 404
+            assert (await client.ready()).ready
+
+    asyncio.run(scenario())
