@@ -143,7 +143,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(report: dict[str, object], path: Path | None, command: str) -> None:
+    report["command"] = command
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        _log(f"wrote {path}")
+
+
+def cmd_bench_http(args: argparse.Namespace) -> int:
+    from memories.backbones import load_backbone
+    from service.bench_http import HttpBenchOptions, format_http_table, run_http_bench
+
+    options = HttpBenchOptions(
+        tasks=args.tasks,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        threads=args.threads,
+        max_batch_size=args.batch_size,
+    )
+    _set_threads(args.threads)
+    report = run_http_bench(load_backbone(args.backbone or "minilm"), options, _log)
+    print(format_http_table(report))
+    _write_report(report, args.json, args.command_line)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.http:
+        return cmd_bench_http(args)
     from memories.backbones import load_backbone
     from memories.bench import BenchOptions, format_table, run_bench
 
@@ -155,15 +184,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         spartan=_spartan_config(args),
     )
     _set_threads(args.threads)
-    backbone = load_backbone(args.backbone)
+    backbone = load_backbone(args.backbone or "roberta-base-random")
     report = run_bench(backbone, options, _log)
-    report["command"] = args.command_line
-    table = format_table(report)
-    print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        _log(f"wrote {args.json}")
+    print(format_table(report))
+    _write_report(report, args.json, args.command_line)
     return 0
 
 
@@ -261,12 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="throughput: bare backbone vs SPARTAN variants vs mixed tasks")
-    bench.add_argument("--backbone", default="roberta-base-random")
+    bench.add_argument(
+        "--http", action="store_true", help="engine in-process vs through HTTP (serving overhead)"
+    )
+    bench.add_argument("--backbone", help="default: roberta-base-random (model bench), minilm (--http)")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--seq", type=int, nargs="+", default=[64, 128])
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--json", type=Path, help="write the full report here")
+    bench.add_argument("--tasks", type=int, default=8, help="--http: memories the requests rotate over")
+    bench.add_argument("--requests", type=int, default=512, help="--http: requests per side and round")
+    bench.add_argument("--concurrency", type=int, default=64, help="--http: requests in flight")
     _add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)
 

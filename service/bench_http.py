@@ -1,0 +1,214 @@
+"""Serving overhead: the engine driven in-process vs the same engine behind HTTP, one run.
+
+Both sides get the same work: ``requests`` single-text requests spread round-robin over
+``tasks`` different memories (so batches mix tasks), ``concurrency`` in flight at a time (enough
+to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`` torch threads.
+
+* in-process: an :class:`~service.engine.Engine` in this process, fed by asyncio tasks;
+* HTTP: a real ``spartan serve`` child process on a loopback port (file registry in a temp
+  dir, the memories uploaded through the API), fed by the async client.
+
+Rounds alternate the two sides; the reported ratio is the median of per-round ratios
+(HTTP inst/min over in-process inst/min), which cancels slow drifts of a shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+
+from memories.backbone import Backbone
+from memories.bench import machine
+from memories.memfile import MemoryFile, MemoryMetadata
+from memories.model import TaskMemory
+from memories.spartan import SpartanConfig
+from service.cache import LoadedMemory
+from service.client import AsyncSpartanClient
+from service.engine import Engine, RowRequest
+
+
+@dataclass(frozen=True)
+class HttpBenchOptions:
+    tasks: int = 8
+    requests: int = 512
+    concurrency: int = 64
+    rounds: int = 3
+    threads: int = 1
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    seed: int = 0
+
+
+def _memories(backbone: Backbone, count: int, seed: int) -> list[MemoryFile]:
+    torch.manual_seed(seed)
+    files = []
+    for i in range(count):
+        task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
+        meta = MemoryMetadata(
+            backbone=backbone.name,
+            backbone_fingerprint=backbone.fingerprint,
+            hidden_size=backbone.hidden_size,
+            num_layers=backbone.num_layers,
+            num_parents=16,
+            num_children=3,
+            top_k=8,
+            child_temperature=1.6,
+            task_type="classification",
+            labels=["no", "yes"],
+            pooling=backbone.pooling,
+            max_seq_length=128,
+            task=f"bench-{i}",
+        )
+        files.append(MemoryFile.from_task(task, meta))
+    return files
+
+
+def _texts(count: int) -> list[str]:
+    """Deterministic sentences of 12-30 words (SST-2-like lengths)."""
+    words = ["the", "a", "film", "story", "plot", "actor", "scene", "music"]
+    words += ["quietly", "bold", "warm", "dull", "bright", "clever", "slow"]
+    return [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12 + i % 19)) for i in range(count)]
+
+
+async def _drive(send: Callable[[int], Awaitable[None]], requests: int, concurrency: int) -> float:
+    """Run ``requests`` calls of ``send(i)`` with ``concurrency`` in flight; returns seconds."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await send(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    return time.perf_counter() - started
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_server(
+    backbone: str, options: HttpBenchOptions, registry: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SPARTAN_BACKBONE": backbone,
+        "SPARTAN_REGISTRY_DIR": str(registry),
+        "SPARTAN_THREADS": str(options.threads),
+        "SPARTAN_MAX_BATCH_SIZE": str(options.max_batch_size),
+        "SPARTAN_MAX_WAIT_MS": str(options.max_wait_ms),
+        "SPARTAN_PORT": str(port),
+    }
+    log = (registry.parent / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memories.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited; see {registry.parent / 'server.log'}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError("the server did not become ready within 120 s")
+
+
+def run_http_bench(
+    backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
+) -> dict[str, object]:
+    files = _memories(backbone, options.tasks, options.seed)
+    texts = _texts(options.requests)
+    loaded = []
+    for i, memfile in enumerate(files):
+        packed = memfile.to_packed()
+        loaded.append(LoadedMemory(f"bench-{i}", 1, memfile.metadata, packed, packed.nbytes()))
+    engine = Engine(
+        backbone, options.max_batch_size, options.max_wait_ms / 1000, 4 * options.requests, options.threads
+    )
+    engine.start()
+    times: dict[str, list[float]] = {"in-process": [], "http": []}
+    with tempfile.TemporaryDirectory(prefix="spartan-bench-http-") as tmp:
+        process, url = _start_server(backbone.name, options, Path(tmp) / "registry")
+        try:
+
+            async def upload() -> None:
+                async with AsyncSpartanClient(url) as client:
+                    for i, memfile in enumerate(files):
+                        await client.put_memory(f"bench-{i}", memfile.to_bytes())
+
+            asyncio.run(upload())
+
+            async def in_process() -> float:
+                async def send(i: int) -> None:
+                    row = RowRequest(texts[i], None, loaded[i % options.tasks])
+                    await engine.submit([row], time.monotonic() + 600)
+
+                return await _drive(send, options.requests, options.concurrency)
+
+            async def over_http() -> float:
+                async with AsyncSpartanClient(url, timeout=600) as client:
+
+                    async def send(i: int) -> None:
+                        await client.classify(f"bench-{i % options.tasks}", texts[i])
+
+                    return await _drive(send, options.requests, options.concurrency)
+
+            asyncio.run(in_process())  # warm-up of both sides
+            asyncio.run(over_http())
+            for r in range(options.rounds):
+                times["in-process"].append(asyncio.run(in_process()))
+                times["http"].append(asyncio.run(over_http()))
+                progress(
+                    f"round {r + 1}/{options.rounds}: in-process {times['in-process'][-1]:.2f}s, "
+                    f"http {times['http'][-1]:.2f}s for {options.requests} requests"
+                )
+        finally:
+            process.terminate()
+            process.wait(60)
+            engine.stop()
+    per_minute = {
+        name: round(60.0 * options.requests / statistics.median(ts), 1) for name, ts in times.items()
+    }
+    ratio = statistics.median(i / h for i, h in zip(times["in-process"], times["http"], strict=True))
+    return {
+        "backbone": backbone.name,
+        "options": options.__dict__,
+        "inst_per_min": per_minute,
+        "seconds": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
+        "http_over_in_process": round(ratio, 4),
+        "machine": machine(),
+    }
+
+
+def format_http_table(report: dict[str, object]) -> str:
+    rates = report["inst_per_min"]
+    assert isinstance(rates, dict)
+    return "\n".join(
+        [
+            "| path | inst/min |",
+            "|---|---:|",
+            f"| engine in-process | {rates['in-process']} |",
+            f"| HTTP (spartan serve, async client) | {rates['http']} |",
+            f"| HTTP / in-process | {report['http_over_in_process']} |",
+        ]
+    )

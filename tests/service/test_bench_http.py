@@ -1,0 +1,37 @@
+"""spartan bench --http runs both sides and writes its report (a smoke test, no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memories.cli import main
+
+
+def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "http.json"
+    argv = [
+        "bench",
+        "--http",
+        "--backbone",
+        "roberta-tiny-random",
+        "--requests",
+        "16",
+        "--concurrency",
+        "8",
+        "--tasks",
+        "3",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["inst_per_min"]) == {"in-process", "http"}
+    assert all(v > 0 for v in report["inst_per_min"].values())
+    assert report["http_over_in_process"] > 0
+    assert report["command"].startswith("spartan bench --http")
+    assert "| HTTP / in-process |" in capsys.readouterr().out
