@@ -70,6 +70,8 @@ class EngineStats:
     expired: int = 0
     failed: int = 0
     busy_seconds: float = 0.0
+    tokens: int = 0  # real tokens run
+    padded_tokens: int = 0  # token slots run, padding included (tokens / padded_tokens = padding efficiency)
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
 
 
@@ -189,6 +191,8 @@ class Engine:
         self.stats.busy_seconds += time.perf_counter() - tick
         self.stats.batches += 1
         self.stats.rows += len(rows)
+        self.stats.tokens += int(batch.attention_mask.sum())
+        self.stats.padded_tokens += batch.attention_mask.numel()
         self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
         for i, row in enumerate(rows):
             tokens = len(row.encoding["input_ids"])

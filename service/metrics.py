@@ -40,6 +40,8 @@ class RuntimeCollector(Collector):
             ("engine_expired_rows", engine.stats.expired, "inputs dropped because their deadline passed"),
             ("engine_failed_rows", engine.stats.failed, "inputs that failed in the engine"),
             ("engine_busy_seconds", engine.stats.busy_seconds, "time the engine spent running batches"),
+            ("engine_tokens", engine.stats.tokens, "real tokens run through the backbone"),
+            ("engine_padded_tokens", engine.stats.padded_tokens, "token slots run, padding included"),
         ):
             yield CounterMetricFamily(f"spartan_{name}", doc, value=value)
         for name, value, doc in (

@@ -1,0 +1,62 @@
+"""The engine thread: length bucketing, mixed tasks in one batch, admission all-or-nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from memories.backbone import Backbone
+from memories.model import run_batch
+from service.cache import LoadedMemory
+from service.engine import Engine, RowRequest
+from service.errors import OverloadedError, ShuttingDownError
+from tests.conftest import make_memfile
+
+
+def _loaded(backbone: Backbone, task: str, seed: int) -> LoadedMemory:
+    memfile = make_memfile(backbone, seed=seed)
+    packed = memfile.to_packed()
+    return LoadedMemory(task, 1, memfile.metadata, packed, packed.nbytes())
+
+
+def test_bucketing_groups_rows_by_length_and_answers_match_single_runs(roberta_tiny: Backbone) -> None:
+    memories = [_loaded(roberta_tiny, "a", 1), _loaded(roberta_tiny, "b", 2)]
+    texts = [
+        "short" if i % 2 else "a much longer text that pads every short row badly " * 2 for i in range(16)
+    ]
+    rows = [RowRequest(text, None, memories[i % 2]) for i, text in enumerate(texts)]
+    engine = Engine(roberta_tiny, max_batch_size=8, max_wait_s=0.05, threads=1)
+    engine.start()
+    try:
+        results = asyncio.run(engine.submit(rows, time.monotonic() + 60))
+    finally:
+        engine.stop()
+    assert engine.stats.batches == 2, "16 rows in batches of 8"
+    assert engine.stats.tokens / engine.stats.padded_tokens > 0.95, "short and long rows were not mixed"
+    for row, result in zip(rows, results, strict=True):
+        alone = run_batch(roberta_tiny, roberta_tiny.tokenize([row.text]), [row.memory.packed]).logits[0]
+        torch.testing.assert_close(result.logits, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_admission_is_all_or_nothing_and_stops_at_shutdown(roberta_tiny: Backbone) -> None:
+    memory = _loaded(roberta_tiny, "a", 1)
+    engine = Engine(roberta_tiny, queue_size=3, threads=1)
+    engine.start()
+
+    async def scenario() -> None:
+        with pytest.raises(OverloadedError, match=r"queue is full \(3 rows\)"):
+            await engine.submit([RowRequest("x", None, memory)] * 4, time.monotonic() + 5)
+        assert engine.queued == 0, "a refused request leaves nothing queued"
+        assert len(await engine.submit([RowRequest("x", None, memory)] * 3, time.monotonic() + 5)) == 3
+
+    asyncio.run(scenario())
+    engine.stop()
+
+    async def after_stop() -> None:
+        with pytest.raises(ShuttingDownError, match="shutting down"):
+            await engine.submit([RowRequest("x", None, memory)], time.monotonic() + 1)
+
+    asyncio.run(after_stop())
