@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -17,15 +18,7 @@ OCTET_STREAM = "application/octet-stream"
 
 
 def _info(info: VersionInfo) -> MemoryInfo:
-    return MemoryInfo(
-        task=info.task,
-        version=info.version,
-        sha256=info.sha256,
-        size=info.size,
-        owner=info.owner,
-        created_at=info.created_at,
-        metadata=info.metadata,
-    )
+    return MemoryInfo(**asdict(info))
 
 
 def _if_match(value: str | None) -> int | None:
