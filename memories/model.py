@@ -75,7 +75,7 @@ class TaskMemory(nn.Module):
 
 @dataclass(frozen=True, eq=False)
 class PackedMemory:
-    """A task ready to serve: per layer (keys [Np + Np*Nc, d], values [Np*Nc, d]) and the head."""
+    """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head."""
 
     config: SpartanConfig
     pooling: Pooling
@@ -133,12 +133,12 @@ class _MixedApply:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.memories[rows[0]]
         if shared:
-            keys, values = first.layers[index]  # [M, d], [Np*Nc, d]
+            keys, values = first.layers[index]  # [M, d], [Nc*Np, d]
         else:
             keys = torch.stack([self.memories[r].layers[index][0] for r in rows])  # [G, M, d]
-            values = torch.stack([self.memories[r].layers[index][1] for r in rows])  # [G, Np*Nc, d]
+            values = torch.stack([self.memories[r].layers[index][1] for r in rows])  # [G, Nc*Np, d]
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
-        out = spartan_dense(x, keys, values, first.config, record)
+        out = spartan_dense(x, keys, values, first.config, record, inplace=True)
         return out, (record[0] if record else None)
 
     def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -149,14 +149,13 @@ class _MixedApply:
             if self.routing is not None and gate is not None:
                 self.routing[-1].append((self.groups[0], gate))
             return out
-        out = hidden.clone()
         for rows, shared in zip(self.groups, self.shared, strict=True):
             idx = torch.tensor(rows)
             part, gate = self._apply_group(index, hidden[idx], rows, shared)
-            out[idx] = part
+            hidden[idx] = part  # the layer's fresh output: ours to overwrite
             if self.routing is not None and gate is not None:
                 self.routing[-1].append((rows, gate))
-        return out
+        return hidden
 
     def routing_per_row(self, batch_size: int) -> list[torch.Tensor]:
         """Row r -> its gates stacked over layers, [L, S, Np]."""

@@ -13,9 +13,9 @@ only, which is what the production paths compute.
 Three implementations live here:
 
 * :func:`spartan_reference` follows the equations token by token; it exists for the tests.
-* :func:`spartan_dense` computes every child as two GEMMs (keys ``[P; CK]``, then values
+* :func:`spartan_dense` computes every child as two GEMMs (keys ``[P; CK / tau]``, then values
   ``CV``) with a top-K mask in between. It is the production path: ``spartan bench`` measured
-  it far faster on a CPU than gathering (see docs/benchmark.md).
+  it about twice as fast as gathering on a CPU (see docs/benchmark.md).
 * :func:`spartan_gather` gathers only the chosen parents' children per token; it is kept as
   the measured alternative.
 
@@ -90,10 +90,21 @@ def spartan_reference(
     return out.reshape(x.shape)
 
 
-def pack_keys(parent_keys: torch.Tensor, child_keys: torch.Tensor) -> torch.Tensor:
-    """``[P; CK]``: parent keys [..., Np, d] and child keys [..., Np, Nc, d] -> [..., Np + Np*Nc, d]."""
-    flat_children = child_keys.flatten(-3, -2)  # [..., Np*Nc, d]
-    return torch.cat([parent_keys, flat_children], dim=-2)
+def pack_keys(parent_keys: torch.Tensor, child_keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``[P; CK^T / tau]``: the keys of both GEMM-form lookups in one matrix.
+
+    parent_keys [..., Np, d], child_keys [..., Np, Nc, d] -> [..., Np + Nc*Np, d]. Children are
+    stored child-major (row Np + c*Np + i is child c of parent i) and pre-divided by the child
+    temperature, so the dense path needs no division and normalises over Nc with cheap
+    element-wise ops across contiguous Np-wide rows.
+    """
+    child_major = (child_keys / temperature).transpose(-3, -2).flatten(-3, -2)  # [..., Nc*Np, d]
+    return torch.cat([parent_keys, child_major], dim=-2)
+
+
+def pack_values(child_values: torch.Tensor) -> torch.Tensor:
+    """Child values [..., Np, Nc, d] -> [..., Nc*Np, d], child-major like :func:`pack_keys`."""
+    return child_values.transpose(-3, -2).flatten(-3, -2)
 
 
 def top_k_gate(parent_logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -105,8 +116,7 @@ def top_k_gate(parent_logits: torch.Tensor, top_k: int) -> torch.Tensor:
     if top_k == parent_logits.shape[-1]:
         return torch.softmax(parent_logits, dim=-1)
     top = parent_logits.topk(top_k, dim=-1)
-    masked = torch.full_like(parent_logits, -math.inf).scatter(-1, top.indices, top.values)
-    return torch.softmax(masked, dim=-1)
+    return torch.zeros_like(parent_logits).scatter(-1, top.indices, torch.softmax(top.values, dim=-1))
 
 
 def spartan_dense(
@@ -115,22 +125,31 @@ def spartan_dense(
     values: torch.Tensor,
     config: SpartanConfig,
     record: list[torch.Tensor] | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Production path: every child via two GEMMs and a top-K mask. Returns x + v_O.
 
-    x [B, S, d]; keys [M, d] or [B, M, d] with M = Np + Np*Nc (see :func:`pack_keys`);
-    values [Np*Nc, d] or [B, Np*Nc, d]. When ``record`` is given the parent gate [B, S, Np]
-    is appended to it (routing explanations and the parent-specialisation analysis).
+    x [B, S, d]; keys [M, d] or [B, M, d] from :func:`pack_keys` (M = Np + Nc*Np); values
+    [Nc*Np, d] or [B, Nc*Np, d] from :func:`pack_values`. ``inplace`` adds v_O into x itself
+    (no 6 MB temporary per RoBERTa-base layer and batch); only for inference on a tensor the
+    caller owns. When ``record`` is given the parent gate [B, S, Np] is appended to it.
     """
     np_, nc = config.num_parents, config.num_children
-    scores = x @ keys.transpose(-1, -2)  # [B, S, Np + Np*Nc]
-    parent_logits, child_logits = scores.split([np_, np_ * nc], dim=-1)
-    gate = top_k_gate(parent_logits, config.top_k)  # [B, S, Np]
-    child_attn = torch.softmax(child_logits.unflatten(-1, (np_, nc)) / config.child_temperature, dim=-1)
-    weights = (child_attn * gate.unsqueeze(-1)).flatten(-2)  # [B, S, Np*Nc]
+    scores = x @ keys.transpose(-1, -2)  # [B, S, Np + Nc*Np]
+    gate = top_k_gate(scores[..., :np_], config.top_k)  # [B, S, Np]
+    child = scores[..., np_:].unflatten(-1, (nc, np_))  # [B, S, Nc, Np], already divided by tau
+    exp = torch.exp(child - child.amax(dim=-2, keepdim=True))  # [B, S, Nc, Np]
+    weights = exp * (gate / exp.sum(dim=-2)).unsqueeze(-2)  # child softmax times its parent's gate
     if record is not None:
         record.append(gate.detach())
-    return x + weights @ values  # [B, S, d]
+    flat = weights.flatten(-2)  # [B, S, Nc*Np]
+    if not inplace:
+        return x + flat @ values  # [B, S, d]
+    if values.dim() == 2:
+        x.view(-1, x.shape[-1]).addmm_(flat.view(-1, flat.shape[-1]), values)
+    else:
+        x.baddbmm_(flat, values)
+    return x
 
 
 def spartan_gather(
@@ -176,8 +195,9 @@ class SpartanLayer(nn.Module):
         self.child_values = nn.Parameter(torch.randn(np_, nc, d) * value_std)  # [Np, Nc, d]
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys [Np + Np*Nc, d], values [Np*Nc, d]) for :func:`spartan_dense`."""
-        return pack_keys(self.parent_keys, self.child_keys), self.child_values.flatten(0, 1)
+        """(keys [Np + Nc*Np, d], values [Nc*Np, d]) for :func:`spartan_dense`."""
+        keys = pack_keys(self.parent_keys, self.child_keys, self.config.child_temperature)
+        return keys, pack_values(self.child_values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, S, d] -> x + v_O [B, S, d] (the training path; differentiable)."""

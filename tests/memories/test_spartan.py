@@ -10,6 +10,7 @@ from memories.spartan import (
     SpartanConfig,
     SpartanLayer,
     pack_keys,
+    pack_values,
     spartan_dense,
     spartan_gather,
     spartan_reference,
@@ -74,12 +75,27 @@ def test_recorded_gate_is_the_parent_routing() -> None:
     assert ((record[0] > 0).sum(-1) == 2).all()
 
 
-def test_pack_keys_puts_parents_first() -> None:
-    parents, children = torch.randn(4, D), torch.randn(4, 3, D)
-    packed = pack_keys(parents, children)
-    assert packed.shape == (4 + 12, D)
-    torch.testing.assert_close(packed[:4], parents)
-    torch.testing.assert_close(packed[4 + 3 * 2 + 1], children[2, 1])
+def test_packing_is_parents_first_then_children_child_major_over_tau() -> None:
+    parents, children, values = torch.randn(4, D), torch.randn(4, 3, D), torch.randn(4, 3, D)
+    keys = pack_keys(parents, children, temperature=2.0)
+    assert keys.shape == (4 + 12, D)
+    torch.testing.assert_close(keys[:4], parents)
+    torch.testing.assert_close(keys[4 + 1 * 4 + 2], children[2, 1] / 2.0)  # child 1 of parent 2
+    torch.testing.assert_close(pack_values(values)[1 * 4 + 2], values[2, 1])
+
+
+def test_inplace_dense_equals_out_of_place() -> None:
+    config = SpartanConfig(num_parents=6, num_children=3, top_k=2)
+    layer = _layer(config, seed=5)
+    x = torch.randn(2, 5, D)
+    expected = spartan_dense(x, *layer.packed(), config)
+    shared = x.clone()
+    assert spartan_dense(shared, *layer.packed(), config, inplace=True) is shared
+    torch.testing.assert_close(shared, expected)
+    keys, values = (t.expand(2, *t.shape).contiguous() for t in layer.packed())
+    per_row = x.clone()
+    spartan_dense(per_row, keys, values, config, inplace=True)
+    torch.testing.assert_close(per_row, expected)
 
 
 def test_untrained_layer_changes_its_input_only_slightly() -> None:

@@ -7,6 +7,7 @@ deadlines used here, so the outcomes do not depend on the machine's speed.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -70,13 +71,12 @@ def _classify_in_background(url: str, results: list[httpx.Response]) -> threadin
 
 
 def _wait_busy(http: httpx.Client) -> None:
-    """Until the engine has taken the first request (queue empty again, one batch running)."""
-    import time
-
+    """Until the engine has taken the first request and is running it (a batch of seconds)."""
     for _ in range(600):
         metrics = http.get("/metrics").text
         rows = [line for line in metrics.splitlines() if line.startswith("spartan_engine_queue_depth ")]
         if rows and float(rows[0].split()[1]) == 0 and "spartan_cache_hits_total 1.0" in metrics:
+            time.sleep(0.2)  # 40x the engine's 5 ms collection window: the batch is closed and running
             return
         time.sleep(0.05)
     raise AssertionError("the first request never reached the engine")
@@ -108,6 +108,7 @@ def test_deadline_passed_answers_504(busy_service: Callable[..., RunningService]
     first: list[httpx.Response] = []
     worker = _classify_in_background(service.url, first)
     with service.client() as http:
+        _wait_busy(http)  # else the short request could join the first batch and finish in time
         response = http.post("/v1/t/classify", json={"inputs": "short"})
         assert response.status_code == 504
         assert "deadline passed" in response.json()["detail"]
