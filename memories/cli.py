@@ -8,6 +8,7 @@ with a one-line message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -183,6 +184,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         spartan=_spartan_config(args),
     )
+    if args.variants:
+        options = dataclasses.replace(options, variants=tuple(args.variants))
     _set_threads(args.threads)
     backbone = load_backbone(args.backbone or "roberta-base-random")
     report = run_bench(backbone, options, _log)
@@ -294,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--json", type=Path, help="write the full report here")
+    bench.add_argument(
+        "--variants",
+        nargs="+",
+        help="subset of: bare spartan-dense spartan-gather mixed-dense (default: all)",
+    )
     bench.add_argument("--tasks", type=int, default=8, help="--http: memories the requests rotate over")
     bench.add_argument("--requests", type=int, default=512, help="--http: requests per side and round")
     bench.add_argument("--concurrency", type=int, default=64, help="--http: requests in flight")

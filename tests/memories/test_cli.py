@@ -149,13 +149,14 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     report = json.loads(out.read_text())
     result = report["results"]["16"]
     assert set(result["variants"]) == {"bare", "spartan-dense", "spartan-gather", "mixed-dense"}
-    assert all(len(v["seconds"]) == 2 and v["inst_per_min"] > 0 for v in result["variants"].values())
+    assert all(len(v["seconds"]) == 2 and v["best_inst_per_min"] > 0 for v in result["variants"].values())
     assert set(result["ratios"]) == {
         "spartan-dense/bare",
         "spartan-gather/bare",
         "mixed-dense/bare",
         "mixed-dense/spartan-dense",
     }
+    assert all(set(r) == {"best", "median_paired"} for r in result["ratios"].values())
     assert report["command"].startswith("spartan ")
     assert "| 16 | spartan-dense |" in capsys.readouterr().out
 
@@ -163,3 +164,13 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_backbones_lists_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["backbones"]) == 0
     assert "roberta-base-random" in capsys.readouterr().out
+
+
+def test_bench_variant_subset_and_bad_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--backbone", "roberta-tiny-random", "--batch-size", "2", "--seq", "16", "--rounds", "1"]
+    assert main([*argv, "--variants", "bare", "spartan-dense"]) == 0
+    out = capsys.readouterr().out
+    assert "| 16 | spartan-dense |" in out
+    assert "gather" not in out
+    assert main([*argv, "--variants", "fast"]) == 2
+    assert "unknown or no variants ['fast']" in capsys.readouterr().err
