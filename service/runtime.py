@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from pathlib import Path
 
@@ -117,21 +116,17 @@ class Runtime:
         validate_task_id(task)
         memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        metadata = memfile.metadata.model_dump(exclude={"training"})
-        metadata["training"] = memfile.metadata.training
         info = await self.registry.put(
-            task, data, hashlib.sha256(data).hexdigest(), metadata, caller.tenant, if_match, caller.admin
+            task, data, memfile.sha256, memfile.metadata.model_dump(), caller.tenant, if_match, caller.admin
         )
-        self.catalog[task] = info
+        self._apply(task, info)
         self.cache.prime(await asyncio.to_thread(_loaded, task, info.version, memfile))
         return info
 
     async def delete(self, task: str, caller: Caller, if_match: int | None) -> None:
-        info = await self.resolve(task, caller)
+        await self.resolve(task, caller)
         await self.registry.delete(task, if_match)
-        if self.catalog.get(task) == info:
-            del self.catalog[task]
-        self.cache.discard(task)
+        self._apply(task, None)
 
     async def seed(self, folder: Path, owner: str) -> list[str]:
         """Upload ``<folder>/<task>.safetensors`` for every task the registry does not have yet."""
