@@ -140,6 +140,12 @@ class Backbone:
         for i in range(len(layers)):
             layers[i] = _LayerWithMemory(layers[i], i, self._slot)
 
+    def layer(self, index: int) -> nn.Module:
+        """Encoder layer ``index`` without its memory hook (for per-layer profiling)."""
+        encoder: Any = self.model.encoder
+        wrapped: _LayerWithMemory = encoder.layer[index]
+        return wrapped.inner
+
     def describe(self) -> dict[str, Any]:
         """What a memory file records about its backbone."""
         return {

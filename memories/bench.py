@@ -30,7 +30,7 @@ import torch
 from memories.backbone import Backbone, Encoded, LayerMemory
 from memories.errors import ConfigError
 from memories.model import PackedMemory, TaskMemory, run_batch
-from memories.spartan import SpartanConfig, SpartanLayer, spartan_gather
+from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
 
 VARIANTS = ("bare", "spartan-dense", "spartan-gather", "mixed-dense")
 
@@ -44,6 +44,7 @@ class BenchOptions:
     spartan: SpartanConfig = field(default_factory=SpartanConfig)
     seed: int = 0
     variants: tuple[str, ...] = VARIANTS
+    layer_rounds: int = 30
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -90,6 +91,67 @@ def _variants(backbone: Backbone, batch: Encoded, options: BenchOptions) -> dict
     }
 
 
+def layer_bench(
+    backbone: Backbone, batch_size: int, seq: int, rounds: int, config: SpartanConfig
+) -> dict[str, object]:
+    """One encoder layer bare vs followed by the dense memory (one memory; one per row), interleaved.
+
+    A layer at batch 32 takes a few hundred milliseconds, so many interleaved rounds fit in the
+    time of a few full forwards and the ratios resist a noisy host far better.
+    """
+    torch.manual_seed(0)
+    layer = backbone.layer(0)
+    x = torch.nn.functional.layer_norm(
+        torch.randn(batch_size, seq, backbone.hidden_size), (backbone.hidden_size,)
+    )
+    memories = [SpartanLayer(backbone.hidden_size, config).requires_grad_(False) for _ in range(batch_size)]
+    packed = [m.packed() for m in memories]
+
+    def run_layer() -> torch.Tensor:
+        out = layer(x)
+        hidden: torch.Tensor = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def shared() -> None:
+        spartan_dense(run_layer(), packed[0][0], packed[0][1], config, inplace=True)
+
+    def per_row() -> None:
+        keys = torch.stack([k for k, _ in packed])  # the per-batch stack the engine pays
+        values = torch.stack([v for _, v in packed])
+        spartan_dense(run_layer(), keys, values, config, inplace=True)
+
+    variants: dict[str, Callable[[], object]] = {
+        "bare": run_layer,
+        "spartan-dense": shared,
+        "mixed-dense": per_row,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for fn in variants.values():
+            fn()
+        names = list(variants)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                tick = time.perf_counter()
+                variants[name]()
+                times[name].append(time.perf_counter() - tick)
+    best = {name: min(ts) for name, ts in times.items()}
+    return {
+        "milliseconds_best": {name: round(1000 * t, 3) for name, t in best.items()},
+        "milliseconds_median": {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()},
+        "ratios": {
+            "spartan-dense/bare": {
+                "best": round(best["bare"] / best["spartan-dense"], 4),
+                "median_paired": _paired_ratio(times["bare"], times["spartan-dense"]),
+            },
+            "mixed-dense/spartan-dense": {
+                "best": round(best["spartan-dense"] / best["mixed-dense"], 4),
+                "median_paired": _paired_ratio(times["spartan-dense"], times["mixed-dense"]),
+            },
+        },
+    }
+
+
 def machine() -> dict[str, object]:
     """Facts about the host that a reader needs to compare numbers."""
     cpu = platform.processor()
@@ -113,6 +175,7 @@ def run_bench(
     """Measure every variant at every sequence length; returns the JSON-ready report."""
     torch.set_num_threads(options.threads)
     results: dict[str, object] = {}
+    layers: dict[str, object] = {}
     for seq in options.seq_lengths:
         batch = random_batch(backbone, options.batch_size, seq, options.seed)
         variants = {k: v for k, v in _variants(backbone, batch, options).items() if k in options.variants}
@@ -149,6 +212,11 @@ def run_bench(
             for a, b in pairs
         }
         results[str(seq)] = {"variants": per_variant, "ratios": ratios}
+        if options.layer_rounds:
+            progress(f"seq {seq}: per-layer comparison, {options.layer_rounds} interleaved rounds")
+            layers[str(seq)] = layer_bench(
+                backbone, options.batch_size, seq, options.layer_rounds, options.spartan
+            )
     return {
         "backbone": backbone.name,
         "batch_size": options.batch_size,
@@ -163,6 +231,7 @@ def run_bench(
         },
         "machine": machine(),
         "results": results,
+        "layer": layers,
     }
 
 
@@ -193,4 +262,17 @@ def format_table(report: dict[str, object]) -> str:
         if mixed:
             best, paired = mixed["best"], mixed["median_paired"]
             lines.append(f"| {seq} | mixed-dense / spartan-dense | | | {best:.4f} | {paired:.4f} |")
+    layer_results = report.get("layer") or {}
+    assert isinstance(layer_results, dict)
+    if layer_results:
+        lines += [
+            "",
+            "| seq | layer: bare ms | + memory ms | + per-row memories ms | memory / bare | mixed / single |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for seq, layer in layer_results.items():
+            ms, ratio = layer["milliseconds_best"], layer["ratios"]
+            single, mixed = ratio["spartan-dense/bare"]["best"], ratio["mixed-dense/spartan-dense"]["best"]
+            times = f"{ms['bare']} | {ms['spartan-dense']} | {ms['mixed-dense']}"
+            lines.append(f"| {seq} | {times} | {single:.4f} | {mixed:.4f} |")
     return "\n".join(lines)

@@ -186,6 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.variants:
         options = dataclasses.replace(options, variants=tuple(args.variants))
+    if args.layer_rounds is not None:
+        options = dataclasses.replace(options, layer_rounds=args.layer_rounds)
     _set_threads(args.threads)
     backbone = load_backbone(args.backbone or "roberta-base-random")
     report = run_bench(backbone, options, _log)
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--json", type=Path, help="write the full report here")
+    bench.add_argument("--layer-rounds", type=int, help="interleaved per-layer rounds (default 30; 0: skip)")
     bench.add_argument(
         "--variants",
         nargs="+",

@@ -141,6 +141,8 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "16",
             "--rounds",
             "2",
+            "--layer-rounds",
+            "3",
             "--json",
             str(out),
         ]
@@ -158,6 +160,9 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     }
     assert all(set(r) == {"best", "median_paired"} for r in result["ratios"].values())
     assert report["command"].startswith("spartan ")
+    layer = report["layer"]["16"]
+    assert set(layer["milliseconds_best"]) == {"bare", "spartan-dense", "mixed-dense"}
+    assert set(layer["ratios"]) == {"spartan-dense/bare", "mixed-dense/spartan-dense"}
     assert "| 16 | spartan-dense |" in capsys.readouterr().out
 
 
