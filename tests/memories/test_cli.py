@@ -163,6 +163,12 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     layer = report["layer"]["16"]
     assert set(layer["milliseconds_best"]) == {"bare", "spartan-dense", "mixed-dense"}
     assert set(layer["ratios"]) == {"spartan-dense/bare", "mixed-dense/spartan-dense"}
+    assert set(layer["memory_op_alone_ms"]) == {"shared", "per_row"}
+    assert all(
+        0 < r["from_op_alone"] <= 1
+        for r in layer["ratios"].values()
+        if r is layer["ratios"]["spartan-dense/bare"]
+    )
     assert "| 16 | spartan-dense |" in capsys.readouterr().out
 
 
