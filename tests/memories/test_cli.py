@@ -164,11 +164,8 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(layer["milliseconds_best"]) == {"bare", "spartan-dense", "mixed-dense"}
     assert set(layer["ratios"]) == {"spartan-dense/bare", "mixed-dense/spartan-dense"}
     assert set(layer["memory_op_alone_ms"]) == {"shared", "per_row"}
-    assert all(
-        0 < r["from_op_alone"] <= 1
-        for r in layer["ratios"].values()
-        if r is layer["ratios"]["spartan-dense/bare"]
-    )
+    assert layer["memory_op_alone_ms"]["shared"] > 0
+    assert 0 < layer["ratios"]["spartan-dense/bare"]["from_op_alone"] < 1
     assert "| 16 | spartan-dense |" in capsys.readouterr().out
 
 
