@@ -5,7 +5,10 @@ admits all of a request's rows into a bounded queue or none of them (``Overloade
 The engine thread takes the first waiting row, waits up to ``max_wait`` for more, takes what is
 queued (up to ``bucket_factor`` batches' worth), sorts it by token length and runs it in batches
 of at most ``max_batch_size`` rows, so rows of similar length share a batch and padding stays
-small. Rows of different tasks share a batch (per-row memories, see memories.model.run_batch).
+small. When more than one batch's worth was queued, only full batches run; the latest arrivals
+of the remainder are carried to the next round (first in line, waiting at most ``max_wait``
+again) instead of running as a small batch: under load, batches stay full. Rows of different
+tasks share a batch (per-row memories, see memories.model.run_batch).
 Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
 
 Results go back to the event loop with ``call_soon_threadsafe``. :meth:`Engine.stop` stops
@@ -131,14 +134,17 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)
+        carried: list[_Row] = []  # latest arrivals held back from a partial batch, first in line next time
         while True:
-            try:
-                first = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                if not self._accepting:
-                    return
-                continue
-            rows = [first]
+            if carried:
+                rows, carried = carried, []
+            else:
+                try:
+                    rows = [self._queue.get(timeout=0.05)]
+                except queue.Empty:
+                    if not self._accepting:
+                        return
+                    continue
             wait_until = time.monotonic() + self.max_wait_s
             limit = self.max_batch_size * self.bucket_factor
             while len(rows) < limit:
@@ -150,6 +156,9 @@ class Engine:
                     if block:
                         continue  # max_wait is over: take what else is queued, without waiting
                     break
+            full = len(rows) - len(rows) % self.max_batch_size
+            if full and full < len(rows):
+                rows, carried = rows[:full], rows[full:]  # run full batches; the rest waits for company
             self._process(rows)
 
     def _process(self, rows: list[_Row]) -> None:

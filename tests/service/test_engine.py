@@ -60,3 +60,16 @@ def test_admission_is_all_or_nothing_and_stops_at_shutdown(roberta_tiny: Backbon
             await engine.submit([RowRequest("x", None, memory)], time.monotonic() + 1)
 
     asyncio.run(after_stop())
+
+
+def test_partial_remainder_is_carried_and_still_answered(roberta_tiny: Backbone) -> None:
+    memory = _loaded(roberta_tiny, "a", 1)
+    engine = Engine(roberta_tiny, max_batch_size=8, max_wait_s=0.01, threads=1)
+    engine.start()
+    try:
+        rows = [RowRequest(f"text number {i}", None, memory) for i in range(20)]
+        results = asyncio.run(engine.submit(rows, time.monotonic() + 60))
+    finally:
+        engine.stop()
+    assert len(results) == 20
+    assert engine.stats.batch_sizes == {8: 2, 4: 1}, "two full batches first, the carried 4 rows after"
