@@ -5,8 +5,8 @@ Both sides get the same work: ``requests`` single-text requests spread round-rob
 to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`` torch threads.
 
 * in-process: an :class:`~service.engine.Engine` in this process, fed by asyncio tasks;
-* HTTP: a real ``spartan serve`` child process on a loopback port (file registry in a temp
-  dir, the memories uploaded through the API), fed by the async client.
+* HTTP: a real ``spartan serve`` child process on a loopback port (service.launcher; file
+  registry in a temp dir, the memories uploaded through the API), fed by the async client.
 
 Rounds alternate the two sides; the reported ratio is the median of per-round ratios
 (HTTP inst/min over in-process inst/min), which cancels slow drifts of a shared machine.
@@ -15,18 +15,13 @@ Rounds alternate the two sides; the reported ratio is the median of per-round ra
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import torch
 
 from memories.backbone import Backbone
@@ -37,6 +32,7 @@ from memories.spartan import SpartanConfig
 from service.cache import LoadedMemory
 from service.client import AsyncSpartanClient
 from service.engine import Engine, RowRequest
+from service.launcher import start_server
 
 
 @dataclass(frozen=True)
@@ -95,44 +91,6 @@ async def _drive(send: Callable[[int], Awaitable[None]], requests: int, concurre
     return time.perf_counter() - started
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _start_server(
-    backbone: str, options: HttpBenchOptions, registry: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "SPARTAN_BACKBONE": backbone,
-        "SPARTAN_REGISTRY_DIR": str(registry),
-        "SPARTAN_THREADS": str(options.threads),
-        "SPARTAN_MAX_BATCH_SIZE": str(options.max_batch_size),
-        "SPARTAN_MAX_WAIT_MS": str(options.max_wait_ms),
-        "SPARTAN_PORT": str(port),
-    }
-    log = (registry.parent / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "memories.cli", "serve"], env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited; see {registry.parent / 'server.log'}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError("the server did not become ready within 120 s")
-
-
 def run_http_bench(
     backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
@@ -148,7 +106,15 @@ def run_http_bench(
     engine.start()
     times: dict[str, list[float]] = {"in-process": [], "http": []}
     with tempfile.TemporaryDirectory(prefix="spartan-bench-http-") as tmp:
-        process, url = _start_server(backbone.name, options, Path(tmp) / "registry")
+        settings = {
+            "backbone": backbone.name,
+            "registry_dir": str(Path(tmp) / "registry"),
+            "threads": str(options.threads),
+            "max_batch_size": str(options.max_batch_size),
+            "max_wait_ms": str(options.max_wait_ms),
+        }
+        server = start_server(settings, Path(tmp) / "server.log")
+        url = server.url
         try:
 
             async def upload() -> None:
@@ -183,8 +149,7 @@ def run_http_bench(
                     f"http {times['http'][-1]:.2f}s for {options.requests} requests"
                 )
         finally:
-            process.terminate()
-            process.wait(60)
+            server.stop()
             engine.stop()
     per_minute = {
         name: round(60.0 * options.requests / statistics.median(ts), 1) for name, ts in times.items()

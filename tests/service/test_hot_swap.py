@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,44 +12,9 @@ import httpx
 import pytest
 
 from memories.backbones import load_backbone
+from service.launcher import ServerProcess, start_server
 from tests.conftest import make_memfile
-from tests.service.conftest import free_port
 from tests.service.registry.test_registries import REDIS_URL, _purge
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _serve(port: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SPARTAN_BACKBONE": "roberta-tiny-random",
-        "SPARTAN_REGISTRY": "redis",
-        "SPARTAN_REDIS_URL": REDIS_URL,
-        "SPARTAN_REDIS_PREFIX": prefix,
-        "SPARTAN_THREADS": "1",
-        "SPARTAN_PORT": str(port),
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "memories.cli", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited: {log.read_text()[-2000:]}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready within 60 s: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture
@@ -60,18 +22,21 @@ def replicas(tmp_path: Path) -> Iterator[list[str]]:
     import asyncio
 
     prefix = f"hotswap-{uuid.uuid4().hex[:10]}"
-    ports = [free_port(), free_port()]
-    processes = [_serve(port, prefix, tmp_path / f"replica-{i}.log") for i, port in enumerate(ports)]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    settings = {
+        "backbone": "roberta-tiny-random",
+        "registry": "redis",
+        "redis_url": REDIS_URL,
+        "redis_prefix": prefix,
+        "threads": "1",
+    }
+    servers: list[ServerProcess] = []
     try:
-        for i, (url, process) in enumerate(zip(urls, processes, strict=True)):
-            _wait_ready(url, process, tmp_path / f"replica-{i}.log")
-        yield urls
+        for i in range(2):
+            servers.append(start_server(settings, tmp_path / f"replica-{i}.log"))
+        yield [server.url for server in servers]
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(30)
+        for server in servers:
+            server.stop(30)
         asyncio.run(_purge(prefix))
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from memories.backbone import Backbone
+from service.launcher import free_port
 from tests.conftest import make_memfile
-from tests.service.conftest import RunningService, free_port
+from tests.service.conftest import RunningService
 
 OCTET = {"content-type": "application/octet-stream"}
 

@@ -15,9 +15,10 @@ import pytest
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
+from service.launcher import free_port
 from service.settings import ServiceSettings
 from tests.conftest import make_memfile
-from tests.service.conftest import RunningService, free_port, start_service
+from tests.service.conftest import RunningService, start_service
 
 LONG = "a fairly long sentence about nothing in particular, " * 12  # ~128 tokens after truncation
 
