@@ -163,6 +163,7 @@ def cmd_bench_http(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         threads=args.threads,
         max_batch_size=args.batch_size,
+        pin=args.pin,
     )
     _set_threads(args.threads)
     report = run_http_bench(load_backbone(args.backbone or "minilm"), options, _log)
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tasks", type=int, default=8, help="--http: memories the requests rotate over")
     bench.add_argument("--requests", type=int, default=512, help="--http: requests per side and round")
     bench.add_argument("--concurrency", type=int, default=64, help="--http: requests in flight")
+    bench.add_argument(
+        "--pin", action="store_true", help="--http: server/engine on CPU 0, load generator elsewhere"
+    )
     _add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -10,11 +10,16 @@ to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`
 
 Rounds alternate the two sides; the reported ratio is the median of per-round ratios
 (HTTP inst/min over in-process inst/min), which cancels slow drifts of a shared machine.
+
+``pin`` puts the engine (in-process) and the whole server process on one CPU and the load
+generator on the others. Without it, on a small machine the load generator and the server's
+event loop steal CPU from the engine's GEMMs, which measures the machine, not the serving stack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +31,7 @@ import torch
 
 from memories.backbone import Backbone
 from memories.bench import machine
+from memories.errors import ConfigError
 from memories.memfile import MemoryFile, MemoryMetadata
 from memories.model import TaskMemory
 from memories.spartan import SpartanConfig
@@ -45,6 +51,7 @@ class HttpBenchOptions:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     seed: int = 0
+    pin: bool = False  # engine (in-process) and server on CPU 0, load generator on the other CPUs
 
 
 def _memories(backbone: Backbone, count: int, seed: int) -> list[MemoryFile]:
@@ -91,6 +98,16 @@ async def _drive(send: Callable[[int], Awaitable[None]], requests: int, concurre
     return time.perf_counter() - started
 
 
+def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, client CPUs) when pinning: the first available CPU serves, the rest load."""
+    if not pin:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise ConfigError("--pin needs at least 2 CPUs: one for the server, one for the load generator")
+    return {cpus[0]}, set(cpus[1:])
+
+
 def run_http_bench(
     backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
@@ -100,10 +117,17 @@ def run_http_bench(
     for i, memfile in enumerate(files):
         packed = memfile.to_packed()
         loaded.append(LoadedMemory(f"bench-{i}", 1, memfile.metadata, packed, packed.nbytes()))
+    server_cpus, client_cpus = _cpu_split(options.pin)
     engine = Engine(
-        backbone, options.max_batch_size, options.max_wait_ms / 1000, 4 * options.requests, options.threads
+        backbone,
+        options.max_batch_size,
+        options.max_wait_ms / 1000,
+        4 * options.requests,
+        options.threads,
+        cpus=server_cpus,
     )
     engine.start()
+    own_cpus = os.sched_getaffinity(0)
     times: dict[str, list[float]] = {"in-process": [], "http": []}
     with tempfile.TemporaryDirectory(prefix="spartan-bench-http-") as tmp:
         settings = {
@@ -115,6 +139,9 @@ def run_http_bench(
         }
         server = start_server(settings, Path(tmp) / "server.log")
         url = server.url
+        if server_cpus is not None and client_cpus is not None:
+            server.pin(server_cpus)
+            os.sched_setaffinity(0, client_cpus)
         try:
 
             async def upload() -> None:
@@ -149,6 +176,7 @@ def run_http_bench(
                     f"http {times['http'][-1]:.2f}s for {options.requests} requests"
                 )
         finally:
+            os.sched_setaffinity(0, own_cpus)
             server.stop()
             engine.stop()
     per_minute = {
@@ -161,6 +189,9 @@ def run_http_bench(
         "inst_per_min": per_minute,
         "seconds": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
         "http_over_in_process": round(ratio, 4),
+        "pinned": {"server": sorted(server_cpus), "client": sorted(client_cpus or [])}
+        if server_cpus
+        else None,
         "machine": machine(),
     }
 

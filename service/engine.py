@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -87,6 +88,7 @@ class Engine:
         queue_size: int = 1024,
         threads: int = 1,
         bucket_factor: int = 4,
+        cpus: set[int] | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_batch_size = max_batch_size
@@ -94,6 +96,7 @@ class Engine:
         self.queue_size = queue_size
         self.threads = threads
         self.bucket_factor = bucket_factor
+        self.cpus = cpus
         self.stats = EngineStats()
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=queue_size)
         self._admission = threading.Lock()
@@ -133,6 +136,8 @@ class Engine:
             raise DeadlineExceededError("the request's deadline passed before it was served") from None
 
     def _run(self) -> None:
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus)  # 0: this thread only
         torch.set_num_threads(self.threads)
         carried: list[_Row] = []  # latest arrivals held back from a partial batch, first in line next time
         while True:

@@ -32,6 +32,11 @@ class ServerProcess:
     url: str
     log: Path
 
+    def pin(self, cpus: set[int]) -> None:
+        """Restrict every current thread of the server to ``cpus`` (threads started later inherit it)."""
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
+
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (graceful: admitted requests finish), then wait."""
         if self.process.poll() is None:

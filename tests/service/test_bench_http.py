@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,28 @@ def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert report["http_over_in_process"] > 0
     assert report["command"].startswith("spartan bench --http")
     assert "| HTTP / in-process |" in capsys.readouterr().out
+
+
+def test_bench_http_pinned_puts_server_and_load_on_separate_cpus(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("pinning needs 2 CPUs")
+    out = tmp_path / "pinned.json"
+    argv = [
+        "bench",
+        "--http",
+        "--pin",
+        "--backbone",
+        "roberta-tiny-random",
+        "--requests",
+        "8",
+        "--tasks",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["pinned"] == {"server": cpus[:1], "client": cpus[1:]}
+    assert sorted(os.sched_getaffinity(0)) == cpus, "the calling thread's CPUs are restored"
