@@ -150,16 +150,13 @@ class Engine:
                     if not self._accepting:
                         return
                     continue
-            wait_until = time.monotonic() + self.max_wait_s
+            if len(rows) + self._queue.qsize() < self.max_batch_size:
+                time.sleep(self.max_wait_s)  # one wake-up for the whole window, not one per arriving row
             limit = self.max_batch_size * self.bucket_factor
             while len(rows) < limit:
-                remaining = wait_until - time.monotonic()
-                block = len(rows) < self.max_batch_size and remaining > 0
                 try:
-                    rows.append(self._queue.get(timeout=remaining) if block else self._queue.get_nowait())
+                    rows.append(self._queue.get_nowait())
                 except queue.Empty:
-                    if block:
-                        continue  # max_wait is over: take what else is queued, without waiting
                     break
             full = len(rows) - len(rows) % self.max_batch_size
             if full and full < len(rows):
@@ -172,16 +169,15 @@ class Engine:
         for row in rows:
             if row.deadline <= now or row.future.cancelled():
                 self.stats.expired += 1
-                _resolve(
-                    row, error=DeadlineExceededError("the request's deadline passed before it was served")
-                )
+                expired = DeadlineExceededError("the request's deadline passed before it was served")
+                _resolve_all([(row, expired)])
                 continue
             try:
                 meta = row.request.memory.metadata
                 row.encoding = self.backbone.encode(row.request.text, row.request.pair, meta.max_seq_length)
             except Exception as exc:
                 self.stats.failed += 1
-                _resolve(row, error=exc)
+                _resolve_all([(row, exc)])
                 continue
             live.append(row)
         live.sort(key=lambda r: len(r.encoding["input_ids"]))
@@ -199,8 +195,7 @@ class Engine:
         except Exception as exc:  # a bug, not user input: answer every row, keep serving
             log.exception("batch of %d rows failed", len(rows))
             self.stats.failed += len(rows)
-            for row in rows:
-                _resolve(row, error=exc)
+            _resolve_all([(row, exc) for row in rows])
             return
         self.stats.busy_seconds += time.perf_counter() - tick
         self.stats.batches += 1
@@ -208,21 +203,29 @@ class Engine:
         self.stats.tokens += int(batch.attention_mask.sum())
         self.stats.padded_tokens += batch.attention_mask.numel()
         self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
+        results = []
         for i, row in enumerate(rows):
             tokens = len(row.encoding["input_ids"])
             routing = out.routing[i][:, :tokens] if out.routing is not None and row.request.explain else None
-            _resolve(row, result=RowResult(out.logits[i], tokens, routing))
+            results.append((row, RowResult(out.logits[i], tokens, routing)))
+        _resolve_all(results)
 
 
-def _resolve(row: _Row, result: RowResult | None = None, error: BaseException | None = None) -> None:
-    def apply() -> None:
-        if row.future.done():
-            return
-        if error is not None:
-            row.future.set_exception(error)
-        else:
-            assert result is not None
-            row.future.set_result(result)
+def _resolve_all(outcomes: Sequence[tuple[_Row, RowResult | BaseException]]) -> None:
+    """Hand results to their event loops: one wake-up per loop, not one per row."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Row, RowResult | BaseException]]] = {}
+    for row, outcome in outcomes:
+        by_loop.setdefault(row.loop, []).append((row, outcome))
 
-    with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed, nobody waits any more
-        row.loop.call_soon_threadsafe(apply)
+    def apply(items: list[tuple[_Row, RowResult | BaseException]]) -> None:
+        for row, outcome in items:
+            if row.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                row.future.set_exception(outcome)
+            else:
+                row.future.set_result(outcome)
+
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed, nobody waits any more
+            loop.call_soon_threadsafe(apply, items)
