@@ -164,6 +164,7 @@ def cmd_bench_http(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_batch_size=args.batch_size,
         pin=args.pin,
+        texts_per_request=args.texts_per_request,
     )
     _set_threads(args.threads)
     report = run_http_bench(load_backbone(args.backbone or "minilm"), options, _log)
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--pin", action="store_true", help="--http: server/engine on CPU 0, load generator elsewhere"
     )
+    bench.add_argument("--texts-per-request", type=int, default=1, help="--http: texts in each request")
     _add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -1,6 +1,6 @@
 """Serving overhead: the engine driven in-process vs the same engine behind HTTP, one run.
 
-Both sides get the same work: ``requests`` single-text requests spread round-robin over
+Both sides get the same work: ``requests`` requests of ``texts_per_request`` texts spread round-robin over
 ``tasks`` different memories (so batches mix tasks), ``concurrency`` in flight at a time (enough
 to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`` torch threads.
 
@@ -52,6 +52,13 @@ class HttpBenchOptions:
     max_wait_ms: float = 5.0
     seed: int = 0
     pin: bool = False  # engine (in-process) and server on CPU 0, load generator on the other CPUs
+    texts_per_request: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.texts_per_request <= 64:
+            raise ConfigError(
+                f"texts_per_request must be 1-64 (the server's max_inputs), got {self.texts_per_request}"
+            )
 
 
 def _memories(backbone: Backbone, count: int, seed: int) -> list[MemoryFile]:
@@ -112,7 +119,8 @@ def run_http_bench(
     backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
     files = _memories(backbone, options.tasks, options.seed)
-    texts = _texts(options.requests)
+    per = options.texts_per_request
+    texts = _texts(options.requests * per)
     loaded = []
     for i, memfile in enumerate(files):
         packed = memfile.to_packed()
@@ -153,8 +161,10 @@ def run_http_bench(
 
             async def in_process() -> float:
                 async def send(i: int) -> None:
-                    row = RowRequest(texts[i], None, loaded[i % options.tasks])
-                    await engine.submit([row], time.monotonic() + 600)
+                    rows = [
+                        RowRequest(t, None, loaded[i % options.tasks]) for t in texts[i * per : (i + 1) * per]
+                    ]
+                    await engine.submit(rows, time.monotonic() + 600)
 
                 return await _drive(send, options.requests, options.concurrency)
 
@@ -162,7 +172,7 @@ def run_http_bench(
                 async with AsyncSpartanClient(url, timeout=600) as client:
 
                     async def send(i: int) -> None:
-                        await client.classify(f"bench-{i % options.tasks}", texts[i])
+                        await client.classify(f"bench-{i % options.tasks}", texts[i * per : (i + 1) * per])
 
                     return await _drive(send, options.requests, options.concurrency)
 
@@ -173,14 +183,14 @@ def run_http_bench(
                 times["http"].append(asyncio.run(over_http()))
                 progress(
                     f"round {r + 1}/{options.rounds}: in-process {times['in-process'][-1]:.2f}s, "
-                    f"http {times['http'][-1]:.2f}s for {options.requests} requests"
+                    f"http {times['http'][-1]:.2f}s for {options.requests} requests of {per} texts"
                 )
         finally:
             os.sched_setaffinity(0, own_cpus)
             server.stop()
             engine.stop()
     per_minute = {
-        name: round(60.0 * options.requests / statistics.median(ts), 1) for name, ts in times.items()
+        name: round(60.0 * options.requests * per / statistics.median(ts), 1) for name, ts in times.items()
     }
     ratio = statistics.median(i / h for i, h in zip(times["in-process"], times["http"], strict=True))
     return {

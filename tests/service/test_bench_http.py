@@ -61,3 +61,8 @@ def test_bench_http_pinned_puts_server_and_load_on_separate_cpus(tmp_path: Path)
     assert main(argv) == 0
     assert json.loads(out.read_text())["pinned"] == {"server": cpus[:1], "client": cpus[1:]}
     assert sorted(os.sched_getaffinity(0)) == cpus, "the calling thread's CPUs are restored"
+
+
+def test_bench_http_rejects_bad_texts_per_request(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--http", "--backbone", "roberta-tiny-random", "--texts-per-request", "0"]) == 2
+    assert "texts_per_request must be 1-64" in capsys.readouterr().err
