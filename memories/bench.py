@@ -18,6 +18,7 @@ Variants:
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -91,6 +92,44 @@ def _variants(backbone: Backbone, batch: Encoded, options: BenchOptions) -> dict
     }
 
 
+def _interleaved(
+    variants: dict[str, Callable[[], object]],
+    rounds: int,
+    after_round: Callable[[int, dict[str, list[float]]], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of every variant: one warm-up call each, then ``rounds`` rounds in which
+    every variant runs once, the order rotating each round (no variant always runs first)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    with torch.no_grad():
+        for fn in variants.values():
+            fn()  # warm-up: allocator, first-call paths
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                tick = time.perf_counter()
+                variants[name]()
+                times[name].append(time.perf_counter() - tick)
+            if after_round is not None:
+                after_round(r, times)
+    return times
+
+
+def _memory_ops(
+    packed: list[tuple[torch.Tensor, torch.Tensor]], config: SpartanConfig
+) -> dict[str, Callable[[torch.Tensor], None]]:
+    """The dense op in place on a layer output: one memory, or one per row (incl. the engine's stack)."""
+
+    def shared(hidden: torch.Tensor) -> None:
+        spartan_dense(hidden, packed[0][0], packed[0][1], config, inplace=True)
+
+    def per_row(hidden: torch.Tensor) -> None:
+        keys = torch.stack([k for k, _ in packed])
+        values = torch.stack([v for _, v in packed])
+        spartan_dense(hidden, keys, values, config, inplace=True)
+
+    return {"shared": shared, "per_row": per_row}
+
+
 def layer_bench(
     backbone: Backbone, batch_size: int, seq: int, rounds: int, config: SpartanConfig
 ) -> dict[str, object]:
@@ -112,31 +151,20 @@ def layer_bench(
         hidden: torch.Tensor = out[0] if isinstance(out, tuple) else out
         return hidden
 
-    def shared() -> None:
-        spartan_dense(run_layer(), packed[0][0], packed[0][1], config, inplace=True)
-
-    def per_row() -> None:
-        keys = torch.stack([k for k, _ in packed])  # the per-batch stack the engine pays
-        values = torch.stack([v for _, v in packed])
-        spartan_dense(run_layer(), keys, values, config, inplace=True)
-
-    variants: dict[str, Callable[[], object]] = {
-        "bare": run_layer,
-        "spartan-dense": shared,
-        "mixed-dense": per_row,
-    }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.no_grad():
-        for fn in variants.values():
-            fn()
-        names = list(variants)
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                tick = time.perf_counter()
-                variants[name]()
-                times[name].append(time.perf_counter() - tick)
+    ops = _memory_ops(packed, config)
+    times = _interleaved(
+        {
+            "bare": run_layer,
+            "spartan-dense": lambda: ops["shared"](run_layer()),
+            "mixed-dense": lambda: ops["per_row"](run_layer()),
+        },
+        rounds,
+    )
     best = {name: min(ts) for name, ts in times.items()}
-    op = _op_alone(run_layer(), packed, config, repeats=10 * rounds)
+    # The op alone takes milliseconds: hundreds of repeats cost little and their minimum is steady.
+    hidden = run_layer()
+    alone = _interleaved({name: functools.partial(op, hidden) for name, op in ops.items()}, 10 * rounds)
+    op = {name: min(ts) for name, ts in alone.items()}
     return {
         "milliseconds_best": {name: round(1000 * t, 3) for name, t in best.items()},
         "milliseconds_median": {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()},
@@ -154,33 +182,6 @@ def layer_bench(
             },
         },
     }
-
-
-def _op_alone(
-    hidden: torch.Tensor, packed: list[tuple[torch.Tensor, torch.Tensor]], config: SpartanConfig, repeats: int
-) -> dict[str, float]:
-    """Best time of the memory op on a layer output: one memory, and per-row memories (with the stack).
-
-    The op takes milliseconds, so hundreds of interleaved repeats cost little and their minimum
-    is steady even on a noisy host. It runs in place on ``hidden`` like the serving path does.
-    """
-
-    def shared() -> None:
-        spartan_dense(hidden, packed[0][0], packed[0][1], config, inplace=True)
-
-    def per_row() -> None:
-        keys = torch.stack([k for k, _ in packed])
-        values = torch.stack([v for _, v in packed])
-        spartan_dense(hidden, keys, values, config, inplace=True)
-
-    best = {"shared": float("inf"), "per_row": float("inf")}
-    with torch.no_grad():
-        for _ in range(repeats):
-            for name, fn in (("shared", shared), ("per_row", per_row)):
-                tick = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - tick)
-    return best
 
 
 def machine() -> dict[str, object]:
@@ -210,20 +211,14 @@ def run_bench(
     for seq in options.seq_lengths:
         batch = random_batch(backbone, options.batch_size, seq, options.seed)
         variants = {k: v for k, v in _variants(backbone, batch, options).items() if k in options.variants}
-        with torch.no_grad():
-            for fn in variants.values():
-                fn()  # warm-up: allocator, first-call paths
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            names = list(variants)
-            for r in range(options.rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    tick = time.perf_counter()
-                    variants[name]()
-                    times[name].append(time.perf_counter() - tick)
-                progress(
-                    f"seq {seq} round {r + 1}/{options.rounds}: "
-                    + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
-                )
+
+        def report_round(r: int, times: dict[str, list[float]], seq: int = seq) -> None:
+            progress(
+                f"seq {seq} round {r + 1}/{options.rounds}: "
+                + ", ".join(f"{name} {ts[-1]:.2f}s" for name, ts in times.items())
+            )
+
+        times = _interleaved(variants, options.rounds, report_round)
         per_variant = {
             name: {
                 "best_inst_per_min": round(60.0 * options.batch_size / min(ts), 1),
@@ -232,7 +227,7 @@ def run_bench(
             }
             for name, ts in times.items()
         }
-        pairs = [(name, "bare") for name in names if name != "bare" and "bare" in times]
+        pairs = [(name, "bare") for name in times if name != "bare" and "bare" in times]
         if {"spartan-dense", "mixed-dense"} <= set(times):
             pairs.append(("mixed-dense", "spartan-dense"))
         ratios = {
