@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -96,6 +97,36 @@ class MemoryMetadata(BaseModel):
         elif self.labels:
             raise ValueError("a regression memory has no label names")
         return self
+
+    @classmethod
+    def for_backbone(
+        cls,
+        backbone: Backbone,
+        config: SpartanConfig,
+        labels: Sequence[str],
+        pooling: Pooling,
+        max_seq_length: int,
+        task: str = "",
+        training: dict[str, Any] | None = None,
+    ) -> MemoryMetadata:
+        """Metadata of a memory for ``backbone``: its identity and shape, the hyper-parameters,
+        the labels (none: a regression task)."""
+        return cls(
+            backbone=backbone.name,
+            backbone_fingerprint=backbone.fingerprint,
+            hidden_size=backbone.hidden_size,
+            num_layers=backbone.num_layers,
+            num_parents=config.num_parents,
+            num_children=config.num_children,
+            top_k=config.top_k,
+            child_temperature=config.child_temperature,
+            task_type="classification" if labels else "regression",
+            labels=list(labels),
+            pooling=pooling,
+            max_seq_length=max_seq_length,
+            task=task,
+            training=training or {},
+        )
 
     @property
     def spartan_config(self) -> SpartanConfig:

@@ -230,20 +230,7 @@ def _save(
         "options": {k: str(v) for k, v in asdict(options).items()},
         "command": command,
     }
-    meta = MemoryMetadata(
-        backbone=backbone.name,
-        backbone_fingerprint=backbone.fingerprint,
-        hidden_size=backbone.hidden_size,
-        num_layers=backbone.num_layers,
-        num_parents=options.spartan.num_parents,
-        num_children=options.spartan.num_children,
-        top_k=options.spartan.top_k,
-        child_temperature=options.spartan.child_temperature,
-        task_type=spec.task_type,
-        labels=list(spec.labels),
-        pooling=pooling,
-        max_seq_length=options.max_seq_length,
-        task=spec.name,
-        training=summary,
+    meta = MemoryMetadata.for_backbone(
+        backbone, options.spartan, spec.labels, pooling, options.max_seq_length, spec.name, summary
     )
     MemoryFile.from_task(task, meta).save(options.out, options.dtype)

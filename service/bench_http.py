@@ -66,20 +66,8 @@ def _memories(backbone: Backbone, count: int, seed: int) -> list[MemoryFile]:
     files = []
     for i in range(count):
         task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
-        meta = MemoryMetadata(
-            backbone=backbone.name,
-            backbone_fingerprint=backbone.fingerprint,
-            hidden_size=backbone.hidden_size,
-            num_layers=backbone.num_layers,
-            num_parents=16,
-            num_children=3,
-            top_k=8,
-            child_temperature=1.6,
-            task_type="classification",
-            labels=["no", "yes"],
-            pooling=backbone.pooling,
-            max_seq_length=128,
-            task=f"bench-{i}",
+        meta = MemoryMetadata.for_backbone(
+            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, 128, task=f"bench-{i}"
         )
         files.append(MemoryFile.from_task(task, meta))
     return files

@@ -35,29 +35,13 @@ def toy_data() -> Path:
 
 
 def make_memfile(
-    backbone: Backbone, labels: tuple[str, ...] = ("negative", "positive"), seed: int = 0, **overrides: object
+    backbone: Backbone, labels: tuple[str, ...] = ("negative", "positive"), seed: int = 0
 ) -> MemoryFile:
-    """A random (untrained) but valid memory file for ``backbone``; ``overrides`` replace metadata fields."""
+    """A random (untrained) but valid memory file for ``backbone``; no labels: a regression memory."""
     torch.manual_seed(seed)
-    outputs = len(labels) or 1
-    task = TaskMemory(backbone.hidden_size, backbone.num_layers, outputs, SpartanConfig())
+    config = SpartanConfig()
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, len(labels) or 1, config)
     for layer in task.layers:  # visible effect, so different memories give different answers
         torch.nn.init.normal_(layer.child_values, std=0.5)  # type: ignore[arg-type]
-    fields: dict[str, object] = {
-        "backbone": backbone.name,
-        "backbone_fingerprint": backbone.fingerprint,
-        "hidden_size": backbone.hidden_size,
-        "num_layers": backbone.num_layers,
-        "num_parents": 16,
-        "num_children": 3,
-        "top_k": 8,
-        "child_temperature": 1.6,
-        "task_type": "classification" if labels else "regression",
-        "labels": list(labels),
-        "pooling": backbone.pooling,
-        "max_seq_length": 128,
-        "task": "toy",
-        "training": {"steps": 3},
-    }
-    fields.update(overrides)
-    return MemoryFile.from_task(task, MemoryMetadata(**fields))  # type: ignore[arg-type]
+    meta = MemoryMetadata.for_backbone(backbone, config, labels, backbone.pooling, 128, "toy", {"steps": 3})
+    return MemoryFile.from_task(task, meta)
