@@ -223,7 +223,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServiceSettings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One worker: each worker would hold its own backbone copy and split the metrics. Scale with replicas.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level="info",
+        access_log=settings.access_log,
+    )
     return 0
 
 

@@ -49,9 +49,9 @@ class RowRequest:
 
 @dataclass(frozen=True)
 class RowResult:
-    """The head output of one row [outputs], its token count, and its routing [L, S, Np] if asked."""
+    """The head output of one row (one float per output), its token count, its routing [L, S, Np] if asked."""
 
-    logits: torch.Tensor
+    logits: list[float]
     tokens: int
     routing: torch.Tensor | None = None
 
@@ -207,7 +207,7 @@ class Engine:
         for i, row in enumerate(rows):
             tokens = len(row.encoding["input_ids"])
             routing = out.routing[i][:, :tokens] if out.routing is not None and row.request.explain else None
-            results.append((row, RowResult(out.logits[i], tokens, routing)))
+            results.append((row, RowResult(out.logits[i].tolist(), tokens, routing)))  # floats for the loop
         _resolve_all(results)
 
 

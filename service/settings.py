@@ -46,6 +46,9 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    access_log: bool = Field(
+        False, description="log every request (uvicorn access log); /metrics counts traffic either way"
+    )
 
     @model_validator(mode="after")
     def _pins_are_task_ids(self) -> ServiceSettings:

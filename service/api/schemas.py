@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
 
 
 class PairInput(BaseModel):
@@ -90,3 +91,15 @@ class ErrorBody(BaseModel):
     """Every error response: a message that says what to fix."""
 
     detail: str
+
+
+class JSONModelResponse(JSONResponse):
+    """A pydantic model serialised once by pydantic itself (the route still declares response_model).
+
+    Returning a Response makes FastAPI skip its own second validation and jsonable_encoder pass.
+    """
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, BaseModel):
+            return content.model_dump_json().encode()
+        return super().render(content)

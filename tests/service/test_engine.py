@@ -38,7 +38,7 @@ def test_bucketing_groups_rows_by_length_and_answers_match_single_runs(roberta_t
     assert engine.stats.tokens / engine.stats.padded_tokens > 0.95, "short and long rows were not mixed"
     for row, result in zip(rows, results, strict=True):
         alone = run_batch(roberta_tiny, roberta_tiny.tokenize([row.text]), [row.memory.packed]).logits[0]
-        torch.testing.assert_close(result.logits, alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(result.logits), alone, atol=1e-5, rtol=1e-5)
 
 
 def test_admission_is_all_or_nothing_and_stops_at_shutdown(roberta_tiny: Backbone) -> None:

@@ -1,7 +1,14 @@
-"""POST /v1/{task}/classify."""
+"""POST /v1/{task}/classify.
+
+This is the hot path, so it does its per-request work in plain Python: the engine hands back
+floats (one ``tolist`` per batch), the softmax over a task's few labels is computed here without
+torch, and the response is validated once and serialised by pydantic directly
+(:class:`~service.api.schemas.JSONModelResponse`) instead of FastAPI validating it a second time.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -10,7 +17,15 @@ from fastapi import APIRouter
 from memories.memfile import MemoryMetadata
 from service.api.deps import CallerDep, RuntimeDep
 from service.api.errors import HTTPProblem
-from service.api.schemas import ClassifyRequest, ClassifyResponse, ErrorBody, Explain, ParentUse, Prediction
+from service.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorBody,
+    Explain,
+    JSONModelResponse,
+    ParentUse,
+    Prediction,
+)
 from service.engine import RowRequest, RowResult
 
 router = APIRouter(tags=["classify"])
@@ -52,19 +67,31 @@ def _parents(routing: torch.Tensor, explain: Explain) -> list[ParentUse]:
     return uses
 
 
+def softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
 def _prediction(meta: MemoryMetadata, result: RowResult, explain: Explain) -> Prediction:
     parents = _parents(result.routing, explain) if result.routing is not None else None
     if meta.task_type == "regression":
-        return Prediction(value=float(result.logits[0]), parents=parents)
-    probs = torch.softmax(result.logits, dim=-1)
-    scores = {label: round(float(p), 6) for label, p in zip(meta.labels, probs, strict=True)}
-    return Prediction(label=meta.labels[int(probs.argmax())], scores=scores, parents=parents)
+        return Prediction(value=result.logits[0], parents=parents)
+    probs = softmax(result.logits)
+    scores = {label: round(p, 6) for label, p in zip(meta.labels, probs, strict=True)}
+    return Prediction(label=meta.labels[probs.index(max(probs))], scores=scores, parents=parents)
 
 
-@router.post("/v1/{task}/classify", response_model=ClassifyResponse, responses=ERRORS)
+@router.post(
+    "/v1/{task}/classify",
+    response_model=ClassifyResponse,
+    response_class=JSONModelResponse,
+    responses=ERRORS,
+)
 async def classify(
     task: str, body: ClassifyRequest, runtime: RuntimeDep, caller: CallerDep
-) -> ClassifyResponse:
+) -> JSONModelResponse:
     """Classify one text, a list of texts or text pairs with the task's current memory."""
     settings = runtime.settings
     rows = _rows(body, settings.max_inputs, settings.max_text_chars)
@@ -72,8 +99,9 @@ async def classify(
     memory = await runtime.memory(task, caller)
     explain = body.explain != "none"
     results = await runtime.engine.submit([RowRequest(t, p, memory, explain) for t, p in rows], deadline)
-    return ClassifyResponse(
+    response = ClassifyResponse(
         task=task,
         version=memory.version,
         predictions=[_prediction(memory.metadata, r, body.explain) for r in results],
     )
+    return JSONModelResponse(response)

@@ -54,6 +54,7 @@ def test_upload_then_classify_every_input_shape(http: httpx.Client, roberta_tiny
     prediction = one["predictions"][0]
     assert prediction["label"] in ("negative", "positive")
     assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert prediction["label"] == max(prediction["scores"], key=prediction["scores"].get)
 
     many = http.post("/v1/sentiment/classify", json={"inputs": ["a fine film", "dull", "ok then"]}).json()
     assert len(many["predictions"]) == 3
@@ -201,3 +202,11 @@ def test_metrics_count_traffic_cache_and_batches(http: httpx.Client, roberta_tin
     assert value("spartan_cache_resident_tasks") == 1
     assert value('spartan_engine_batch_size_bucket{le="+Inf"}') == value("spartan_engine_batches_total")
     assert value("spartan_registry_up") == 1
+
+
+def test_openapi_documents_every_route_with_its_response_model(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    ok = paths["/v1/{task}/classify"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/ClassifyResponse"}
+    memory = paths["/v1/memories/{task}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert memory["schema"] == {"$ref": "#/components/schemas/MemoryInfo"}
