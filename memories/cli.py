@@ -17,6 +17,7 @@ from pathlib import Path
 
 from memories.errors import SpartanError
 from memories.spartan import SpartanConfig
+from service.errors import ServiceError
 
 
 def _add_spartan_options(parser: argparse.ArgumentParser) -> None:
@@ -354,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_transformers()
     try:
         status: int = args.func(args)
-    except SpartanError as exc:
+    except (SpartanError, ServiceError) as exc:
         print(f"spartan {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return status

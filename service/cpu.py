@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-_CGROUP = Path("/sys/fs/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _read(path: Path) -> str | None:
@@ -20,7 +20,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _own_cgroup(controller: str) -> Path | None:
+def own_cgroup(controller: str) -> Path | None:
     """This process's cgroup directory for a v1 controller (or the v2 unified one: '')."""
     text = _read(Path("/proc/self/cgroup"))
     if text is None:
@@ -28,18 +28,18 @@ def _own_cgroup(controller: str) -> Path | None:
     for line in text.splitlines():
         _, controllers, path = line.split(":", 2)
         if (controller and controller in controllers.split(",")) or (not controller and controllers == ""):
-            base = _CGROUP / controller if controller else _CGROUP
+            base = CGROUP_ROOT / controller if controller else CGROUP_ROOT
             return base / path.lstrip("/")
     return None
 
 
 def cpu_quota() -> float | None:
     """CPUs allowed by the cgroup quota (e.g. 0.55), or None when unlimited/unknown."""
-    v2 = _own_cgroup("")
+    v2 = own_cgroup("")
     if v2 is not None and (raw := _read(v2 / "cpu.max")) is not None:
         quota, period = raw.split()
         return None if quota == "max" else int(quota) / int(period)
-    v1 = _own_cgroup("cpu")
+    v1 = own_cgroup("cpu")
     if v1 is not None:
         quota_raw, period_raw = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
         if quota_raw and period_raw and int(quota_raw) > 0:

@@ -37,3 +37,7 @@ class DeadlineExceededError(ServiceError):
 
 class ShuttingDownError(ServiceError):
     """The engine no longer admits requests (503)."""
+
+
+class CgroupError(ServiceError):
+    """A cgroup cannot be created or configured here (not root, controller missing, bad limit)."""

@@ -1,0 +1,104 @@
+"""Edge device profiles (raspi4, iphone) read from and written back to ``deploy/profiles.yml``.
+
+The file is in Compose's own service format so that ``docker-compose.yml`` extends it directly
+(``extends: {file: deploy/profiles.yml, service: raspi4}``): compose, the cgroup runner and the
+load test read the same numbers and nothing copies them. Paper facts live under ``x-device``
+(Compose ignores ``x-`` fields); the emulation budget is the Compose fields ``cpus``, ``cpuset``,
+``mem_limit`` and ``environment.SPARTAN_THREADS``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loadtest.errors import LoadTestError
+from memories.atomic import atomic_write
+from service.cgroup import Limits
+
+PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.yml"
+HEADER = """\
+# Edge device profiles: the one source of truth for docker-compose.yml (services extend these),
+# the cgroup runner and the load test (loadtest/profiles.py). `spartan loadtest calibrate`
+# rewrites `cpus` and `x-device.calibration`; comments in this file are not kept.
+"""
+_MEMORY = re.compile(r"^(\d+)([kmg])$")
+
+
+class Calibration(BaseModel):
+    """How ``cpus`` was found: the bare backbone's measured throughput at that quota, and where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    measured_inst_per_min: float
+    backbone: str
+    batch_size: int
+    seq_length: int
+    host: str
+    date: str
+    command: str
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    paper_cores: int
+    paper_memory_gb: int
+    reference_inst_per_min: float = Field(gt=0)
+    reference: str
+    calibration: Calibration | None = None
+
+
+class Profile(BaseModel):
+    """One profile as Compose sees it, plus the paper facts under ``x-device``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    device: Device = Field(alias="x-device")
+    cpus: float = Field(gt=0, description="CPU quota in cores (CFS quota / period)")
+    cpuset: str = Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    mem_limit: str = Field(pattern=_MEMORY.pattern)
+    environment: dict[str, str]
+
+    @property
+    def memory_bytes(self) -> int:
+        match = _MEMORY.match(self.mem_limit)
+        assert match is not None, "validated by the field pattern"
+        return int(match.group(1)) << {"k": 10, "m": 20, "g": 30}[match.group(2)]
+
+    @property
+    def threads(self) -> int:
+        return int(self.environment.get("SPARTAN_THREADS", "1"))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(cpus=self.cpus, cpuset=self.cpuset, memory_bytes=self.memory_bytes)
+
+
+def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return {name: Profile.model_validate(body) for name, body in raw["services"].items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as exc:
+        raise LoadTestError(f"cannot read device profiles from {path}: {exc}") from None
+
+
+def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
+    profiles = load_profiles(path)
+    if name not in profiles:
+        raise LoadTestError(f"unknown profile {name!r}; {path} defines: {', '.join(sorted(profiles))}")
+    return profiles[name]
+
+
+def save_profiles(profiles: dict[str, Profile], path: Path = PROFILES_FILE) -> None:
+    body = {
+        "services": {
+            name: profile.model_dump(by_alias=True, mode="json") for name, profile in sorted(profiles.items())
+        }
+    }
+    text = HEADER + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    atomic_write(path, text.encode())
