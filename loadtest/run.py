@@ -1,0 +1,218 @@
+"""One load test end to end: server (started here, optionally inside a device profile's cgroup, or
+given by URL), memories uploaded through the API, the scenario's load, report and plot.
+
+The memories are untrained (random) memories for the server's backbone: the load test measures
+serving, not accuracy. The texts are real (``--data``), so token lengths and padding are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loadtest.errors import LoadTestError
+from loadtest.generator import LoadGenerator, LoadOptions, Sample, check_loopback
+from loadtest.profiles import PROFILES_FILE, load_profile
+from loadtest.report import scrape, summarise
+from loadtest.scenarios import Scenario, get_scenario
+from loadtest.workload import Zipf, load_texts
+from memories.backbones import load_backbone
+from memories.bench import machine
+from memories.memfile import MemoryFile
+from service.bench_http import random_memories
+from service.client import AsyncSpartanClient
+from service.launcher import ServerProcess, start_server
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    scenario: str
+    data: Path
+    texts: str = "sst2"  # data set whose dev texts are sent
+    backbone: str = "minilm"
+    url: str | None = None  # a running server; None = start one here
+    profile: str | None = None  # start the server inside this device profile's cgroup
+    profiles: Path = PROFILES_FILE
+    duration_s: float = 30.0
+    max_requests: int | None = None
+    concurrency: int | None = None  # overrides the scenario's
+    texts_per_request: int = 1
+    capacity_probe_s: float = 10.0  # overload: closed-loop run that measures capacity first
+    seed: int = 0
+    api_key: str | None = None
+
+
+def _server_settings(
+    scenario: Scenario, options: RunOptions, memory_bytes: int, registry: Path
+) -> dict[str, str]:
+    settings = {"backbone": options.backbone, "registry_dir": str(registry), **scenario.server}
+    if options.profile is not None:
+        settings["threads"] = str(load_profile(options.profile, options.profiles).threads)
+    if scenario.cache_fraction is not None:
+        settings["cache_bytes"] = str(
+            max(1 << 20, int(scenario.cache_fraction * memory_bytes * scenario.tasks))
+        )
+    return settings
+
+
+async def _upload(client: AsyncSpartanClient, files: list[MemoryFile], names: list[str]) -> None:
+    for name, memfile in zip(names, files, strict=True):
+        await client.put_memory(name, memfile.to_bytes())
+
+
+async def _hot_swaps(
+    client: AsyncSpartanClient, task: str, versions: list[MemoryFile], every_s: float, until: float
+) -> list[dict[str, float]]:
+    """Upload alternating memories for ``task`` every ``every_s`` until ``until``; what happened."""
+    done = []
+    n = 0
+    while time.monotonic() + every_s < until:
+        await asyncio.sleep(every_s)
+        started = time.monotonic()
+        info = await client.put_memory(task, versions[n % len(versions)].to_bytes())
+        done.append({"version": info.version, "put_seconds": round(time.monotonic() - started, 3)})
+        n += 1
+    return done
+
+
+def _progress_line(samples: list[Sample], elapsed: float) -> str:
+    ok = [s for s in samples if s.status == 200]
+    recent = sorted(s.latency for s in ok[-200:])
+    p95 = recent[int(0.95 * (len(recent) - 1))] if recent else float("nan")
+    errors = len(samples) - len(ok)
+    rate = 60 * sum(s.inputs for s in ok) / elapsed if elapsed else 0.0
+    return (
+        f"[{elapsed:5.0f} s] {len(ok)} answered, {rate:.0f} inst/min, {errors} errors, recent p95 {p95:.3f} s"
+    )
+
+
+def run_load_test(
+    options: RunOptions, command: str, progress: Callable[[str], None] = print
+) -> tuple[dict[str, object], list[Sample]]:
+    scenario = get_scenario(options.scenario)
+    texts = load_texts(options.data, options.texts)
+    backbone = load_backbone(options.backbone)
+    files = random_memories(backbone, scenario.tasks, options.seed, prefix="lt")
+    swaps = (
+        random_memories(backbone, 2, options.seed + 1, prefix="lt-swap") if scenario.hot_swap_every_s else []
+    )
+    names = [f"lt-{i}" for i in range(scenario.tasks)]
+    memory_bytes = files[0].to_packed().nbytes()
+    with tempfile.TemporaryDirectory(prefix="spartan-loadtest-") as tmp:
+        server: ServerProcess | None = None
+        settings = _server_settings(scenario, options, memory_bytes, Path(tmp) / "registry")
+        url = options.url
+        if url is None:
+            limits = load_profile(options.profile, options.profiles).limits if options.profile else None
+            where = f" in profile {options.profile}" if options.profile else ""
+            progress(f"starting spartan serve ({options.backbone}){where}")
+            server = start_server(settings, Path(tmp) / "server.log", limits=limits)
+            url = server.url
+        else:
+            check_loopback(url)
+            if scenario.server or scenario.cache_fraction:
+                progress(f"note: {scenario.name} expects server settings {settings}; {url} keeps its own")
+        try:
+            report, samples = asyncio.run(_run(scenario, options, url, files, swaps, names, texts, progress))
+        finally:
+            exit_reason = server.exit_reason() if server is not None else None
+            if server is not None:
+                server.stop()
+    report.update(
+        {
+            "scenario": asdict(scenario),
+            "options": {
+                k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "api_key"
+            },
+            "server_settings": settings if options.url is None else None,
+            "server_exit": exit_reason,
+            "memory_bytes": memory_bytes,
+            "command": command,
+            "machine": machine(),
+        }
+    )
+    if options.profile is not None:
+        report["profile"] = load_profile(options.profile, options.profiles).model_dump(
+            by_alias=True, mode="json"
+        )
+    return report, samples
+
+
+async def _run(
+    scenario: Scenario,
+    options: RunOptions,
+    url: str,
+    files: list[MemoryFile],
+    swaps: list[MemoryFile],
+    names: list[str],
+    texts: list[str],
+    progress: Callable[[str], None],
+) -> tuple[dict[str, object], list[Sample]]:
+    async with AsyncSpartanClient(url, options.api_key, timeout=300) as client:
+        progress(f"uploading {len(files)} memories ({files[0].to_packed().nbytes() >> 10} KiB each)")
+        await _upload(client, files, names)
+        popularity = Zipf(scenario.tasks, scenario.zipf_s, options.seed)
+        concurrency = options.concurrency or scenario.concurrency
+        load = LoadOptions(
+            mode="closed",
+            concurrency=concurrency,
+            duration_s=options.duration_s,
+            max_requests=options.max_requests,
+            texts_per_request=options.texts_per_request,
+            seed=options.seed,
+        )
+        capacity = None
+        if scenario.overload_factor is not None:
+            probe = LoadGenerator(
+                url,
+                names,
+                texts,
+                popularity,
+                LoadOptions(
+                    concurrency=concurrency,
+                    duration_s=options.capacity_probe_s,
+                    texts_per_request=options.texts_per_request,
+                    seed=options.seed,
+                ),
+            )
+            seconds = await probe.run()
+            capacity = sum(s.inputs for s in probe.samples if s.status == 200) / seconds  # inst/s
+            if capacity <= 0:
+                raise LoadTestError("the capacity probe got no answers; is the server healthy?")
+            rate = scenario.overload_factor * capacity / options.texts_per_request
+            offered = f"{scenario.overload_factor}x = {rate:.1f} req/s"
+            progress(f"capacity {60 * capacity:.0f} inst/min; offering {offered}")
+            load = LoadOptions(
+                mode="open",
+                rate=rate,
+                duration_s=options.duration_s,
+                max_requests=options.max_requests,
+                texts_per_request=options.texts_per_request,
+                seed=options.seed,
+            )
+        before = scrape(await client.metrics())
+        generator = LoadGenerator(url, names, texts, popularity, load, options.api_key)
+        swap_job = None
+        if scenario.hot_swap_every_s is not None:
+            until = time.monotonic() + options.duration_s
+            swap_job = asyncio.create_task(
+                _hot_swaps(client, names[0], swaps, scenario.hot_swap_every_s, until)
+            )
+        seconds = await generator.run(lambda elapsed: progress(_progress_line(generator.samples, elapsed)))
+        swapped = await swap_job if swap_job is not None else None
+        after = scrape(await client.metrics())
+    report = summarise(generator.samples, seconds, before, after)
+    report["capacity_inst_per_min"] = round(60 * capacity, 1) if capacity is not None else None
+    if swapped is not None:
+        first_task = [s for s in generator.samples if s.task == 0 and s.status == 200]
+        report["hot_swap"] = {
+            "uploads": swapped,
+            "versions_served_for_swapped_task": sorted({s.version for s in first_task if s.version}),
+            "median_put_seconds": statistics.median(u["put_seconds"] for u in swapped) if swapped else None,
+        }
+    return report, generator.samples

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.errors import LoadTestError
+from loadtest.profiles import PROFILES_FILE, Calibration, load_profile, load_profiles, save_profiles
+
+
+def test_shipped_profiles_hold_the_paper_references() -> None:
+    profiles = load_profiles()
+    assert profiles["raspi4"].device.reference_inst_per_min == 207.6
+    assert profiles["iphone"].device.reference_inst_per_min == 366.2
+    assert profiles["raspi4"].memory_bytes == 8 << 30
+    assert profiles["iphone"].limits.memory_bytes == 4 << 30
+
+
+def test_save_then_load_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.yml"
+    profiles = load_profiles()
+    calibration = Calibration(
+        measured_inst_per_min=205.0,
+        backbone="b",
+        batch_size=32,
+        seq_length=64,
+        host="h",
+        date="d",
+        command="c",
+    )
+    changed = profiles["raspi4"].model_copy(
+        update={
+            "cpus": 0.5,
+            "device": profiles["raspi4"].device.model_copy(update={"calibration": calibration}),
+        }
+    )
+    save_profiles({**profiles, "raspi4": changed}, path)
+    again = load_profiles(path)
+    assert again["raspi4"] == changed
+    assert again["iphone"] == profiles["iphone"]
+    assert path.read_text().startswith("# Edge device profiles")
+
+
+def test_unknown_profile_names_the_known_ones() -> None:
+    with pytest.raises(LoadTestError, match="unknown profile 'pi5'.*iphone, raspi4"):
+        load_profile("pi5", PROFILES_FILE)
+
+
+def test_a_broken_profiles_file_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.yml"
+    path.write_text("services:\n  raspi4:\n    cpus: -1\n")
+    with pytest.raises(LoadTestError, match=f"cannot read device profiles from {path}"):
+        load_profiles(path)

@@ -1,0 +1,95 @@
+"""Scenarios end to end against a real server on loopback (tiny backbone, toy texts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from loadtest.errors import LoadTestError
+from loadtest.generator import LoadGenerator, LoadOptions, check_loopback
+from loadtest.run import RunOptions, run_load_test
+from loadtest.workload import Zipf
+from tests.service.conftest import RunningService
+
+
+def _options(service: RunningService, toy_data: Path, scenario: str, **changes: object) -> RunOptions:
+    fields: dict[str, object] = {
+        "scenario": scenario,
+        "data": toy_data,
+        "texts": "toy",
+        "backbone": "roberta-tiny-random",
+        "url": service.url,
+        "duration_s": 3.0,
+        "concurrency": 8,
+        "capacity_probe_s": 2.0,
+    }
+    fields.update(changes)
+    return RunOptions(**fields)  # type: ignore[arg-type]
+
+
+def test_steady_scenario_reports_throughput_latency_and_server_batches(
+    service_factory: Callable[..., RunningService], toy_data: Path
+) -> None:
+    service = service_factory(max_batch_size=8)
+    messages: list[str] = []
+    report, samples = run_load_test(
+        _options(service, toy_data, "steady"), "spartan loadtest run", messages.append
+    )
+    assert report["errors"] == {}
+    assert report["ok"] == len(samples) > 0
+    assert float(report["inst_per_min"]) > 0  # type: ignore[arg-type]
+    latency = report["latency_s"]
+    assert isinstance(latency, dict)
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    server = report["server"]
+    assert isinstance(server, dict)
+    assert server["engine_batches"] > 0
+    assert 1 <= server["mean_batch_size"] <= 8
+    assert server["cache_hit_rate"] > 0.9, "one task: every request after the first hits the cache"
+    assert any("answered" in m for m in messages), "progress is shown while it runs"
+    assert report["command"] == "spartan loadtest run"
+
+
+def test_hot_swap_scenario_serves_every_version_without_errors(
+    service_factory: Callable[..., RunningService], toy_data: Path
+) -> None:
+    service = service_factory()
+    report, _ = run_load_test(_options(service, toy_data, "hot-swap", duration_s=12.0), "test", print)
+    assert report["errors"] == {}
+    swap = report["hot_swap"]
+    assert isinstance(swap, dict)
+    assert len(swap["uploads"]) >= 1
+    assert len(swap["versions_served_for_swapped_task"]) >= 2, "the new version was served during the load"
+
+
+def test_overload_sheds_with_429_and_nothing_else(
+    service_factory: Callable[..., RunningService], toy_data: Path
+) -> None:
+    service = service_factory(queue_size=4, max_batch_size=4)
+    report, _ = run_load_test(_options(service, toy_data, "overload", duration_s=4.0), "test", print)
+    errors = report["errors"]
+    assert isinstance(errors, dict)
+    assert set(errors) <= {"429"}, f"overload must shed with 429 only, got {errors}"
+    assert report["capacity_inst_per_min"]
+
+
+def test_load_tests_stay_on_loopback(toy_data: Path) -> None:
+    with pytest.raises(LoadTestError, match="only target loopback"):
+        check_loopback("http://10.0.0.7:8000")
+    with pytest.raises(LoadTestError, match="only target loopback"):
+        LoadGenerator("http://example.com", ["a"], ["text"], Zipf(1, 0, 0), LoadOptions())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"concurrency": 0}, "must be positive"),
+        ({"duration_s": 0}, "duration must be"),
+        ({"max_requests": 0}, "max"),
+    ],
+)
+def test_load_options_are_validated(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(LoadTestError, match=message):
+        LoadOptions(**changes)  # type: ignore[arg-type]
