@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from loadtest.errors import LoadTestError
 from loadtest.profiles import PROFILES_FILE
 
 if TYPE_CHECKING:
@@ -106,6 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def _setting(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise LoadTestError(f"--server-setting takes NAME=VALUE, got {item!r}")
+    return name.lower(), value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.report import plot
     from loadtest.run import RunOptions, run_load_test
@@ -122,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_requests=args.requests,
         concurrency=args.concurrency,
         texts_per_request=args.texts_per_request,
+        max_seq_length=args.max_seq_length,
+        server_settings=tuple(_setting(item) for item in args.server_setting),
         seed=args.seed,
         api_key=args.api_key,
     )
@@ -194,6 +204,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--requests", type=int, help="stop after this many requests")
     run.add_argument("--concurrency", type=int, help="closed-loop clients (default: the scenario's)")
     run.add_argument("--texts-per-request", type=int, default=1)
+    run.add_argument("--max-seq-length", type=int, default=64, help="tokens per input (as calibrated)")
+    run.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SPARTAN_* setting (without prefix) for the server started here, e.g. request_timeout_s=120",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--api-key", help="for a server with keys (admin: it uploads memories)")
     run.add_argument("--json", type=Path, help="report path; the PNG is written beside it")

@@ -43,6 +43,8 @@ class RunOptions:
     max_requests: int | None = None
     concurrency: int | None = None  # overrides the scenario's
     texts_per_request: int = 1
+    max_seq_length: int = 64  # tokens per input (the memories' truncation), as in the calibration
+    server_settings: tuple[tuple[str, str], ...] = ()  # extra SPARTAN_* settings for a server started here
     capacity_probe_s: float = 10.0  # overload: closed-loop run that measures capacity first
     seed: int = 0
     api_key: str | None = None
@@ -51,7 +53,12 @@ class RunOptions:
 def _server_settings(
     scenario: Scenario, options: RunOptions, memory_bytes: int, registry: Path
 ) -> dict[str, str]:
-    settings = {"backbone": options.backbone, "registry_dir": str(registry), **scenario.server}
+    settings = {
+        "backbone": options.backbone,
+        "registry_dir": str(registry),
+        **scenario.server,
+        **dict(options.server_settings),
+    }
     if options.profile is not None:
         settings["threads"] = str(load_profile(options.profile, options.profiles).threads)
     if scenario.cache_fraction is not None:
@@ -110,9 +117,11 @@ def run_load_test(
     scenario = get_scenario(options.scenario)
     texts = load_texts(options.data, options.texts)
     backbone = load_backbone(options.backbone)
-    files = random_memories(backbone, scenario.tasks, options.seed, prefix="lt")
+    files = random_memories(backbone, scenario.tasks, options.seed, "lt", options.max_seq_length)
     swaps = (
-        random_memories(backbone, 2, options.seed + 1, prefix="lt-swap") if scenario.hot_swap_every_s else []
+        random_memories(backbone, 2, options.seed + 1, "lt-swap", options.max_seq_length)
+        if scenario.hot_swap_every_s
+        else []
     )
     names = [f"lt-{i}" for i in range(scenario.tasks)]
     memory_bytes = files[0].to_packed().nbytes()

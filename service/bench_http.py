@@ -61,14 +61,17 @@ class HttpBenchOptions:
             )
 
 
-def random_memories(backbone: Backbone, count: int, seed: int, prefix: str = "bench") -> list[MemoryFile]:
-    """``count`` untrained two-label memories for ``backbone`` (tasks ``<prefix>-<i>``), for load."""
+def random_memories(
+    backbone: Backbone, count: int, seed: int, prefix: str = "bench", max_seq_length: int = 128
+) -> list[MemoryFile]:
+    """``count`` untrained two-label memories for ``backbone`` (tasks ``<prefix>-<i>``), for load;
+    inputs are truncated to ``max_seq_length`` tokens."""
     torch.manual_seed(seed)
     files = []
     for i in range(count):
         task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
         meta = MemoryMetadata.for_backbone(
-            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, 128, task=f"{prefix}-{i}"
+            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, max_seq_length, task=f"{prefix}-{i}"
         )
         files.append(MemoryFile.from_task(task, meta))
     return files
