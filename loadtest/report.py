@@ -109,11 +109,15 @@ def plot(samples: Sequence[Sample], seconds: float, title: str, path: Path) -> N
     series = timeline(samples, seconds)
     latencies = sorted(s.latency for s in samples if s.status == 200)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    xs = list(range(len(series["ok_inst_per_s"])))
-    left.plot(xs, [60 * v for v in series["ok_inst_per_s"]], label="answered (inst/min)")
+    ok = series["ok_inst_per_s"]
+    xs = list(range(len(ok)))
+    window = 10  # seconds: slow profiles answer a whole batch at once, every few seconds
+    smooth = [60 * sum(ok[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in xs]
+    left.plot(xs, [60 * v for v in ok], alpha=0.35, label="answered (inst/min, 1 s bins)")
+    left.plot(xs, smooth, label=f"answered ({window} s moving mean)")
     if any(series["shed_per_s"]):
         left.plot(xs, [60 * v for v in series["shed_per_s"]], label="shed with 429 (req/min)")
-    left.set(xlabel="seconds", ylabel="per minute (1 s bins)", title="throughput")
+    left.set(xlabel="seconds", ylabel="per minute", title="throughput")
     left.legend()
     if latencies:
         right.hist(latencies, bins=40)
