@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from loadtest.errors import LoadTestError
-from loadtest.profiles import PROFILES_FILE, Calibration, load_profiles, save_profiles
+from loadtest.profiles import PROFILES_FILE, Calibration, load_profile, load_profiles, save_profiles
 from memories.backbone import Backbone
 from memories.bench import machine, random_batch
 from memories.model import TaskMemory, run_batch
@@ -86,10 +86,8 @@ def calibrate(
     path: Path = PROFILES_FILE,
 ) -> dict[str, object]:
     """Find the profile's CPU quota, write it back to ``path``, return what was measured."""
+    profile = load_profile(name, path)
     profiles = load_profiles(path)
-    if name not in profiles:
-        raise LoadTestError(f"unknown profile {name!r}; {path} defines: {', '.join(sorted(profiles))}")
-    profile = profiles[name]
     reference = profile.device.reference_inst_per_min
     bare = _workloads(backbone, options)["bare"]
     cpus, probes = profile.cpus, []
@@ -144,9 +142,7 @@ def measure_profile(
     path: Path = PROFILES_FILE,
 ) -> dict[str, object]:
     """Bare and SPARTAN inst/min under the profile's CPU budget, ``rounds`` interleaved rounds."""
-    profile = load_profiles(path).get(name)
-    if profile is None:
-        raise LoadTestError(f"unknown profile {name!r} in {path}")
+    profile = load_profile(name, path)
     limits = Limits(cpus=profile.cpus, cpuset=profile.cpuset)
     rates: dict[str, list[float]] = {"bare": [], "spartan": []}
     workloads = _workloads(backbone, options)

@@ -8,6 +8,7 @@ serving, not accuracy. The texts are real (``--data``), so token lengths and pad
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -192,18 +193,8 @@ async def _run(
         )
         capacity = None
         if scenario.overload_factor is not None:
-            probe = LoadGenerator(
-                url,
-                names,
-                texts,
-                popularity,
-                LoadOptions(
-                    concurrency=concurrency,
-                    duration_s=options.capacity_probe_s,
-                    texts_per_request=options.texts_per_request,
-                    seed=options.seed,
-                ),
-            )
+            probe_load = dataclasses.replace(load, duration_s=options.capacity_probe_s, max_requests=None)
+            probe = LoadGenerator(url, names, texts, popularity, probe_load, options.api_key)
             seconds = await probe.run()
             capacity = sum(s.inputs for s in probe.samples if s.status == 200) / seconds  # inst/s
             if capacity <= 0:
@@ -211,14 +202,7 @@ async def _run(
             rate = scenario.overload_factor * capacity / options.texts_per_request
             offered = f"{scenario.overload_factor}x = {rate:.1f} req/s"
             progress(f"capacity {60 * capacity:.0f} inst/min; offering {offered}")
-            load = LoadOptions(
-                mode="open",
-                rate=rate,
-                duration_s=options.duration_s,
-                max_requests=options.max_requests,
-                texts_per_request=options.texts_per_request,
-                seed=options.seed,
-            )
+            load = dataclasses.replace(load, mode="open", rate=rate)
         before = scrape(await client.metrics())
         generator = LoadGenerator(url, names, texts, popularity, load, options.api_key)
         swap_job = None
