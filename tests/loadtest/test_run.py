@@ -73,6 +73,10 @@ def test_overload_sheds_with_429_and_nothing_else(
     assert isinstance(errors, dict)
     assert set(errors) <= {"429"}, f"overload must shed with 429 only, got {errors}"
     assert report["capacity_inst_per_min"]
+    offered = report["offered_req_per_s"]
+    assert isinstance(offered, dict)
+    assert offered["sent"] > 0
+    assert offered["target"] > 0
 
 
 def test_load_tests_stay_on_loopback(toy_data: Path) -> None:
