@@ -43,7 +43,7 @@ class RunOptions:
     duration_s: float = 30.0
     max_requests: int | None = None
     concurrency: int | None = None  # overrides the scenario's
-    texts_per_request: int = 1
+    texts_per_request: int | None = None  # overrides the scenario's
     max_seq_length: int = 64  # tokens per input (the memories' truncation), as in the calibration
     server_settings: tuple[tuple[str, str], ...] = ()  # extra SPARTAN_* settings for a server started here
     capacity_probe_s: float = 10.0  # overload: closed-loop run that measures capacity first
@@ -183,12 +183,13 @@ async def _run(
         await _upload(client, files, names)
         popularity = Zipf(scenario.tasks, scenario.zipf_s, options.seed)
         concurrency = options.concurrency or scenario.concurrency
+        per_request = options.texts_per_request or scenario.texts_per_request
         load = LoadOptions(
             mode="closed",
             concurrency=concurrency,
             duration_s=options.duration_s,
             max_requests=options.max_requests,
-            texts_per_request=options.texts_per_request,
+            texts_per_request=per_request,
             seed=options.seed,
         )
         capacity = None
@@ -199,7 +200,7 @@ async def _run(
             capacity = sum(s.inputs for s in probe.samples if s.status == 200) / seconds  # inst/s
             if capacity <= 0:
                 raise LoadTestError("the capacity probe got no answers; is the server healthy?")
-            rate = scenario.overload_factor * capacity / options.texts_per_request
+            rate = scenario.overload_factor * capacity / per_request
             offered = f"{scenario.overload_factor}x = {rate:.1f} req/s"
             progress(f"capacity {60 * capacity:.0f} inst/min; offering {offered}")
             load = dataclasses.replace(load, mode="open", rate=rate)

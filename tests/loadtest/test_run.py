@@ -67,7 +67,7 @@ def test_hot_swap_scenario_serves_every_version_without_errors(
 def test_overload_sheds_with_429_and_nothing_else(
     service_factory: Callable[..., RunningService], toy_data: Path
 ) -> None:
-    service = service_factory(queue_size=4, max_batch_size=4)
+    service = service_factory(queue_size=16, max_batch_size=4)
     report, _ = run_load_test(_options(service, toy_data, "overload", duration_s=4.0), "test", print)
     errors = report["errors"]
     assert isinstance(errors, dict)
