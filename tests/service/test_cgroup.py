@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cgroup import Confined, Limits, cgroup_version, confine_self, start_confined
+from service.cgroup import CgroupV2, Confined, Limits, cgroup_version, confine_self, start_confined
 from service.errors import CgroupError
 from service.launcher import start_server
 
@@ -117,3 +117,32 @@ def test_a_server_over_its_memory_budget_is_reported_oom_killed(tmp_path: Path) 
     limits = Limits(memory_bytes=48 << 20)
     with pytest.raises(RuntimeError, match="spartan serve OOM-killed"):
         start_server(settings, tmp_path / "serve.log", ready_timeout=120, limits=limits)
+
+
+def test_cgroup_v2_writes_the_unified_interface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host has cgroup v1 only: the v2 writer runs against a directory laid out like cgroup2fs
+    (the kernel creates the interface files itself; here they are pre-made)."""
+    base = tmp_path / "cg"
+    leaf = base / "spartan" / "probe"
+    leaf.mkdir(parents=True)
+    for folder in (base, base / "spartan"):
+        (folder / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        (folder / "cgroup.subtree_control").write_text("")
+    (leaf / "memory.swap.max").write_text("max\n")
+    monkeypatch.setattr("service.cgroup.own_cgroup", lambda controller: base)
+    cgroup = CgroupV2("probe", Limits(cpus=0.55, cpuset="0", memory_bytes=256 << 20))
+    assert (leaf / "cpu.max").read_text() == "55000 100000"
+    assert (leaf / "cpuset.cpus").read_text() == "0"
+    assert (leaf / "memory.max").read_text() == str(256 << 20)
+    assert (leaf / "memory.swap.max").read_text() == "0"
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory"
+    assert cgroup.procs_files == [leaf / "cgroup.procs"]
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cgroup.oom_kills() == 1
+
+
+def test_cgroup_v2_names_a_missing_controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
+    monkeypatch.setattr("service.cgroup.own_cgroup", lambda controller: tmp_path)
+    with pytest.raises(CgroupError, match=r"controllers \['cpuset', 'memory'\] are not available"):
+        CgroupV2("probe", Limits(cpus=0.5))
