@@ -1,8 +1,8 @@
 # spartan-serve: one uvicorn worker holding one frozen encoder, CPU-only torch, demo memories included.
 #   docker build -t spartan-serve:0.1.0 .
-# Offline builds: pass a local wheel directory as a build context and point pip at it, e.g.
-#   docker build --build-context wheels=/path/to/wheels --build-arg PIP_FIND_LINKS=/wheels ...
-# (see deploy/README.md, "Engine tier").
+# Offline builds (no CPU torch index): serve a directory holding the torch wheel on loopback and
+#   docker build --network host --build-arg PIP_FIND_LINKS=http://127.0.0.1:PORT/ ...
+# deploy/engine-tier.sh does this (WHEELS_DIR); see deploy/README.md, "Engine tier".
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
