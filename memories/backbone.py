@@ -134,6 +134,7 @@ class Backbone:
         self.num_layers: int = config.num_hidden_layers
         self.model_type: str = config.model_type
         self.fingerprint = fingerprint(model)
+        self.precision = "fp32"  # memories.precision.set_precision switches it
         self._slot = _MemorySlot()
         encoder: Any = model.encoder
         layers: nn.ModuleList = encoder.layer
