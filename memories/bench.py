@@ -13,7 +13,10 @@ Variants:
 * ``bare``: the frozen backbone alone;
 * ``spartan-dense``: one memory, every child via two GEMMs and a top-K mask (production path);
 * ``spartan-gather``: one memory, only the chosen parents' children gathered per token;
-* ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs).
+* ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs);
+* ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
+  mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
+  SPARTAN's cost in int8 mode are measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ from memories.errors import ConfigError
 from memories.model import PackedMemory, TaskMemory, run_batch
 from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
 
-VARIANTS = ("bare", "spartan-dense", "spartan-gather", "mixed-dense")
+VARIANTS = (
+    "bare",
+    "spartan-dense",
+    "spartan-gather",
+    "mixed-dense",
+    "bare-int8",
+    "spartan-dense-int8",
+    "mixed-dense-int8",
+)
+DEFAULT_VARIANTS = VARIANTS[:4]
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class BenchOptions:
     threads: int = 1
     spartan: SpartanConfig = field(default_factory=SpartanConfig)
     seed: int = 0
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     layer_rounds: int = 30
 
     def __post_init__(self) -> None:
@@ -75,7 +87,13 @@ def _gather_memory(task: TaskMemory) -> LayerMemory:
     return apply
 
 
-def _variants(backbone: Backbone, batch: Encoded, options: BenchOptions) -> dict[str, Callable[[], object]]:
+def needs_int8(options: BenchOptions) -> bool:
+    return any(name.endswith("-int8") for name in options.variants)
+
+
+def _variants(
+    backbone: Backbone, batch: Encoded, options: BenchOptions, int8: Backbone | None
+) -> dict[str, Callable[[], object]]:
     rows = batch.input_ids.shape[0]
     torch.manual_seed(options.seed)
     tasks = [
@@ -84,12 +102,17 @@ def _variants(backbone: Backbone, batch: Encoded, options: BenchOptions) -> dict
     ]
     packed: list[PackedMemory] = [task.pack(backbone.pooling) for task in tasks]
     gather = _gather_memory(tasks[0])
-    return {
+    variants: dict[str, Callable[[], object]] = {
         "bare": lambda: backbone.forward(batch),
         "spartan-dense": lambda: run_batch(backbone, batch, [packed[0]] * rows),
         "spartan-gather": lambda: backbone.forward(batch, gather),
         "mixed-dense": lambda: run_batch(backbone, batch, packed),
     }
+    if int8 is not None:
+        variants["bare-int8"] = lambda: int8.forward(batch)
+        variants["spartan-dense-int8"] = lambda: run_batch(int8, batch, [packed[0]] * rows)
+        variants["mixed-dense-int8"] = lambda: run_batch(int8, batch, packed)
+    return variants
 
 
 def _interleaved(
@@ -202,15 +225,22 @@ def machine() -> dict[str, object]:
 
 
 def run_bench(
-    backbone: Backbone, options: BenchOptions, progress: Callable[[str], None] = print
+    backbone: Backbone,
+    options: BenchOptions,
+    progress: Callable[[str], None] = print,
+    int8: Backbone | None = None,
 ) -> dict[str, object]:
-    """Measure every variant at every sequence length; returns the JSON-ready report."""
+    """Measure every variant at every sequence length; returns the JSON-ready report.
+    ``int8``: the same backbone in int8 mode, needed by the ``*-int8`` variants."""
+    if needs_int8(options) and (int8 is None or int8.precision != "int8"):
+        raise ConfigError("the *-int8 variants need the backbone's int8 copy (memories.precision)")
     torch.set_num_threads(options.threads)
     results: dict[str, object] = {}
     layers: dict[str, object] = {}
     for seq in options.seq_lengths:
         batch = random_batch(backbone, options.batch_size, seq, options.seed)
-        variants = {k: v for k, v in _variants(backbone, batch, options).items() if k in options.variants}
+        every = _variants(backbone, batch, options, int8)
+        variants = {k: v for k, v in every.items() if k in options.variants}
 
         def report_round(r: int, times: dict[str, list[float]], seq: int = seq) -> None:
             progress(
@@ -228,8 +258,13 @@ def run_bench(
             for name, ts in times.items()
         }
         pairs = [(name, "bare") for name in times if name != "bare" and "bare" in times]
-        if {"spartan-dense", "mixed-dense"} <= set(times):
-            pairs.append(("mixed-dense", "spartan-dense"))
+        for a, b in (
+            ("mixed-dense", "spartan-dense"),
+            ("spartan-dense-int8", "bare-int8"),
+            ("mixed-dense-int8", "spartan-dense-int8"),
+        ):
+            if {a, b} <= set(times):
+                pairs.append((a, b))
         ratios = {
             f"{a}/{b}": {
                 "best": round(min(times[b]) / min(times[a]), 4),
@@ -284,10 +319,10 @@ def format_table(report: dict[str, object]) -> str:
                 f"| {seq} | {name} | {numbers['best_inst_per_min']} | {numbers['median_inst_per_min']} "
                 f"| {best} | {paired} |"
             )
-        mixed = result["ratios"].get("mixed-dense/spartan-dense")
-        if mixed:
-            best, paired = mixed["best"], mixed["median_paired"]
-            lines.append(f"| {seq} | mixed-dense / spartan-dense | | | {best:.4f} | {paired:.4f} |")
+        for pair, ratio in result["ratios"].items():
+            if not pair.endswith("/bare"):  # relative to another variant than bare fp32
+                best, paired = ratio["best"], ratio["median_paired"]
+                lines.append(f"| {seq} | {pair.replace('/', ' / ')} | | | {best:.4f} | {paired:.4f} |")
     layer_results = report.get("layer") or {}
     assert isinstance(layer_results, dict)
     if layer_results:

@@ -12,11 +12,13 @@ import dataclasses
 import json
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest import cli as loadtest_cli
 from memories.errors import SpartanError
+from memories.precision import PRECISIONS
 from memories.spartan import SpartanConfig
 from service.errors import ServiceError
 
@@ -100,6 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from memories.data import read_examples, split_path, task_spec
     from memories.evaluate import evaluate
     from memories.memfile import check_backbone, read_memory
+    from memories.precision import set_precision
 
     _set_threads(args.threads)
     memfile = read_memory(args.memory)
@@ -107,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = args.task or meta.task
     if not task:
         raise SpartanError("the memory names no task; pass --task")
-    backbone = load_backbone(args.backbone or meta.backbone)
+    backbone = set_precision(load_backbone(args.backbone or meta.backbone), args.precision)
     check_backbone(meta, backbone)
     path = split_path(args.data, task, args.split)
     examples = read_examples(path)
@@ -118,6 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the memory predicts {meta.task_type} {list(expected_labels)}, "
             f"the data is {spec.task_type} {list(spec.labels)}"
         )
+    started = time.perf_counter()
     with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
         result = evaluate(
             backbone,
@@ -134,7 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "split": args.split,
         "examples": len(examples),
         "backbone": backbone.name,
+        "precision": backbone.precision,
         "metrics": result.metrics,
+        "seconds": round(time.perf_counter() - started, 2),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -179,7 +185,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.http:
         return cmd_bench_http(args)
     from memories.backbones import load_backbone
-    from memories.bench import BenchOptions, format_table, run_bench
+    from memories.bench import BenchOptions, format_table, needs_int8, run_bench
+    from memories.precision import set_precision
 
     options = BenchOptions(
         batch_size=args.batch_size,
@@ -193,8 +200,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.layer_rounds is not None:
         options = dataclasses.replace(options, layer_rounds=args.layer_rounds)
     _set_threads(args.threads)
-    backbone = load_backbone(args.backbone or "roberta-base-random")
-    report = run_bench(backbone, options, _log)
+    spec = args.backbone or "roberta-base-random"
+    backbone = load_backbone(spec)
+    int8 = set_precision(load_backbone(spec), "int8") if needs_int8(options) else None
+    report = run_bench(backbone, options, _log, int8)
     print(format_table(report))
     _write_report(report, args.json, args.command_line)
     return 0
@@ -217,6 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "redis_url": args.redis_url,
             "seed_dir": args.seed_dir,
             "threads": args.threads,
+            "precision": args.precision,
             "host": args.host,
             "port": args.port,
         }.items()
@@ -297,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-seq-length", type=int, help="default: the memory's")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--threads", type=int)
+    ev.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone precision mode")
     ev.add_argument("--json", action="store_true", help="print a JSON report")
     ev.set_defaults(func=cmd_eval)
 
@@ -333,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url")
     serve.add_argument("--seed-dir", type=Path, help="upload <task>.safetensors from here if absent")
     serve.add_argument("--threads", type=int, help="torch threads (default: the CPU quota)")
+    serve.add_argument("--precision", choices=PRECISIONS, help="backbone precision mode (default fp32)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)

@@ -11,13 +11,12 @@ backbone loads on its int8 mode (how much that costs in accuracy is measured, se
 from __future__ import annotations
 
 import warnings
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
-from torch import nn
-
-from memories.backbone import Backbone
 from memories.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and the backbone are imported when a mode is applied, not with the names
+    from memories.backbone import Backbone
 
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -31,6 +30,9 @@ def set_precision(backbone: Backbone, precision: str) -> Backbone:
         return backbone
     if backbone.precision != "fp32":
         raise ConfigError(f"a {backbone.precision} backbone cannot go back to {precision}; load it again")
+    import torch
+    from torch import nn
+
     with warnings.catch_warnings():
         # torch 2.13 marks eager dynamic quantisation deprecated (moving to torchao) but ships it.
         warnings.filterwarnings("ignore", category=DeprecationWarning)

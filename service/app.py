@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
+from memories.errors import ConfigError
+from memories.precision import set_precision
 from service.api import errors
 from service.api.deps import LOCAL_TENANT
 from service.api.routes import classify, health, memories
@@ -53,6 +55,11 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         model = backbone
         if model is None:
             model = await asyncio.to_thread(load_backbone, settings.backbone)
+            await asyncio.to_thread(set_precision, model, settings.precision)
+        elif model.precision != settings.precision:
+            raise ConfigError(
+                f"the given backbone is {model.precision}, the settings ask for {settings.precision}"
+            )
         threads = settings.threads or available_cpus()
         engine = Engine(
             model, settings.max_batch_size, settings.max_wait_ms / 1000, settings.queue_size, threads
@@ -65,9 +72,10 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
                 "seeded %d memories from %s: %s", len(seeded), settings.seed_dir, ", ".join(seeded) or "-"
             )
         log.info(
-            "serving backbone %s (%s) with %d torch threads, %s registry, cache %d MB",
+            "serving backbone %s (%s, %s) with %d torch threads, %s registry, cache %d MB",
             model.name,
             model.fingerprint[:12],
+            model.precision,
             threads,
             settings.registry,
             settings.cache_bytes >> 20,

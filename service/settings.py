@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memories.precision import Precision
 from service.auth import ApiKey
 
 
@@ -36,6 +37,7 @@ class ServiceSettings(BaseSettings):
     queue_size: int = Field(1024, ge=1, description="admitted requests waiting for the engine")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
+    precision: Precision = Field("fp32", description="backbone precision mode: fp32 (exact) or int8")
 
     max_inputs: int = Field(64, ge=1, le=4096, description="texts per classify request")
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
