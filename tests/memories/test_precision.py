@@ -22,14 +22,17 @@ def pair() -> tuple[Backbone, Backbone]:
     return load_backbone("roberta-tiny-random"), set_precision(load_backbone("roberta-tiny-random"), "int8")
 
 
-def test_int8_quantises_every_backbone_linear_and_keeps_the_fp32_fingerprint(
+def test_int8_quantises_every_linear_but_the_first_layer_and_keeps_the_fp32_fingerprint(
     pair: tuple[Backbone, Backbone],
 ) -> None:
     fp32, int8 = pair
     assert int8.precision == "int8"
-    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
+    first = set(map(id, int8.layer(0).modules()))
     dynamic = torch.ao.nn.quantized.dynamic.Linear
-    assert sum(isinstance(m, dynamic) for m in int8.model.modules()) >= 6 * int8.num_layers
+    plain = [m for m in int8.model.modules() if type(m) is torch.nn.Linear]
+    assert plain, "layer 0 keeps its fp32 linears"
+    assert all(id(m) in first for m in plain), "every other linear is quantised"
+    assert sum(isinstance(m, dynamic) for m in int8.model.modules()) >= 6 * (int8.num_layers - 1)
     assert int8.fingerprint == fp32.fingerprint
     check_backbone(make_memfile(fp32).metadata, int8)  # a memory trained on fp32 loads on int8
 
@@ -60,3 +63,5 @@ def test_precision_errors_say_what_to_do(pair: tuple[Backbone, Backbone]) -> Non
         set_precision(fp32, "int4")
     with pytest.raises(ConfigError, match="cannot go back to fp32; load it again"):
         set_precision(int8, "fp32")
+    with pytest.raises(ConfigError, match=r"fp32 layers \(7,\) out of range: the backbone has 2"):
+        set_precision(load_backbone("roberta-tiny-random"), "int8", fp32_layers=(7,))
