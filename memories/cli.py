@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from memories.data import read_examples, split_path, task_spec
     from memories.evaluate import evaluate
     from memories.memfile import check_backbone, read_memory
-    from memories.precision import set_precision
+    from memories.precision import FP32_LAYERS, set_precision
 
     _set_threads(args.threads)
     memfile = read_memory(args.memory)
@@ -110,7 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = args.task or meta.task
     if not task:
         raise SpartanError("the memory names no task; pass --task")
-    backbone = set_precision(load_backbone(args.backbone or meta.backbone), args.precision)
+    fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
+    backbone = set_precision(load_backbone(args.backbone or meta.backbone), args.precision, fp32_layers)
     check_backbone(meta, backbone)
     path = split_path(args.data, task, args.split)
     examples = read_examples(path)
@@ -139,6 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "examples": len(examples),
         "backbone": backbone.name,
         "precision": backbone.precision,
+        "int8_fp32_layers": list(fp32_layers) if backbone.precision == "int8" else None,
         "metrics": result.metrics,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -308,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone precision mode")
+    ev.add_argument(
+        "--int8-fp32-layers",
+        type=int,
+        nargs="*",
+        help="int8: encoder layers kept in fp32 (default: 0; give none for all-int8)",
+    )
     ev.add_argument("--json", action="store_true", help="print a JSON report")
     ev.set_defaults(func=cmd_eval)
 
