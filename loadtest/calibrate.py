@@ -140,15 +140,19 @@ def measure_profile(
     rounds: int,
     progress: Callable[[str], None] = print,
     path: Path = PROFILES_FILE,
+    threads: int | None = None,
+    cpuset: str | None = None,
 ) -> dict[str, object]:
-    """Bare and SPARTAN inst/min under the profile's CPU budget, ``rounds`` interleaved rounds."""
+    """Bare and SPARTAN inst/min under the profile's CPU budget, ``rounds`` interleaved rounds;
+    ``threads`` and ``cpuset`` override the profile's (e.g. to show what oversubscription costs)."""
     profile = load_profile(name, path)
-    limits = Limits(cpus=profile.cpus, cpuset=profile.cpuset)
+    threads = threads or profile.threads
+    limits = Limits(cpus=profile.cpus, cpuset=cpuset or profile.cpuset)
     rates: dict[str, list[float]] = {"bare": [], "spartan": []}
     workloads = _workloads(backbone, options)
     for n in range(rounds):
         for variant, run in workloads.items():
-            rates[variant].append(_confined_probe(run, limits, profile.threads, options))
+            rates[variant].append(_confined_probe(run, limits, threads, options))
         progress(
             f"{name} round {n + 1}/{rounds}: bare {rates['bare'][-1]:.1f}, "
             f"spartan {rates['spartan'][-1]:.1f} inst/min"
@@ -158,8 +162,8 @@ def measure_profile(
     return {
         "profile": name,
         "cpus": profile.cpus,
-        "cpuset": profile.cpuset,
-        "threads": profile.threads,
+        "cpuset": limits.cpuset,
+        "threads": threads,
         "batch_size": options.batch_size,
         "seq_length": options.seq_length,
         "rounds": rates,

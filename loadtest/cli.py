@@ -65,7 +65,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     options = _probe_options(args)
     backbone = load_backbone(args.backbone)
-    report = measure_profile(args.profile, backbone, options, args.rounds, _log, args.profiles)
+    report = measure_profile(
+        args.profile, backbone, options, args.rounds, _log, args.profiles, args.threads, args.cpuset
+    )
     report.update({"backbone": args.backbone, "command": args.command_line, "machine": machine()})
     _write_json(report, args.json)
     return 0
@@ -178,6 +180,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     probe = commands.add_parser("probe", help="bare vs SPARTAN inst/min in-process under a profile's budget")
     probe_flags(probe)
     probe.add_argument("--rounds", type=int, default=3)
+    probe.add_argument("--threads", type=int, help="torch threads (default: the profile's)")
+    probe.add_argument("--cpuset", help="CPUs (default: the profile's), e.g. 0-1")
     probe.set_defaults(func=cmd_probe)
 
     serve = commands.add_parser(
