@@ -143,7 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         title = (
             f"{args.scenario}" + (f", profile {args.profile}" if args.profile else "") + f", {args.backbone}"
         )
-        plot(samples, float(report["seconds"]), title, args.json.with_suffix(".png"))  # type: ignore[arg-type]
+        seconds = report["seconds"]
+        assert isinstance(seconds, float), "summarise() reports the run's seconds"
+        plot(samples, seconds, title, args.json.with_suffix(".png"))
         _log(f"wrote {args.json.with_suffix('.png')}")
     latency = report["latency_s"]
     _log(f"{report['inst_per_min']} inst/min, latency {latency}, errors {report['errors']}")
