@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 from loadtest.errors import LoadTestError
-from loadtest.profiles import PROFILES_FILE, Calibration, load_profile, load_profiles, save_profiles
+from loadtest.profiles import (
+    PROFILES_FILE,
+    Calibration,
+    load_profile,
+    load_profiles,
+    pick_profile,
+    save_profiles,
+)
 from memories.backbone import Backbone
 from memories.bench import machine, random_batch
 from memories.model import TaskMemory, run_batch
@@ -86,8 +93,8 @@ def calibrate(
     path: Path = PROFILES_FILE,
 ) -> dict[str, object]:
     """Find the profile's CPU quota, write it back to ``path``, return what was measured."""
-    profile = load_profile(name, path)
     profiles = load_profiles(path)
+    profile = pick_profile(profiles, name, path)
     reference = profile.device.reference_inst_per_min
     bare = _workloads(backbone, options)["bare"]
     cpus, probes = profile.cpus, []

@@ -88,7 +88,11 @@ def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
 
 
 def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
-    profiles = load_profiles(path)
+    return pick_profile(load_profiles(path), name, path)
+
+
+def pick_profile(profiles: dict[str, Profile], name: str, path: Path = PROFILES_FILE) -> Profile:
+    """``profiles[name]``, or an error naming the profiles ``path`` defines."""
     if name not in profiles:
         raise LoadTestError(f"unknown profile {name!r}; {path} defines: {', '.join(sorted(profiles))}")
     return profiles[name]

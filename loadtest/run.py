@@ -19,7 +19,7 @@ from pathlib import Path
 
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, Sample, check_loopback
-from loadtest.profiles import PROFILES_FILE, load_profile
+from loadtest.profiles import PROFILES_FILE, Profile, load_profile
 from loadtest.report import scrape, summarise
 from loadtest.scenarios import Scenario, get_scenario
 from loadtest.workload import Zipf, load_texts
@@ -52,7 +52,7 @@ class RunOptions:
 
 
 def _server_settings(
-    scenario: Scenario, options: RunOptions, memory_bytes: int, registry: Path
+    scenario: Scenario, options: RunOptions, profile: Profile | None, memory_bytes: int, registry: Path
 ) -> dict[str, str]:
     settings = {
         "backbone": options.backbone,
@@ -60,8 +60,8 @@ def _server_settings(
         **scenario.server,
         **dict(options.server_settings),
     }
-    if options.profile is not None:
-        settings["threads"] = str(load_profile(options.profile, options.profiles).threads)
+    if profile is not None:
+        settings["threads"] = str(profile.threads)
     if scenario.cache_fraction is not None:
         settings["cache_bytes"] = str(
             max(1 << 20, int(scenario.cache_fraction * memory_bytes * scenario.tasks))
@@ -126,12 +126,13 @@ def run_load_test(
     )
     names = [f"lt-{i}" for i in range(scenario.tasks)]
     memory_bytes = files[0].to_packed().nbytes()
+    profile = load_profile(options.profile, options.profiles) if options.profile else None
     with tempfile.TemporaryDirectory(prefix="spartan-loadtest-") as tmp:
         server: ServerProcess | None = None
-        settings = _server_settings(scenario, options, memory_bytes, Path(tmp) / "registry")
+        settings = _server_settings(scenario, options, profile, memory_bytes, Path(tmp) / "registry")
         url = options.url
         if url is None:
-            limits = load_profile(options.profile, options.profiles).limits if options.profile else None
+            limits = profile.limits if profile is not None else None
             where = f" in profile {options.profile}" if options.profile else ""
             progress(f"starting spartan serve ({options.backbone}){where}")
             server = start_server(settings, Path(tmp) / "server.log", limits=limits)
@@ -143,7 +144,9 @@ def run_load_test(
             if scenario.server or scenario.cache_fraction:
                 progress(f"note: {scenario.name} expects server settings {settings}; {url} keeps its own")
         try:
-            report, samples = asyncio.run(_run(scenario, options, url, files, swaps, names, texts, progress))
+            report, samples = asyncio.run(
+                _run(scenario, options, url, files, memory_bytes, swaps, names, texts, progress)
+            )
         finally:
             exit_reason = server.exit_reason() if server is not None else None
             if server is not None:
@@ -161,10 +164,8 @@ def run_load_test(
             "machine": machine(),
         }
     )
-    if options.profile is not None:
-        report["profile"] = load_profile(options.profile, options.profiles).model_dump(
-            by_alias=True, mode="json"
-        )
+    if profile is not None:
+        report["profile"] = profile.model_dump(by_alias=True, mode="json")
     return report, samples
 
 
@@ -173,13 +174,14 @@ async def _run(
     options: RunOptions,
     url: str,
     files: list[MemoryFile],
+    memory_bytes: int,
     swaps: list[MemoryFile],
     names: list[str],
     texts: list[str],
     progress: Callable[[str], None],
 ) -> tuple[dict[str, object], list[Sample]]:
     async with AsyncSpartanClient(url, options.api_key, timeout=300) as client:
-        progress(f"uploading {len(files)} memories ({files[0].to_packed().nbytes() >> 10} KiB each)")
+        progress(f"uploading {len(files)} memories ({memory_bytes >> 10} KiB each)")
         await _upload(client, files, names)
         popularity = Zipf(scenario.tasks, scenario.zipf_s, options.seed)
         concurrency = options.concurrency or scenario.concurrency
