@@ -152,6 +152,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report["server_exit"] is None else 1
 
 
+def cmd_serving(args: argparse.Namespace) -> int:
+    from loadtest.serving import ServingOptions, run_serving
+    from memories.backbones import load_backbone
+    from memories.bench import machine
+
+    options = ServingOptions(
+        backbone=args.backbone,
+        measurements=tuple(args.measure),
+        registries=tuple(args.registry),
+        memory_dtype=args.memory_dtype,
+        cold_tasks=args.cold_tasks,
+        swaps=args.swaps,
+        density_tasks=args.density_tasks,
+        sweep_tasks=args.sweep_tasks,
+        sweep_cache_mb=args.sweep_cache_mb,
+        redis_url=args.redis_url,
+    )
+    report = run_serving(load_backbone(args.backbone), options, _log)
+    report.update({"command": args.command_line, "machine": machine()})
+    _write_json(report, args.json)
+    return 0
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -196,6 +219,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log", type=Path, help="server output (default: a temp file)")
     serve.set_defaults(func=cmd_serve)
+
+    serving = commands.add_parser(
+        "serving", help="cold load, hot-swap propagation, tasks per GiB and RSS over a task sweep"
+    )
+    serving.add_argument("--backbone", default="roberta-base-random", help="the paper's: RoBERTa-base")
+    serving.add_argument("--measure", nargs="+", default=["cold", "swap", "density", "sweep"])
+    serving.add_argument("--registry", nargs="+", default=["file", "redis"], help="for cold and swap")
+    serving.add_argument("--memory-dtype", choices=("float32", "float16"), default="float16")
+    serving.add_argument("--cold-tasks", type=int, default=40)
+    serving.add_argument("--swaps", type=int, default=40)
+    serving.add_argument("--density-tasks", type=int, default=100)
+    serving.add_argument("--sweep-tasks", type=int, default=1000)
+    serving.add_argument("--sweep-cache-mb", type=int, default=64)
+    serving.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    serving.add_argument("--json", type=Path, help="write the report here (default: stdout)")
+    serving.set_defaults(func=cmd_serving)
 
     run = commands.add_parser("run", help="run a load-test scenario; JSON report and PNG plot")
     run.add_argument("--scenario", required=True, help="see: spartan loadtest scenarios")

@@ -154,15 +154,15 @@ def _memory_ops(
 
 
 def layer_bench(
-    backbone: Backbone, batch_size: int, seq: int, rounds: int, config: SpartanConfig
+    backbone: Backbone, batch_size: int, seq: int, rounds: int, config: SpartanConfig, index: int = 0
 ) -> dict[str, object]:
-    """One encoder layer bare vs followed by the dense memory (one memory; one per row), interleaved.
+    """Encoder layer ``index`` bare vs followed by the dense memory (one memory; one per row), interleaved.
 
     A layer at batch 32 takes a few hundred milliseconds, so many interleaved rounds fit in the
     time of a few full forwards and the ratios resist a noisy host far better.
     """
     torch.manual_seed(0)
-    layer = backbone.layer(0)
+    layer = backbone.layer(index)
     x = torch.nn.functional.layer_norm(
         torch.randn(batch_size, seq, backbone.hidden_size), (backbone.hidden_size,)
     )
@@ -189,6 +189,8 @@ def layer_bench(
     alone = _interleaved({name: functools.partial(op, hidden) for name, op in ops.items()}, 10 * rounds)
     op = {name: min(ts) for name, ts in alone.items()}
     return {
+        "precision": backbone.precision,
+        "layer_index": index,
         "milliseconds_best": {name: round(1000 * t, 3) for name, t in best.items()},
         "milliseconds_median": {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()},
         "memory_op_alone_ms": {name: round(1000 * t, 3) for name, t in op.items()},
@@ -278,6 +280,12 @@ def run_bench(
             layers[str(seq)] = layer_bench(
                 backbone, options.batch_size, seq, options.layer_rounds, options.spartan
             )
+            if int8 is not None:
+                # Layer 0 stays fp32 in int8 mode (memories.precision); the next one is quantised.
+                index = min(1, int8.num_layers - 1)
+                layers[f"{seq}-int8"] = layer_bench(
+                    int8, options.batch_size, seq, options.layer_rounds, options.spartan, index
+                )
     return {
         "backbone": backbone.name,
         "batch_size": options.batch_size,
@@ -328,7 +336,8 @@ def format_table(report: dict[str, object]) -> str:
     if layer_results:
         lines += [
             "",
-            "| seq | layer: bare ms | memory op alone ms | per-row op ms | memory / bare | mixed / single |",
+            "| seq (precision) | layer: bare ms | memory op alone ms | per-row op ms "
+            "| memory / bare | mixed / single |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
         for seq, layer in layer_results.items():

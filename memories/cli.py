@@ -229,6 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "seed_dir": args.seed_dir,
             "threads": args.threads,
             "precision": args.precision,
+            "resident_dtype": args.resident_dtype,
             "host": args.host,
             "port": args.port,
         }.items()
@@ -353,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed-dir", type=Path, help="upload <task>.safetensors from here if absent")
     serve.add_argument("--threads", type=int, help="torch threads (default: the CPU quota)")
     serve.add_argument("--precision", choices=PRECISIONS, help="backbone precision mode (default fp32)")
+    serve.add_argument(
+        "--resident-dtype",
+        choices=("auto", "float32", "float16"),
+        help="dtype the cache keeps memories in (default auto: as each file stores them)",
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)

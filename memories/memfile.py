@@ -36,7 +36,7 @@ from memories.errors import (
     InvalidMemoryFileError,
     MemoryTooLargeError,
 )
-from memories.model import PackedMemory, TaskMemory
+from memories.model import PackedMemory, TaskMemory, pack_tensors
 from memories.spartan import SpartanConfig
 
 FORMAT_NAME: Final = "spartan-memory"
@@ -45,6 +45,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 
 FileDType = Literal["float32", "float16"]
+ResidentDType = Literal["auto", "float32", "float16"]
 _SAFETENSORS_DTYPES: dict[str, FileDType] = {"F32": "float32", "F16": "float16"}
 _TORCH_DTYPES: dict[FileDType, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 _ITEM_SIZE = {"F32": 4, "F16": 2}
@@ -208,9 +209,12 @@ class MemoryFile:
         task.load_state_dict({name: t.float() for name, t in self.tensors.items()})
         return task
 
-    def to_packed(self) -> PackedMemory:
-        """The fp32 inference form."""
-        return self.to_task_memory().pack(self.metadata.pooling)
+    def to_packed(self, resident: ResidentDType = "float32") -> PackedMemory:
+        """The inference form, kept in fp32, in fp16, or ``"auto"``: in the dtype the file stores."""
+        dtype = self.dtype if resident == "auto" else resident
+        meta = self.metadata
+        config, torch_dtype = meta.spartan_config, _TORCH_DTYPES[dtype]
+        return pack_tensors(self.tensors, config, meta.num_layers, meta.pooling, torch_dtype)
 
     def to_bytes(self, dtype: FileDType = "float32") -> bytes:
         from safetensors.torch import save

@@ -4,7 +4,9 @@
   backbone layer and a classification/regression :class:`Head`. Its ``state_dict`` names are the
   tensor names of the memory file.
 * :class:`PackedMemory` is the frozen inference form of a task: per layer the packed keys
-  ``[P; CK]`` and values ``CV`` ready for :func:`~memories.spartan.spartan_dense`.
+  ``[P; CK]`` and values ``CV`` ready for :func:`~memories.spartan.spartan_dense`, and the head's
+  weights. It is kept resident in fp32 or fp16 (half the bytes per task in a cache) and always
+  computed in fp32: fp16 tensors are upcast per batch, a few hundred microseconds per task.
 * :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
   memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
   keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
@@ -13,14 +15,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool
-from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense
+from memories.spartan import SpartanConfig, SpartanLayer, pack_keys, pack_values, spartan_dense
+
+RESIDENT_DTYPES = (torch.float32, torch.float16)
 
 
 class Head(nn.Module):
@@ -59,36 +63,72 @@ class TaskMemory(nn.Module):
         logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
         return logits
 
-    def pack(self, pooling: Pooling) -> PackedMemory:
-        """A detached fp32 copy in inference form (the head in eval mode)."""
-        layers = []
-        with torch.no_grad():
-            for layer in self.layers:
-                assert isinstance(layer, SpartanLayer)
-                keys, values = layer.packed()
-                layers.append((keys.detach().float().clone(), values.detach().float().clone()))
-            head = Head(self.head.dense.in_features, self.head.out.out_features)
-            head.load_state_dict({k: v.float() for k, v in self.head.state_dict().items()})
-        head.eval().requires_grad_(False)
-        return PackedMemory(self.config, pooling, tuple(layers), head)
+    def pack(self, pooling: Pooling, dtype: torch.dtype = torch.float32) -> PackedMemory:
+        """A detached copy in inference form, resident in ``dtype``."""
+        tensors = {name: t.detach().clone() for name, t in self.state_dict().items()}
+        return pack_tensors(tensors, self.config, len(self.layers), pooling, dtype)
+
+
+def pack_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    config: SpartanConfig,
+    num_layers: int,
+    pooling: Pooling,
+    dtype: torch.dtype = torch.float32,
+) -> PackedMemory:
+    """The inference form of a task's tensors (``TaskMemory.state_dict`` names), resident in
+    ``dtype``. Keys are packed in fp32, then cast. The result may share storage with ``tensors``."""
+    assert dtype in RESIDENT_DTYPES, f"resident dtype must be one of {RESIDENT_DTYPES}, got {dtype}"
+    fp32 = {name: t.float() for name, t in tensors.items()}
+    layers = []
+    for i in range(num_layers):
+        parent_keys, child_keys, child_values = (
+            fp32[f"layers.{i}.{name}"] for name in ("parent_keys", "child_keys", "child_values")
+        )
+        keys = pack_keys(parent_keys, child_keys, config.child_temperature)  # [Np + Nc*Np, d]
+        layers.append((keys.to(dtype).contiguous(), pack_values(child_values).to(dtype).contiguous()))
+    head = (
+        tensors["head.dense.weight"].to(dtype).contiguous(),
+        tensors["head.dense.bias"].to(dtype).contiguous(),
+        tensors["head.out.weight"].to(dtype).contiguous(),
+        tensors["head.out.bias"].to(dtype).contiguous(),
+    )
+    return PackedMemory(config, pooling, tuple(layers), head)
 
 
 @dataclass(frozen=True, eq=False)
 class PackedMemory:
-    """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head."""
+    """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head's
+    (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]),
+    all in one resident dtype (fp32 or fp16)."""
 
     config: SpartanConfig
     pooling: Pooling
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    head: Head
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
     @property
     def num_outputs(self) -> int:
-        return self.head.out.out_features
+        return self.head[2].shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head[0].dtype
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s (keys, values) in fp32 (a no-op when resident in fp32)."""
+        keys, values = self.layers[index]
+        return keys.float(), values.float()
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The head in eval mode (dense, tanh, out) in fp32: pooled [B, d] -> [B, num_outputs]."""
+        dense_w, dense_b, out_w, out_b = (t.float() for t in self.head)
+        hidden = torch.tanh(nn.functional.linear(pooled, dense_w, dense_b))  # [B, d]
+        return nn.functional.linear(hidden, out_w, out_b)
 
     def nbytes(self) -> int:
         """Resident bytes of every tensor (what a byte-bounded cache charges for this task)."""
-        tensors = [t for pair in self.layers for t in pair] + list(self.head.state_dict().values())
+        tensors = [t for pair in self.layers for t in pair] + list(self.head)
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -133,10 +173,11 @@ class _MixedApply:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.memories[rows[0]]
         if shared:
-            keys, values = first.layers[index]  # [M, d], [Nc*Np, d]
+            keys, values = first.layer(index)  # [M, d], [Nc*Np, d]
         else:
-            keys = torch.stack([self.memories[r].layers[index][0] for r in rows])  # [G, M, d]
-            values = torch.stack([self.memories[r].layers[index][1] for r in rows])  # [G, Nc*Np, d]
+            per_row = [self.memories[r].layer(index) for r in rows]  # fp32 views or upcast copies
+            keys = torch.stack([k for k, _ in per_row])  # [G, M, d]
+            values = torch.stack([v for _, v in per_row])  # [G, Nc*Np, d]
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
         out = spartan_dense(x, keys, values, first.config, record, inplace=True)
         return out, (record[0] if record else None)
@@ -185,7 +226,7 @@ def run_batch(
             memory = memories[rows[0]]
             idx = torch.tensor(rows)
             pooled = pool(hidden[idx], batch.attention_mask[idx], memory.pooling)  # [G, d]
-            out = memory.head(pooled)  # [G, num_outputs]
+            out = memory.classify(pooled)  # [G, num_outputs]
             for pos, row in enumerate(rows):
                 logits[row] = out[pos]
     routing = apply.routing_per_row(batch_size) if record_routing else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from memories.backbone import Backbone
 from memories.errors import SpartanError
-from memories.memfile import MemoryFile, check_backbone, parse_memory
+from memories.memfile import MemoryFile, ResidentDType, check_backbone, parse_memory
 from service.auth import Caller
 from service.cache import LoadedMemory, MemoryCache
 from service.engine import Engine
@@ -93,7 +93,7 @@ class Runtime:
         """Parse and check a memory file (off the event loop; CPU work)."""
         memfile = parse_memory(data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        return _loaded(task, version, memfile)
+        return _loaded(task, version, memfile, self.settings.resident_dtype)
 
     async def page(
         self, caller: Caller, after: str | None, limit: int
@@ -120,7 +120,8 @@ class Runtime:
             task, data, memfile.sha256, memfile.metadata.model_dump(), caller.tenant, if_match, caller.admin
         )
         self._apply(task, info)
-        self.cache.prime(await asyncio.to_thread(_loaded, task, info.version, memfile))
+        resident = self.settings.resident_dtype
+        self.cache.prime(await asyncio.to_thread(_loaded, task, info.version, memfile, resident))
         return info
 
     async def delete(self, task: str, caller: Caller, if_match: int | None) -> None:
@@ -190,6 +191,6 @@ class Runtime:
                 self.registry_error = str(exc)
 
 
-def _loaded(task: str, version: int, memfile: MemoryFile) -> LoadedMemory:
-    packed = memfile.to_packed()
+def _loaded(task: str, version: int, memfile: MemoryFile, resident: ResidentDType) -> LoadedMemory:
+    packed = memfile.to_packed(resident)
     return LoadedMemory(task, version, memfile.metadata, packed, packed.nbytes())

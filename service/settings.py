@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memories.memfile import ResidentDType
 from memories.precision import Precision
 from service.auth import ApiKey
 
@@ -31,6 +32,11 @@ class ServiceSettings(BaseSettings):
         256 * 1024 * 1024, ge=1024 * 1024, description="resident memory budget of the cache"
     )
     pinned_tasks: list[str] = Field(default_factory=list, description="tasks never evicted")
+    resident_dtype: ResidentDType = Field(
+        "auto",
+        description="dtype memories are kept in by the cache: auto (as the file stores them), float32, "
+        "or float16 (half the bytes; computed in fp32 either way)",
+    )
 
     max_batch_size: int = Field(32, ge=1, le=512)
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")

@@ -7,13 +7,16 @@ in paths)::
     <root>/<hex(task)>/counter          last version number ever issued (survives deletes)
     <root>/<hex(task)>/v00000007.bin    the bytes of version 7 (immutable)
     <root>/<hex(task)>/current.json     VersionInfo of the current version: the commit point
+    <root>/.changed                     a fresh random token after every commit (for watchers)
 
 A put writes the version file, then replaces ``current.json``; both by temp file, fsync and
 rename, so a crash at any moment leaves the previous version current and never exposes a partial
 file. Older versions beyond ``keep_versions`` are pruned after the commit.
 
-Events: writes through this object wake :meth:`FileRegistry.events` at once; changes made by
-other processes sharing the directory are found by polling every ``poll_interval`` seconds.
+Events: writes through this object wake :meth:`FileRegistry.events` at once. Other processes
+sharing the directory (replicas on one host) are noticed by reading the small ``.changed`` token
+every ``poll_interval`` seconds; only when it changed are all tasks' versions compared, so a
+fast poll stays cheap with thousands of tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -33,10 +37,11 @@ from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_m
 from service.tasks import storage_key, task_from_key
 
 _CURRENT = "current.json"
+_CHANGED = ".changed"
 
 
 class FileRegistry(Registry):
-    def __init__(self, root: Path, keep_versions: int = 3, poll_interval: float = 1.0) -> None:
+    def __init__(self, root: Path, keep_versions: int = 3, poll_interval: float = 0.05) -> None:
         self.root = root
         self.keep_versions = keep_versions
         self.poll_interval = poll_interval
@@ -98,9 +103,20 @@ class FileRegistry(Registry):
                 metadata=metadata,
             )
             atomic_write(folder / _CURRENT, info.to_json().encode())
+            self._announce()
             for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:
                 old.unlink(missing_ok=True)
         return info
+
+    def _announce(self) -> None:
+        """Tell watchers in other processes that a commit happened (after the commit point)."""
+        atomic_write(self.root / _CHANGED, secrets.token_hex(8).encode())
+
+    def _change_token(self) -> bytes:
+        try:
+            return (self.root / _CHANGED).read_bytes()
+        except FileNotFoundError:
+            return b""
 
     async def put(
         self,
@@ -151,6 +167,7 @@ class FileRegistry(Registry):
                 raise TaskNotFoundError(f"task {task!r} not found")
             check_if_match(task, current, if_match)
             (folder / _CURRENT).unlink()
+            self._announce()
             for old in folder.glob("v*.bin"):
                 old.unlink(missing_ok=True)
 
@@ -170,11 +187,16 @@ class FileRegistry(Registry):
         return await asyncio.to_thread(self._current_versions)
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
+        token = await asyncio.to_thread(self._change_token)
         known = await self.current_versions()
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+            woken = self._changed.is_set()
             self._changed.clear()
+            seen, token = token, await asyncio.to_thread(self._change_token)
+            if not woken and token == seen:
+                continue
             now = await self.current_versions()
             for task, version in sorted(now.items()):
                 if known.get(task) != version:

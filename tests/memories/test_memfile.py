@@ -14,7 +14,15 @@ from safetensors.torch import save
 
 from memories.backbone import Backbone
 from memories.errors import BackboneMismatchError, ConfigError, InvalidMemoryFileError, MemoryTooLargeError
-from memories.memfile import MemoryFile, MemoryMetadata, check_backbone, parse_memory, read_memory
+from memories.memfile import (
+    FileDType,
+    MemoryFile,
+    MemoryMetadata,
+    ResidentDType,
+    check_backbone,
+    parse_memory,
+    read_memory,
+)
 from tests.conftest import make_memfile
 
 
@@ -56,6 +64,23 @@ def test_loaded_memory_predicts_like_the_trained_one(roberta_tiny: Backbone) -> 
     b = run_batch(roberta_tiny, batch, [loaded] * 2).logits
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("stored", "resident", "expected"),
+    [
+        ("float16", "auto", torch.float16),
+        ("float32", "auto", torch.float32),
+        ("float32", "float16", torch.float16),
+        ("float16", "float32", torch.float32),
+    ],
+)
+def test_resident_dtype_follows_the_file_or_the_setting(
+    roberta_tiny: Backbone, stored: FileDType, resident: ResidentDType, expected: torch.dtype
+) -> None:
+    packed = parse_memory(make_memfile(roberta_tiny).to_bytes(stored)).to_packed(resident)
+    assert packed.dtype == expected
+    assert all(t.dtype == expected for pair in packed.layers for t in pair)
 
 
 def test_rejects_pickle(roberta_tiny: Backbone) -> None:

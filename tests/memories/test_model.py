@@ -123,3 +123,33 @@ def test_packed_memory_counts_its_bytes(roberta_tiny: Backbone) -> None:
     task = TaskMemory(roberta_tiny.hidden_size, roberta_tiny.num_layers, 2, SpartanConfig())
     packed = task.pack("cls")
     assert packed.nbytes() == 4 * sum(t.numel() for t in task.state_dict().values())
+
+
+def test_fp16_resident_memory_halves_its_bytes_and_predicts_like_fp32(roberta_tiny: Backbone) -> None:
+    torch.manual_seed(2)
+    task = TaskMemory(roberta_tiny.hidden_size, roberta_tiny.num_layers, 2, SpartanConfig())
+    for layer in task.layers:
+        torch.nn.init.normal_(layer.child_values, std=0.5)  # type: ignore[arg-type]
+    full, half = task.pack("cls"), task.pack("cls", torch.float16)
+    assert half.dtype == torch.float16
+    assert full.dtype == torch.float32
+    assert 2 * half.nbytes() == full.nbytes()
+    batch = roberta_tiny.tokenize(TEXTS)
+    a = run_batch(roberta_tiny, batch, [full] * len(TEXTS)).logits
+    b = run_batch(roberta_tiny, batch, [half] * len(TEXTS)).logits
+    for x, y in zip(a, b, strict=True):
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(x, y, atol=5e-3, rtol=5e-3)
+
+
+def test_mixed_batch_of_fp16_and_fp32_memories_equals_each_row_alone(roberta_tiny: Backbone) -> None:
+    fp32 = _tasks(roberta_tiny)[0]
+    torch.manual_seed(3)
+    half = TaskMemory(roberta_tiny.hidden_size, roberta_tiny.num_layers, 2, SpartanConfig()).pack(
+        "cls", torch.float16
+    )
+    rows = [fp32, half, half, fp32, half]
+    mixed = run_batch(roberta_tiny, roberta_tiny.tokenize(TEXTS), rows)
+    for text, memory, logits in zip(TEXTS, rows, mixed.logits, strict=True):
+        alone = run_batch(roberta_tiny, roberta_tiny.tokenize([text]), [memory]).logits[0]
+        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)

@@ -166,10 +166,30 @@ async def test_file_registry_sees_other_processes_writes(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
+async def test_file_registry_watcher_compares_versions_only_after_a_commit(tmp_path: Path) -> None:
+    class Counting(FileRegistry):
+        scans = 0
+
+        def _current_versions(self) -> dict[str, int]:
+            self.scans += 1
+            return super()._current_versions()
+
+    mine, theirs = Counting(tmp_path, poll_interval=0.01), FileRegistry(tmp_path)
+    events = mine.events()
+    first = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0.3)  # about 30 polls of an unchanged registry
+    assert mine.scans == 1, "an idle poll must read the change token only, not every task"
+    await _put(theirs, "t", b"x")
+    assert await asyncio.wait_for(first, 2) == ChangeEvent("t", 1)
+    assert mine.scans == 2
+    await events.aclose()
+
+
+@pytest.mark.anyio
 async def test_file_registry_never_exposes_a_partial_write(tmp_path: Path) -> None:
     reg = FileRegistry(tmp_path)
     await _put(reg, "t", b"good")
-    folder = next(tmp_path.iterdir())
+    folder = next(p for p in tmp_path.iterdir() if p.is_dir())
     (folder / ".current.json.123.tmp").write_text('{"half": ')  # a crash mid-write leaves only a temp file
     (folder / "v00000002.bin").write_bytes(b"orphan of a crashed put")
     current = await reg.current("t")

@@ -1,0 +1,340 @@
+"""Serving numbers, measured against real ``spartan serve`` processes on loopback.
+
+Four measurements (``spartan loadtest serving --measure ...``), each a section of one report:
+
+* ``cold``: tasks are uploaded through replica A; replica B, sharing the registry, has never
+  seen them, so its first request per task is cold (registry read, parse, validation, packing,
+  then the forward pass); right after, the same request again is the warm reference. Per
+  registry (file, Redis): latency percentiles of cold, warm and the paired difference (the
+  load's own cost); B's own counters confirm one load per task.
+* ``swap``: two replicas share a registry; a new version is PUT on A and B is asked until it
+  answers with that version. Propagation = B's first answer with it minus A's PUT response.
+  B is asked back to back, so the resolution is one request's latency (reported next to it).
+* ``density``: resident bytes per task in the cache for fp32 and fp16 memory files, tasks per
+  GiB of cache, and the server's RSS growth per resident task (what the OS really pays).
+* ``sweep``: every one of N tasks is asked once through a small cache; the server's RSS is
+  sampled as it goes and must stay bounded (the cache evicts, nothing else accumulates).
+
+Memories are random (untrained) with the backbone's real shape: the numbers are about bytes and
+time, not accuracy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.errors import LoadTestError
+from loadtest.report import percentile, scrape
+from memories.backbone import Backbone
+from memories.memfile import FileDType
+from service.bench_http import random_memories
+from service.client import AsyncSpartanClient
+from service.launcher import ServerProcess, start_server
+
+MEASUREMENTS = ("cold", "swap", "density", "sweep")
+REGISTRIES = ("file", "redis")
+TEXT = "a quiet, clever film with a warm heart"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    backbone: str = "roberta-base-random"
+    measurements: tuple[str, ...] = MEASUREMENTS
+    registries: tuple[str, ...] = REGISTRIES
+    memory_dtype: FileDType = "float16"
+    cold_tasks: int = 40
+    swaps: int = 40
+    density_tasks: int = 100
+    sweep_tasks: int = 1000
+    sweep_cache_mb: int = 64
+    sample_every: int = 50
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.measurements) - set(MEASUREMENTS)) + sorted(
+            set(self.registries) - set(REGISTRIES)
+        )
+        if unknown or not self.measurements or not self.registries:
+            raise LoadTestError(
+                f"unknown or missing measurements/registries {unknown}; "
+                f"choose from {', '.join(MEASUREMENTS)} and {', '.join(REGISTRIES)}"
+            )
+        counts = (self.cold_tasks, self.swaps, self.density_tasks, self.sweep_tasks, self.sample_every)
+        if min(counts) < 2:
+            raise LoadTestError("task, swap and sample counts must be at least 2")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise LoadTestError(f"process {pid} reports no VmRSS")
+
+
+def latency_summary(values: list[float]) -> dict[str, float]:
+    """p50 / p95 / max in milliseconds."""
+    ordered = sorted(values)
+    assert ordered, "no values to summarise"
+    summary = {f"p{q}_ms": round(1000 * (percentile(ordered, q) or 0.0), 2) for q in (50, 95)}
+    return {**summary, "max_ms": round(1000 * ordered[-1], 2)}
+
+
+class _Servers:
+    """Servers started for one measurement, each on its own registry settings; all stopped at exit."""
+
+    def __init__(self, options: ServingOptions, workdir: Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.running: list[ServerProcess] = []
+
+    def registry_settings(self, registry: str) -> dict[str, str]:
+        """A fresh, empty registry: a new directory, or a new Redis key prefix."""
+        name = f"perf-{secrets.token_hex(4)}"
+        if registry == "file":
+            return {"registry": "file", "registry_dir": str(self.workdir / name)}
+        return {"registry": "redis", "redis_url": self.options.redis_url, "redis_prefix": name}
+
+    def start(self, registry: dict[str, str], cache_bytes: int, name: str) -> ServerProcess:
+        settings = {
+            **registry,
+            "backbone": self.options.backbone,
+            "threads": str(self.options.threads),
+            "cache_bytes": str(cache_bytes),
+            "resident_dtype": "auto",
+            "max_wait_ms": "0",
+        }
+        server = start_server(settings, self.workdir / f"{name}.log", ready_timeout=600)
+        self.running.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.running:
+            server.stop()
+        self.running.clear()
+
+
+@contextmanager
+def _servers(options: ServingOptions) -> Iterator[_Servers]:
+    with tempfile.TemporaryDirectory(prefix="spartan-serving-") as workdir:
+        servers = _Servers(options, Path(workdir))
+        try:
+            yield servers
+        finally:
+            servers.stop_all()
+            _drop_redis_prefixes(options.redis_url)
+
+
+def _drop_redis_prefixes(url: str) -> None:
+    """Remove every key this module's runs created (prefix ``perf-``)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter("perf-*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    except redis.RedisError:
+        pass
+
+
+def memory_blobs(backbone: Backbone, count: int, seed: int, dtype: FileDType) -> list[bytes]:
+    """``count`` distinct random memory files as bytes, made one at a time (a RoBERTa-base
+    memory is 6.5 MB in fp32 as a module; only the file bytes are kept)."""
+    return [random_memories(backbone, 1, seed + i)[0].to_bytes(dtype) for i in range(count)]
+
+
+async def _upload(client: AsyncSpartanClient, blobs: list[bytes], prefix: str) -> list[str]:
+    tasks = [f"{prefix}-{i}" for i in range(len(blobs))]
+    for task, blob in zip(tasks, blobs, strict=True):
+        await client.put_memory(task, blob)
+    return tasks
+
+
+async def _timed_classify(client: AsyncSpartanClient, task: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    response = await client.classify(task, [TEXT])
+    return time.perf_counter() - started, response.version
+
+
+def _counter(metrics: str, name: str) -> float:
+    return scrape(metrics).get(name, 0.0)
+
+
+async def _cold(
+    writer: ServerProcess, reader: ServerProcess, blobs: list[bytes], progress: Callable[[str], None]
+) -> dict[str, object]:
+    async with AsyncSpartanClient(writer.url) as a:
+        tasks = await _upload(a, blobs, "cold")
+    async with AsyncSpartanClient(reader.url) as client:
+        before = await client.metrics()
+        cold, warm = [], []
+        for i, task in enumerate(tasks):
+            cold.append((await _timed_classify(client, task))[0])
+            warm.append((await _timed_classify(client, task))[0])
+            if (i + 1) % 10 == 0:
+                progress(f"cold: {i + 1}/{len(tasks)} tasks")
+        after = await client.metrics()
+    loads = _counter(after, "spartan_cache_loads_total") - _counter(before, "spartan_cache_loads_total")
+    return {
+        "tasks": len(tasks),
+        "cache_loads": int(loads),
+        "cold": latency_summary(cold),
+        "warm": latency_summary(warm),
+        "load_cost": latency_summary([c - w for c, w in zip(cold, warm, strict=True)]),
+    }
+
+
+async def _swap(
+    writer: ServerProcess, reader: ServerProcess, blobs: list[bytes], progress: Callable[[str], None]
+) -> dict[str, object]:
+    async with AsyncSpartanClient(writer.url) as a, AsyncSpartanClient(reader.url) as b:
+        info = await a.put_memory("swap", blobs[0])
+        await b.classify("swap", [TEXT])  # B finds a new task in the registry at once
+        propagation, polls, request = [], [], []
+        for i in range(1, len(blobs)):
+            info = await a.put_memory("swap", blobs[i], if_match=info.version)
+            committed = time.perf_counter()
+            asked = 0
+            while True:
+                latency, version = await _timed_classify(b, "swap")
+                asked += 1
+                request.append(latency)
+                if version == info.version:
+                    break
+                if time.perf_counter() - committed > 30:
+                    raise LoadTestError(f"replica B never served version {info.version} within 30 s")
+            propagation.append(time.perf_counter() - committed)
+            polls.append(asked)
+            if i % 10 == 0:
+                progress(f"swap: {i}/{len(blobs) - 1} versions")
+    return {
+        "swaps": len(propagation),
+        "propagation": latency_summary(propagation),
+        "requests_per_swap_mean": round(statistics.mean(polls), 2),
+        "reader_request": latency_summary(request),
+    }
+
+
+async def _density(
+    server: ServerProcess, blobs: dict[str, list[bytes]], progress: Callable[[str], None]
+) -> dict[str, object]:
+    report: dict[str, object] = {}
+    async with AsyncSpartanClient(server.url) as client:
+        for dtype, group in blobs.items():
+            before_rss = rss_bytes(server.process.pid)
+            before = _counter(await client.metrics(), "spartan_cache_resident_bytes")
+            tasks = await _upload(client, group, f"density-{dtype}")
+            for task in tasks:  # every upload is resident already; one request each proves it serves
+                await client.classify(task, [TEXT])
+            after = _counter(await client.metrics(), "spartan_cache_resident_bytes")
+            rss = rss_bytes(server.process.pid)
+            per_task = (after - before) / len(tasks)
+            report[dtype] = {
+                "tasks": len(tasks),
+                "file_bytes": len(group[0]),
+                "resident_bytes_per_task": int(per_task),
+                "tasks_per_gib_of_cache": int(GIB // per_task),
+                "rss_growth_bytes_per_task": int((rss - before_rss) / len(tasks)),
+                "tasks_per_gib_of_rss": int(GIB // max(1.0, (rss - before_rss) / len(tasks))),
+            }
+            progress(f"density: {dtype} {report[dtype]}")
+    return report
+
+
+async def _sweep(
+    server: ServerProcess,
+    make: Callable[[int, int], list[bytes]],
+    total: int,
+    every: int,
+    progress: Callable[[str], None],
+) -> dict[str, object]:
+    """``make(start, count)`` gives the files of tasks start..start+count-1 (made per chunk, so
+    the client never holds all of them)."""
+    samples = [{"tasks": 0, "rss_bytes": rss_bytes(server.process.pid)}]
+    async with AsyncSpartanClient(server.url) as client:
+        for start in range(0, total, every):
+            chunk = make(start, min(every, total - start))
+            tasks = await _upload(client, chunk, f"sweep-{start}")
+            for task in tasks:
+                await client.classify(task, [TEXT])
+            samples.append({"tasks": start + len(chunk), "rss_bytes": rss_bytes(server.process.pid)})
+            progress(f"sweep: {start + len(chunk)}/{total} tasks, RSS {samples[-1]['rss_bytes'] >> 20} MiB")
+        metrics = await client.metrics()
+    rss = [s["rss_bytes"] for s in samples]
+    half = rss[len(rss) // 2 :]
+    return {
+        "tasks": total,
+        "samples": samples,
+        "rss_first_mib": rss[0] >> 20,
+        "rss_max_mib": max(rss) >> 20,
+        "rss_second_half_spread_mib": (max(half) - min(half)) >> 20,
+        "cache_resident_bytes": int(_counter(metrics, "spartan_cache_resident_bytes")),
+        "cache_evictions": int(_counter(metrics, "spartan_cache_evictions_total")),
+    }
+
+
+def run_serving(
+    backbone: Backbone, options: ServingOptions, progress: Callable[[str], None] = print
+) -> dict[str, object]:
+    """Run the chosen measurements; returns the JSON-ready report (without command and machine)."""
+    report: dict[str, object] = {"backbone": options.backbone, "memory_dtype": options.memory_dtype}
+    report["memory_file_bytes"] = {
+        dtype: len(memory_blobs(backbone, 1, options.seed, dtype)[0]) for dtype in ("float32", "float16")
+    }
+    if "cold" in options.measurements:
+        blobs = memory_blobs(backbone, options.cold_tasks, options.seed, options.memory_dtype)
+        cold: dict[str, object] = {}
+        for registry in options.registries:
+            with _servers(options) as servers:
+                shared = servers.registry_settings(registry)
+                writer = servers.start(shared, 256 * 1024 * 1024, f"cold-a-{registry}")
+                reader = servers.start(shared, 256 * 1024 * 1024, f"cold-b-{registry}")
+                progress(f"cold: {registry} registry, {len(blobs)} tasks uploaded on A, asked on B")
+                cold[registry] = asyncio.run(_cold(writer, reader, blobs, progress))
+        report["cold"] = cold
+    if "swap" in options.measurements:
+        blobs = memory_blobs(backbone, options.swaps + 1, options.seed, options.memory_dtype)
+        swap: dict[str, object] = {}
+        for registry in options.registries:
+            with _servers(options) as servers:
+                shared = servers.registry_settings(registry)
+                writer = servers.start(shared, 256 * 1024 * 1024, f"swap-a-{registry}")
+                reader = servers.start(shared, 256 * 1024 * 1024, f"swap-b-{registry}")
+                progress(f"swap: {registry} registry shared by two replicas, {options.swaps} new versions")
+                swap[registry] = asyncio.run(_swap(writer, reader, blobs, progress))
+        report["swap"] = swap
+    if "density" in options.measurements:
+        by_dtype: dict[str, list[bytes]] = {
+            dtype: memory_blobs(backbone, options.density_tasks, options.seed, dtype)
+            for dtype in ("float32", "float16")
+        }
+        with _servers(options) as servers:
+            server = servers.start(servers.registry_settings("file"), 4 * GIB, "density")
+            report["density"] = asyncio.run(_density(server, by_dtype, progress))
+    if "sweep" in options.measurements:
+
+        def make(start: int, count: int) -> list[bytes]:
+            return memory_blobs(backbone, count, options.seed + start, options.memory_dtype)
+
+        with _servers(options) as servers:
+            cache = options.sweep_cache_mb * 1024 * 1024
+            server = servers.start(servers.registry_settings("file"), cache, "sweep")
+            total = options.sweep_tasks
+            progress(f"sweep: {total} tasks through a {options.sweep_cache_mb} MiB cache")
+            sweep = asyncio.run(_sweep(server, make, total, options.sample_every, progress))
+            sweep["cache_mib"] = options.sweep_cache_mb
+            report["sweep"] = sweep
+    return report
