@@ -175,6 +175,27 @@ def cmd_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    from loadtest.curve import CurveOptions, plot_curve, run_curve
+    from memories.bench import machine
+
+    options = CurveOptions(
+        data=args.data,
+        texts=args.texts,
+        backbone=args.backbone,
+        rates=tuple(args.rates),
+        seconds_per_point=args.seconds,
+        p95_budget_s=args.p95_budget,
+    )
+    report = run_curve(options, _log)
+    report.update({"command": args.command_line, "machine": machine()})
+    _write_json(report, args.json)
+    if args.json is not None:
+        plot_curve(report, args.json.with_suffix(".png"))
+        _log(f"wrote {args.json.with_suffix('.png')}")
+    return 0
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -235,6 +256,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serving.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     serving.add_argument("--json", type=Path, help="write the report here (default: stdout)")
     serving.set_defaults(func=cmd_serving)
+
+    curve = commands.add_parser(
+        "curve", help="batching policies: offered load vs inst/min and p95 (JSON + PNG)"
+    )
+    curve.add_argument("--data", type=Path, required=True, help="data root, e.g. ../shared/data")
+    curve.add_argument("--texts", default="sst2", help="data set whose dev texts are sent")
+    curve.add_argument("--backbone", default="roberta-base-random")
+    curve.add_argument("--rates", type=float, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8], help="req/s")
+    curve.add_argument("--seconds", type=float, default=30.0, help="per rate")
+    curve.add_argument("--p95-budget", type=float, default=1.0, help="seconds")
+    curve.add_argument("--json", type=Path, help="write the report here, the plot beside it")
+    curve.set_defaults(func=cmd_curve)
 
     run = commands.add_parser("run", help="run a load-test scenario; JSON report and PNG plot")
     run.add_argument("--scenario", required=True, help="see: spartan loadtest scenarios")
