@@ -78,7 +78,7 @@ async def _point(url: str, names: list[str], texts: list[str], rate: float, opti
     latency, server = report["latency_s"], report["server"]
     return {
         "offered_req_per_s": rate,
-        "sent_req_per_s": round(len(generator.samples) / seconds, 2),
+        "sent_req_per_s": round(len(generator.samples) / max(generator.sending_seconds, 1e-9), 2),
         "inst_per_min": report["inst_per_min"],
         "p50_s": latency["p50"],
         "p95_s": latency["p95"],

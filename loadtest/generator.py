@@ -87,12 +87,16 @@ class LoadGenerator:
         self._rng = random.Random(options.seed)
         self._sent = 0
         self._started = 0.0
+        self.sending_seconds = 0.0  # how long requests were being sent (the run minus the drain)
 
     def _next_request(self) -> tuple[int, list[str]] | None:
         """(task index, texts) of the next request, or None when the count or time bound is reached."""
-        if self.options.max_requests is not None and self._sent >= self.options.max_requests:
-            return None
-        if time.monotonic() - self._started >= self.options.duration_s:
+        elapsed = time.monotonic() - self._started
+        if (self.options.max_requests is not None and self._sent >= self.options.max_requests) or (
+            elapsed >= self.options.duration_s
+        ):
+            if not self.sending_seconds:
+                self.sending_seconds = elapsed
             return None
         self._sent += 1
         per = self.options.texts_per_request

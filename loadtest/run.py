@@ -220,7 +220,7 @@ async def _run(
     report = summarise(generator.samples, seconds, before, after)
     report["capacity_inst_per_min"] = round(60 * capacity, 1) if capacity is not None else None
     if load.mode == "open":  # an open loop is only as good as the rate the generator really sent
-        sent = len(generator.samples) / seconds
+        sent = len(generator.samples) / max(generator.sending_seconds, 1e-9)  # over the sending window
         report["offered_req_per_s"] = {"target": round(load.rate, 1), "sent": round(sent, 1)}
         if sent < 0.9 * load.rate:
             progress(f"warning: the generator sent {sent:.1f} req/s of the {load.rate:.1f} asked (CPU-bound)")

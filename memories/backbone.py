@@ -135,11 +135,32 @@ class Backbone:
         self.model_type: str = config.model_type
         self.fingerprint = fingerprint(model)
         self.precision = "fp32"  # memories.precision.set_precision switches it
+        self.compiled = False  # memories.compiled.compile_backbone switches it
         self._slot = _MemorySlot()
         encoder: Any = model.encoder
         layers: nn.ModuleList = encoder.layer
         for i in range(len(layers)):
             layers[i] = _LayerWithMemory(layers[i], i, self._slot)
+
+    def _wrappers(self) -> list[_LayerWithMemory]:
+        encoder: Any = self.model.encoder
+        return list(encoder.layer)
+
+    def compile_layers(self) -> list[nn.Module]:
+        """Replace every encoder layer by its ``torch.compile`` form (static shapes; compiled on
+        first use per shape, see memories.compiled); returns the eager layers."""
+        originals = []
+        for wrapper in self._wrappers():
+            originals.append(wrapper.inner)
+            wrapper.inner = torch.compile(wrapper.inner, dynamic=False)  # type: ignore[assignment]
+        self.compiled = True
+        return originals
+
+    def restore_layers(self, originals: Sequence[nn.Module]) -> None:
+        """Undo :meth:`compile_layers`."""
+        for wrapper, inner in zip(self._wrappers(), originals, strict=True):
+            wrapper.inner = inner
+        self.compiled = False
 
     def layer(self, index: int) -> nn.Module:
         """Encoder layer ``index`` without its memory hook (for per-layer profiling)."""

@@ -17,6 +17,8 @@ Variants:
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
   mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
   SPARTAN's cost in int8 mode are measured in the same run.
+* ``bare-compiled``, ``spartan-dense-compiled``, ``mixed-dense-compiled``: the same on a copy
+  whose encoder layers are compiled for the benchmark's shapes (memories.compiled).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ VARIANTS = (
     "bare-int8",
     "spartan-dense-int8",
     "mixed-dense-int8",
+    "bare-compiled",
+    "spartan-dense-compiled",
+    "mixed-dense-compiled",
 )
 DEFAULT_VARIANTS = VARIANTS[:4]
 
@@ -91,8 +96,16 @@ def needs_int8(options: BenchOptions) -> bool:
     return any(name.endswith("-int8") for name in options.variants)
 
 
+def needs_compiled(options: BenchOptions) -> bool:
+    return any(name.endswith("-compiled") for name in options.variants)
+
+
 def _variants(
-    backbone: Backbone, batch: Encoded, options: BenchOptions, int8: Backbone | None
+    backbone: Backbone,
+    batch: Encoded,
+    options: BenchOptions,
+    int8: Backbone | None,
+    compiled: Backbone | None,
 ) -> dict[str, Callable[[], object]]:
     rows = batch.input_ids.shape[0]
     torch.manual_seed(options.seed)
@@ -112,6 +125,10 @@ def _variants(
         variants["bare-int8"] = lambda: int8.forward(batch)
         variants["spartan-dense-int8"] = lambda: run_batch(int8, batch, [packed[0]] * rows)
         variants["mixed-dense-int8"] = lambda: run_batch(int8, batch, packed)
+    if compiled is not None:
+        variants["bare-compiled"] = lambda: compiled.forward(batch)
+        variants["spartan-dense-compiled"] = lambda: run_batch(compiled, batch, [packed[0]] * rows)
+        variants["mixed-dense-compiled"] = lambda: run_batch(compiled, batch, packed)
     return variants
 
 
@@ -231,17 +248,21 @@ def run_bench(
     options: BenchOptions,
     progress: Callable[[str], None] = print,
     int8: Backbone | None = None,
+    compiled: Backbone | None = None,
 ) -> dict[str, object]:
     """Measure every variant at every sequence length; returns the JSON-ready report.
-    ``int8``: the same backbone in int8 mode, needed by the ``*-int8`` variants."""
+    ``int8``: the same backbone in int8 mode, needed by the ``*-int8`` variants; ``compiled``: a
+    copy compiled for (batch size, every sequence length), needed by the ``*-compiled`` ones."""
     if needs_int8(options) and (int8 is None or int8.precision != "int8"):
         raise ConfigError("the *-int8 variants need the backbone's int8 copy (memories.precision)")
+    if needs_compiled(options) and (compiled is None or not compiled.compiled):
+        raise ConfigError("the *-compiled variants need a compiled copy (memories.compiled)")
     torch.set_num_threads(options.threads)
     results: dict[str, object] = {}
     layers: dict[str, object] = {}
     for seq in options.seq_lengths:
         batch = random_batch(backbone, options.batch_size, seq, options.seed)
-        every = _variants(backbone, batch, options, int8)
+        every = _variants(backbone, batch, options, int8, compiled)
         variants = {k: v for k, v in every.items() if k in options.variants}
 
         def report_round(r: int, times: dict[str, list[float]], seq: int = seq) -> None:
@@ -264,6 +285,9 @@ def run_bench(
             ("mixed-dense", "spartan-dense"),
             ("spartan-dense-int8", "bare-int8"),
             ("mixed-dense-int8", "spartan-dense-int8"),
+            ("spartan-dense-compiled", "bare-compiled"),
+            ("mixed-dense-compiled", "spartan-dense-compiled"),
+            ("spartan-dense-compiled", "spartan-dense"),
         ):
             if {a, b} <= set(times):
                 pairs.append((a, b))

@@ -187,7 +187,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.http:
         return cmd_bench_http(args)
     from memories.backbones import load_backbone
-    from memories.bench import BenchOptions, format_table, needs_int8, run_bench
+    from memories.bench import BenchOptions, format_table, needs_compiled, needs_int8, run_bench
+    from memories.compiled import Buckets, compile_backbone
     from memories.precision import set_precision
 
     options = BenchOptions(
@@ -205,7 +206,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec = args.backbone or "roberta-base-random"
     backbone = load_backbone(spec)
     int8 = set_precision(load_backbone(spec), "int8") if needs_int8(options) else None
-    report = run_bench(backbone, options, _log, int8)
+    compiled = None
+    if needs_compiled(options):
+        compiled = load_backbone(spec)
+        buckets = Buckets((options.batch_size,), tuple(sorted(options.seq_lengths)))
+        done = compile_backbone(compiled, buckets, progress=_log)
+        _log(f"compiled {len(buckets.shapes)} shapes in {done['seconds']} s")
+    report = run_bench(backbone, options, _log, int8, compiled)
     print(format_table(report))
     _write_report(report, args.json, args.command_line)
     return 0

@@ -176,10 +176,8 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def expected_shapes(meta: MemoryMetadata) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape the metadata implies (taken from TaskMemory itself, on no storage)."""
-    with torch.device("meta"):
-        task = TaskMemory(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
-    return {name: tuple(t.shape) for name, t in task.state_dict().items()}
+    """Tensor name -> shape the metadata implies."""
+    return TaskMemory.shapes(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
 
 
 @dataclass(frozen=True)
@@ -345,8 +343,8 @@ def parse_memory(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MemoryFile:
 
     tensors: dict[str, torch.Tensor] = load(data)
     for name, tensor in tensors.items():
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
+        if not bool(torch.isfinite(tensor).all()):  # counted only on the error path
+            bad = int((~torch.isfinite(tensor)).sum())
             raise InvalidMemoryFileError(f"tensor {name} has {bad} non-finite values (NaN or inf)")
     return MemoryFile(meta, tensors, hashlib.sha256(data).hexdigest())
 

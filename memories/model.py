@@ -51,6 +51,28 @@ class TaskMemory(nn.Module):
         self.layers = nn.ModuleList(SpartanLayer(hidden_size, config) for _ in range(num_layers))
         self.head = Head(hidden_size, num_outputs)
 
+    @staticmethod
+    def shapes(
+        hidden_size: int, num_layers: int, num_outputs: int, config: SpartanConfig
+    ) -> dict[str, tuple[int, ...]]:
+        """``state_dict`` name -> shape, without building the module (a cold load checks every
+        uploaded file against it; tests/memories/test_model.py checks it against the module)."""
+        np_, nc, d = config.num_parents, config.num_children, hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(num_layers):
+            shapes[f"layers.{i}.parent_keys"] = (np_, d)
+            shapes[f"layers.{i}.child_keys"] = (np_, nc, d)
+            shapes[f"layers.{i}.child_values"] = (np_, nc, d)
+        shapes.update(
+            {
+                "head.dense.weight": (d, d),
+                "head.dense.bias": (d,),
+                "head.out.weight": (num_outputs, d),
+                "head.out.bias": (num_outputs,),
+            }
+        )
+        return shapes
+
     def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
         """Training path (differentiable): logits [B, num_outputs]."""
         layers = self.layers

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
+from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from memories.precision import set_precision
 from service.api import errors
@@ -61,8 +62,19 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
                 f"the given backbone is {model.precision}, the settings ask for {settings.precision}"
             )
         threads = settings.threads or available_cpus()
+        buckets = None
+        if settings.compile:  # before readiness: /readyz answers once every bucket is compiled
+            buckets = Buckets(tuple(settings.compile_batch_sizes), tuple(settings.compile_lengths))
+            log.info("compiling %d bucket shapes (batch x length) before serving", len(buckets.shapes))
+            done = await asyncio.to_thread(compile_backbone, model, buckets, progress=log.info)
+            log.info("compiled in %.1f s; checked against eager: %s", done["seconds"], done["max_abs_diff"])
         engine = Engine(
-            model, settings.max_batch_size, settings.max_wait_ms / 1000, settings.queue_size, threads
+            model,
+            settings.max_batch_size,
+            settings.max_wait_ms / 1000,
+            settings.queue_size,
+            threads,
+            buckets=buckets,
         )
         runtime = Runtime(settings, model, make_registry(settings), engine)
         await runtime.start()

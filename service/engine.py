@@ -10,6 +10,7 @@ of the remainder are carried to the next round (first in line, waiting at most `
 again) instead of running as a small batch: under load, batches stay full. Rows of different
 tasks share a batch (per-row memories, see memories.model.run_batch).
 Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
+With ``buckets`` (a compiled backbone, memories.compiled) every batch is padded to a bucket shape.
 
 Results go back to the event loop with ``call_soon_threadsafe``. :meth:`Engine.stop` stops
 admission, finishes every admitted row and joins the thread.
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from memories.backbone import Backbone
+from memories.compiled import Buckets
 from memories.model import run_batch
 from service.cache import LoadedMemory
 from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
@@ -89,8 +91,10 @@ class Engine:
         threads: int = 1,
         bucket_factor: int = 4,
         cpus: set[int] | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         self.backbone = backbone
+        self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -188,10 +192,12 @@ class Engine:
         tick = time.perf_counter()
         try:
             batch = self.backbone.collate([r.encoding for r in rows])
+            memories = [r.request.memory.packed for r in rows]
+            if self.buckets is not None:
+                batch = self.buckets.fit(batch, self.backbone.tokenizer.pad_token_id or 0)
+                memories += memories[:1] * (batch.input_ids.shape[0] - len(rows))  # padding rows copy row 0
             explain = any(r.request.explain for r in rows)
-            out = run_batch(
-                self.backbone, batch, [r.request.memory.packed for r in rows], record_routing=explain
-            )
+            out = run_batch(self.backbone, batch, memories, record_routing=explain)
         except Exception as exc:  # a bug, not user input: answer every row, keep serving
             log.exception("batch of %d rows failed", len(rows))
             self.stats.failed += len(rows)
@@ -200,7 +206,7 @@ class Engine:
         self.stats.busy_seconds += time.perf_counter() - tick
         self.stats.batches += 1
         self.stats.rows += len(rows)
-        self.stats.tokens += int(batch.attention_mask.sum())
+        self.stats.tokens += int(batch.attention_mask[: len(rows)].sum())  # bucket padding rows excluded
         self.stats.padded_tokens += batch.attention_mask.numel()
         self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
         results = []

@@ -44,6 +44,15 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
     precision: Precision = Field("fp32", description="backbone precision mode: fp32 (exact) or int8")
+    compile: bool = Field(
+        False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"
+    )
+    compile_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32], description="batch-size buckets when compiling"
+    )
+    compile_lengths: list[int] = Field(
+        default_factory=lambda: [16, 32, 64, 128, 256, 512], description="token-length buckets when compiling"
+    )
 
     max_inputs: int = Field(64, ge=1, le=4096, description="texts per classify request")
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
@@ -57,6 +66,17 @@ class ServiceSettings(BaseSettings):
     access_log: bool = Field(
         False, description="log every request (uvicorn access log); /metrics counts traffic either way"
     )
+
+    @model_validator(mode="after")
+    def _compile_fits(self) -> ServiceSettings:
+        if self.compile:
+            if self.precision != "fp32":
+                raise ValueError("compile needs precision fp32 (compiled int8 differs from eager int8)")
+            if max(self.compile_batch_sizes, default=0) < self.max_batch_size:
+                raise ValueError(
+                    f"the largest compile batch size must be at least max_batch_size={self.max_batch_size}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _pins_are_task_ids(self) -> ServiceSettings:

@@ -182,3 +182,15 @@ def test_bench_variant_subset_and_bad_variant(capsys: pytest.CaptureFixture[str]
     assert "gather" not in out
     assert main([*argv, "--variants", "fast"]) == 2
     assert "unknown or no variants ['fast']" in capsys.readouterr().err
+
+
+def test_bench_compiled_and_int8_variants(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--backbone", "roberta-tiny-random", "--batch-size", "2", "--seq", "16", "--rounds", "1"]
+    variants = ["bare", "spartan-dense", "bare-compiled", "spartan-dense-compiled", "bare-int8"]
+    assert main([*argv, "--layer-rounds", "2", "--variants", *variants, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ratios = report["results"]["16"]["ratios"]
+    assert {"spartan-dense-compiled/bare-compiled", "spartan-dense-compiled/spartan-dense"} <= set(ratios)
+    int8_layer = report["layer"]["16-int8"]
+    assert (int8_layer["precision"], int8_layer["layer_index"]) == ("int8", 1), "layer 0 stays fp32 in int8"

@@ -153,3 +153,9 @@ def test_mixed_batch_of_fp16_and_fp32_memories_equals_each_row_alone(roberta_tin
     for text, memory, logits in zip(TEXTS, rows, mixed.logits, strict=True):
         alone = run_batch(roberta_tiny, roberta_tiny.tokenize([text]), [memory]).logits[0]
         torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_declared_shapes_are_the_modules_own() -> None:
+    config = SpartanConfig(num_parents=5, num_children=2, top_k=3)
+    task = TaskMemory(12, 3, 4, config)
+    assert TaskMemory.shapes(12, 3, 4, config) == {n: tuple(t.shape) for n, t in task.state_dict().items()}
