@@ -6,7 +6,8 @@ Four measurements (``spartan loadtest serving --measure ...``), each a section o
   seen them, so its first request per task is cold (registry read, parse, validation, packing,
   then the forward pass); right after, the same request again is the warm reference. Per
   registry (file, Redis): latency percentiles of cold, warm and the paired difference (the
-  load's own cost); B's own counters confirm one load per task.
+  load's own cost, plus the noise of two forward passes); B's own counters confirm one load per
+  task and give the mean time its cache spent loading (registry read, parse, validate, pack).
 * ``swap``: two replicas share a registry; a new version is PUT on A. Propagation = from A's
   PUT response until B's catalog names the new version (``GET /v1/memories/<task>`` on B, asked
   back to back: a millisecond's resolution). Then B classifies once: the first answer with the
@@ -98,12 +99,14 @@ class _Servers:
         self.options = options
         self.workdir = workdir
         self.running: list[ServerProcess] = []
+        self.redis_prefixes: list[str] = []
 
     def registry_settings(self, registry: str) -> dict[str, str]:
         """A fresh, empty registry: a new directory, or a new Redis key prefix."""
         name = f"perf-{secrets.token_hex(4)}"
         if registry == "file":
             return {"registry": "file", "registry_dir": str(self.workdir / name)}
+        self.redis_prefixes.append(name)
         return {"registry": "redis", "redis_url": self.options.redis_url, "redis_prefix": name}
 
     def start(self, registry: dict[str, str], cache_bytes: int, name: str) -> ServerProcess:
@@ -133,18 +136,21 @@ def _servers(options: ServingOptions) -> Iterator[_Servers]:
             yield servers
         finally:
             servers.stop_all()
-            _drop_redis_prefixes(options.redis_url)
+            _drop_redis_prefixes(options.redis_url, servers.redis_prefixes)
 
 
-def _drop_redis_prefixes(url: str) -> None:
-    """Remove every key this module's runs created (prefix ``perf-``)."""
+def _drop_redis_prefixes(url: str, prefixes: list[str]) -> None:
+    """Remove the keys of the registries this run created (best effort: Redis may be gone)."""
     import redis
 
+    if not prefixes:
+        return
     try:
         client = redis.Redis.from_url(url)
-        keys = list(client.scan_iter("perf-*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for prefix in prefixes:
+            keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
         client.close()
     except redis.RedisError:
         pass
@@ -188,9 +194,13 @@ async def _cold(
                 progress(f"cold: {i + 1}/{len(tasks)} tasks")
         after = await client.metrics()
     loads = _counter(after, "spartan_cache_loads_total") - _counter(before, "spartan_cache_loads_total")
+    seconds = _counter(after, "spartan_cache_load_seconds_total") - _counter(
+        before, "spartan_cache_load_seconds_total"
+    )
     return {
         "tasks": len(tasks),
         "cache_loads": int(loads),
+        "server_load_mean_ms": round(1000 * seconds / loads, 2) if loads else None,
         "cold": latency_summary(cold),
         "warm": latency_summary(warm),
         "load_cost": latency_summary([c - w for c, w in zip(cold, warm, strict=True)]),

@@ -126,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
         result = evaluate(
             backbone,
-            memfile.to_packed(),
+            memfile.to_packed(args.resident_dtype),
             spec,
             examples,
             args.max_seq_length or meta.max_seq_length,
@@ -141,6 +141,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "backbone": backbone.name,
         "precision": backbone.precision,
         "int8_fp32_layers": list(fp32_layers) if backbone.precision == "int8" else None,
+        "file_dtype": memfile.dtype,
+        "resident_dtype": args.resident_dtype,
         "metrics": result.metrics,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -318,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone precision mode")
+    ev.add_argument(
+        "--resident-dtype",
+        choices=("auto", "float32", "float16"),
+        default="auto",
+        help="dtype the memory is kept in, as the service's cache would (default: as stored)",
+    )
     ev.add_argument(
         "--int8-fp32-layers",
         type=int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from loadtest.errors import LoadTestError
 from loadtest.serving import ServingOptions, run_serving
@@ -24,6 +25,7 @@ def test_every_measurement_runs_against_real_servers(roberta_tiny: Backbone) -> 
     for registry in ("file", "redis"):
         cold = report["cold"][registry]  # type: ignore[index]
         assert cold["cache_loads"] == 4, "B never saw the uploads: every first request loads"
+        assert cold["server_load_mean_ms"] > 0
         assert cold["cold"]["p50_ms"] > 0
         assert cold["warm"]["p50_ms"] > 0
         swap = report["swap"][registry]  # type: ignore[index]
@@ -38,6 +40,7 @@ def test_every_measurement_runs_against_real_servers(roberta_tiny: Backbone) -> 
     assert sweep["cache_evictions"] > 0
     assert sweep["cache_resident_bytes"] <= 1024 * 1024
     assert any("sweep: 80/80" in m for m in messages), "progress is shown while it runs"
+    assert not redis.Redis.from_url(options.redis_url).keys("perf-*"), "the Redis registries are removed"
 
 
 def test_unknown_measurement_is_refused() -> None:

@@ -64,7 +64,9 @@ def test_train_pairs_regression_and_fp16(
     assert memfile.dtype == "float16"
     capsys.readouterr()
     assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
-    assert {"pearson", "spearman", "score"} <= set(json.loads(capsys.readouterr().out)["metrics"])
+    report = json.loads(capsys.readouterr().out)
+    assert {"pearson", "spearman", "score"} <= set(report["metrics"])
+    assert (report["file_dtype"], report["resident_dtype"]) == ("float16", "auto")
     _train(toy_data, "toypair", tmp_path / "pair.safetensors")
 
 
