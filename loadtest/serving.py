@@ -7,7 +7,8 @@ Four measurements (``spartan loadtest serving --measure ...``), each a section o
   then the forward pass); right after, the same request again is the warm reference. Per
   registry (file, Redis): latency percentiles of cold, warm and the paired difference (the
   load's own cost, plus the noise of two forward passes); B's own counters confirm one load per
-  task and give the mean time its cache spent loading (registry read, parse, validate, pack).
+  task and give the time its cache spent loading (registry read, parse, validate, pack): the
+  mean, and the p95 as the bound of the load-duration histogram bucket that holds it.
 * ``swap``: two replicas share a registry; a new version is PUT on A. Propagation = from A's
   PUT response until B's catalog names the new version (``GET /v1/memories/<task>`` on B, asked
   back to back: a millisecond's resolution). Then B classifies once: the first answer with the
@@ -82,6 +83,10 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise LoadTestError(f"process {pid} reports no VmRSS")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 1)
 
 
 def latency_summary(values: list[float]) -> dict[str, float]:
@@ -179,6 +184,21 @@ def _counter(metrics: str, name: str) -> float:
     return scrape(metrics).get(name, 0.0)
 
 
+def histogram_quantile_bound(before: str, after: str, name: str, q: float) -> float | None:
+    """The smallest bucket bound under which at least fraction ``q`` of the observations made
+    between two scrapes fall (None without observations or when only +Inf holds them)."""
+    start, end = scrape(before), scrape(after)
+    total = end.get(f"{name}_count", 0.0) - start.get(f"{name}_count", 0.0)
+    if total <= 0:
+        return None
+    bounds = []
+    for key, value in end.items():
+        if key.startswith(f"{name}_bucket{{le=") and not key.endswith("le=+Inf}"):
+            bound = float(key[len(name) + len("_bucket{le=") : -1])
+            bounds.append((bound, value - start.get(key, 0.0)))
+    return next((bound for bound, count in sorted(bounds) if count >= q * total), None)
+
+
 async def _cold(
     writer: ServerProcess, reader: ServerProcess, blobs: list[bytes], progress: Callable[[str], None]
 ) -> dict[str, object]:
@@ -201,6 +221,9 @@ async def _cold(
         "tasks": len(tasks),
         "cache_loads": int(loads),
         "server_load_mean_ms": round(1000 * seconds / loads, 2) if loads else None,
+        "server_load_p95_at_most_ms": _ms(
+            histogram_quantile_bound(before, after, "spartan_cache_load_duration_seconds", 0.95)
+        ),
         "cold": latency_summary(cold),
         "warm": latency_summary(warm),
         "load_cost": latency_summary([c - w for c, w in zip(cold, warm, strict=True)]),

@@ -6,8 +6,8 @@
   task cause exactly one registry read;
 * eviction drops the cache's reference; tensors are freed once no running batch holds them, so
   a request that already has its memory finishes with it (hot swap never tears a request);
-* statistics (hits, misses, evictions, loads, load failures, load seconds, resident bytes) for
-  the metrics endpoint.
+* statistics (hits, misses, evictions, loads, load failures, load seconds and their histogram,
+  resident bytes) for the metrics endpoint.
 
 The cache is used from the event loop only; it needs no locks.
 """
@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from memories.memfile import MemoryMetadata
 from memories.model import PackedMemory
@@ -44,6 +44,10 @@ class LoadedMemory:
 Loader = Callable[[str, int], Awaitable[LoadedMemory]]
 
 
+LOAD_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the load-duration histogram."""
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -52,6 +56,14 @@ class CacheStats:
     loads: int = 0
     load_failures: int = 0
     load_seconds: float = 0.0
+    load_histogram: list[int] = field(default_factory=lambda: [0] * len(LOAD_BUCKETS))  # loads <= each bound
+
+    def observe_load(self, seconds: float) -> None:
+        self.loads += 1
+        self.load_seconds += seconds
+        for i, bound in enumerate(LOAD_BUCKETS):
+            if seconds <= bound:
+                self.load_histogram[i] += 1
 
 
 class MemoryCache:
@@ -100,8 +112,7 @@ class MemoryCache:
             raise
         finally:
             del self._inflight[key]
-        self.stats.loads += 1
-        self.stats.load_seconds += time.perf_counter() - started
+        self.stats.observe_load(time.perf_counter() - started)
         self._insert(key, entry)
         future.set_result(entry)
         return entry

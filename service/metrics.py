@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.cache import LOAD_BUCKETS
 from service.runtime import Runtime
 
 
@@ -53,6 +54,13 @@ class RuntimeCollector(Collector):
             ("registry_up", 0 if self.runtime.registry_error else 1, "1 when the registry answers"),
         ):
             yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)
+        cumulative = [(str(b), n) for b, n in zip(LOAD_BUCKETS, stats.load_histogram, strict=True)]
+        yield HistogramMetricFamily(
+            "spartan_cache_load_duration_seconds",
+            "time to load one memory (registry read, parse, validate, pack)",
+            buckets=[*cumulative, ("+Inf", stats.loads)],
+            sum_value=stats.load_seconds,
+        )
         sizes = dict(engine.stats.batch_sizes)
         bounds = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
         buckets = [(str(b), sum(n for size, n in sizes.items() if size <= b)) for b in bounds]

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from loadtest.errors import LoadTestError
-from loadtest.serving import ServingOptions, run_serving
+from loadtest.serving import ServingOptions, histogram_quantile_bound, run_serving
 from memories.backbone import Backbone
 
 
@@ -26,6 +26,7 @@ def test_every_measurement_runs_against_real_servers(roberta_tiny: Backbone) -> 
         cold = report["cold"][registry]  # type: ignore[index]
         assert cold["cache_loads"] == 4, "B never saw the uploads: every first request loads"
         assert cold["server_load_mean_ms"] > 0
+        assert cold["server_load_p95_at_most_ms"] >= cold["server_load_mean_ms"], "4 loads: p95 is the max"
         assert cold["cold"]["p50_ms"] > 0
         assert cold["warm"]["p50_ms"] > 0
         swap = report["swap"][registry]  # type: ignore[index]
@@ -46,3 +47,19 @@ def test_every_measurement_runs_against_real_servers(roberta_tiny: Backbone) -> 
 def test_unknown_measurement_is_refused() -> None:
     with pytest.raises(LoadTestError, match="choose from cold, swap, density, sweep"):
         ServingOptions(measurements=("speed",))
+
+
+def _exposition(counts: dict[str, int], total: int) -> str:
+    name = "spartan_cache_load_duration_seconds"
+    lines = [f"# TYPE {name} histogram"]
+    lines += [f'{name}_bucket{{le="{le}"}} {n}' for le, n in counts.items()]
+    lines += [f'{name}_bucket{{le="+Inf"}} {total}', f"{name}_count {total}", f"{name}_sum 1.0"]
+    return "\n".join(lines) + "\n"
+
+
+def test_histogram_quantile_bound_reads_the_bucket_between_two_scrapes() -> None:
+    before = _exposition({"0.01": 5, "0.05": 5, "0.1": 5}, 5)
+    after = _exposition({"0.01": 6, "0.05": 20, "0.1": 25}, 25)  # 20 new loads: 1, 14, 5 per bucket
+    assert histogram_quantile_bound(before, after, "spartan_cache_load_duration_seconds", 0.5) == 0.05
+    assert histogram_quantile_bound(before, after, "spartan_cache_load_duration_seconds", 0.95) == 0.1
+    assert histogram_quantile_bound(after, after, "spartan_cache_load_duration_seconds", 0.95) is None
