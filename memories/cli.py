@@ -15,12 +15,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loadtest import cli as loadtest_cli
 from memories.errors import SpartanError
 from memories.precision import PRECISIONS
 from memories.spartan import SpartanConfig
 from service.errors import ServiceError
+
+if TYPE_CHECKING:  # the heavy modules load inside the commands that need them
+    from memories.backbone import Backbone
+    from memories.data import Example, TaskSpec
+    from memories.memfile import MemoryFile
 
 
 def _add_spartan_options(parser: argparse.ArgumentParser) -> None:
@@ -95,26 +101,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _memory_on_data(
+    args: argparse.Namespace, precision: str = "fp32", fp32_layers: tuple[int, ...] | None = None
+) -> tuple[MemoryFile, Backbone, TaskSpec, list[Example], str]:
+    """The memory file (``args.memory``), its backbone in ``precision``, the task spec and the
+    examples of ``args.split``, checked against each other; shared by eval and parents."""
     from memories.backbones import load_backbone
     from memories.data import read_examples, split_path, task_spec
-    from memories.evaluate import evaluate
     from memories.memfile import check_backbone, read_memory
     from memories.precision import FP32_LAYERS, set_precision
 
-    _set_threads(args.threads)
     memfile = read_memory(args.memory)
     meta = memfile.metadata
     task = args.task or meta.task
     if not task:
         raise SpartanError("the memory names no task; pass --task")
-    fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
-    backbone = set_precision(load_backbone(args.backbone or meta.backbone), args.precision, fp32_layers)
+    layers = FP32_LAYERS if fp32_layers is None else fp32_layers
+    backbone = set_precision(load_backbone(args.backbone or meta.backbone), precision, layers)
     check_backbone(meta, backbone)
-    path = split_path(args.data, task, args.split)
-    examples = read_examples(path)
+    examples = read_examples(split_path(args.data, task, args.split))
     spec = task_spec(task, examples)
     expected_labels = tuple(meta.labels)
     if spec.labels != expected_labels or spec.task_type != meta.task_type:
@@ -122,6 +127,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the memory predicts {meta.task_type} {list(expected_labels)}, "
             f"the data is {spec.task_type} {list(spec.labels)}"
         )
+    return memfile, backbone, spec, examples, task
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from memories.evaluate import evaluate
+    from memories.precision import FP32_LAYERS
+
+    _set_threads(args.threads)
+    fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
+    memfile, backbone, spec, examples, task = _memory_on_data(args, args.precision, fp32_layers)
+    meta = memfile.metadata
     started = time.perf_counter()
     with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
         result = evaluate(
@@ -182,6 +200,48 @@ def cmd_bench_http(args: argparse.Namespace) -> int:
     report = run_http_bench(load_backbone(args.backbone or "minilm"), options, _log)
     print(format_http_table(report))
     _write_report(report, args.json, args.command_line)
+    return 0
+
+
+def cmd_parents(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from memories.parents import parent_labels, plot_parent_labels
+
+    _set_threads(args.threads)
+    memfile, backbone, _, examples, task = _memory_on_data(args)
+    meta = memfile.metadata
+    if meta.task_type != "classification":
+        raise SpartanError("parents needs a classification memory (labels to count)")
+    with tqdm(total=len(examples), desc=f"parents {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
+        result = parent_labels(
+            backbone,
+            memfile.to_packed(),
+            meta.labels,
+            examples,
+            args.max_seq_length or meta.max_seq_length,
+            args.layer,
+            progress=bar.update,
+        )
+    report = {
+        "memory": str(args.memory),
+        "task": task,
+        "split": args.split,
+        "examples": len(examples),
+        "backbone": backbone.name,
+        "spartan": {"num_parents": meta.num_parents, "num_children": meta.num_children, "top_k": meta.top_k},
+        **result.to_json(),
+        "command": args.command_line,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        title = (
+            f"{task} {args.split}: gold labels of the inputs picking each parent of layer {result.layer + 1}"
+        )
+        plot_parent_labels(result, title, args.json.with_suffix(".png"))
+        _log(f"wrote {args.json} and {args.json.with_suffix('.png')}")
     return 0
 
 
@@ -334,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="print a JSON report")
     ev.set_defaults(func=cmd_eval)
+
+    parents = sub.add_parser(
+        "parents", help="which parent each input picks, against its label (the paper's Figure 2)"
+    )
+    parents.add_argument("--memory", type=Path, required=True)
+    parents.add_argument("--data", type=Path, required=True)
+    parents.add_argument("--split", default="dev")
+    parents.add_argument("--task", help="default: the task recorded in the memory")
+    parents.add_argument("--backbone", help="default: the backbone recorded in the memory")
+    parents.add_argument("--max-seq-length", type=int, help="default: the memory's")
+    parents.add_argument("--layer", type=int, default=-1, help="encoder layer, negative from the end")
+    parents.add_argument("--threads", type=int)
+    parents.add_argument("--json", type=Path, help="write the report here and the plot beside it")
+    parents.set_defaults(func=cmd_parents)
 
     bench = sub.add_parser("bench", help="throughput: bare backbone vs SPARTAN variants vs mixed tasks")
     bench.add_argument(
