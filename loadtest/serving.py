@@ -28,10 +28,11 @@ import asyncio
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loadtest.errors import LoadTestError
 from loadtest.report import percentile, scrape
@@ -317,6 +318,26 @@ async def _sweep(
     }
 
 
+PairRun = Callable[
+    [ServerProcess, ServerProcess, list[bytes], Callable[[str], None]], Coroutine[Any, Any, dict[str, object]]
+]
+
+
+def _on_two_replicas(
+    options: ServingOptions, name: str, run: PairRun, blobs: list[bytes], progress: Callable[[str], None]
+) -> dict[str, object]:
+    """``run(A, B, blobs)`` once per registry, on two fresh replicas sharing a fresh registry."""
+    results: dict[str, object] = {}
+    for registry in options.registries:
+        with _servers(options) as servers:
+            shared = servers.registry_settings(registry)
+            writer = servers.start(shared, 256 * 1024 * 1024, f"{name}-a-{registry}")
+            reader = servers.start(shared, 256 * 1024 * 1024, f"{name}-b-{registry}")
+            progress(f"{name}: {registry} registry shared by replicas A and B, {len(blobs)} memories")
+            results[registry] = asyncio.run(run(writer, reader, blobs, progress))
+    return results
+
+
 def run_serving(
     backbone: Backbone, options: ServingOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
@@ -327,26 +348,10 @@ def run_serving(
     }
     if "cold" in options.measurements:
         blobs = memory_blobs(backbone, options.cold_tasks, options.seed, options.memory_dtype)
-        cold: dict[str, object] = {}
-        for registry in options.registries:
-            with _servers(options) as servers:
-                shared = servers.registry_settings(registry)
-                writer = servers.start(shared, 256 * 1024 * 1024, f"cold-a-{registry}")
-                reader = servers.start(shared, 256 * 1024 * 1024, f"cold-b-{registry}")
-                progress(f"cold: {registry} registry, {len(blobs)} tasks uploaded on A, asked on B")
-                cold[registry] = asyncio.run(_cold(writer, reader, blobs, progress))
-        report["cold"] = cold
+        report["cold"] = _on_two_replicas(options, "cold", _cold, blobs, progress)
     if "swap" in options.measurements:
         blobs = memory_blobs(backbone, options.swaps + 1, options.seed, options.memory_dtype)
-        swap: dict[str, object] = {}
-        for registry in options.registries:
-            with _servers(options) as servers:
-                shared = servers.registry_settings(registry)
-                writer = servers.start(shared, 256 * 1024 * 1024, f"swap-a-{registry}")
-                reader = servers.start(shared, 256 * 1024 * 1024, f"swap-b-{registry}")
-                progress(f"swap: {registry} registry shared by two replicas, {options.swaps} new versions")
-                swap[registry] = asyncio.run(_swap(writer, reader, blobs, progress))
-        report["swap"] = swap
+        report["swap"] = _on_two_replicas(options, "swap", _swap, blobs, progress)
     if "density" in options.measurements:
         by_dtype: dict[str, list[bytes]] = {
             dtype: memory_blobs(backbone, options.density_tasks, options.seed, dtype)

@@ -130,6 +130,17 @@ def _memory_on_data(
     return memfile, backbone, spec, examples, task
 
 
+def _run_facts(args: argparse.Namespace, task: str, examples: int, backbone: Backbone) -> dict[str, object]:
+    """What every report about a memory on a data split starts with."""
+    return {
+        "memory": str(args.memory),
+        "task": task,
+        "split": args.split,
+        "examples": examples,
+        "backbone": backbone.name,
+    }
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -152,11 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bar.update,
         )
     report = {
-        "memory": str(args.memory),
-        "task": task,
-        "split": args.split,
-        "examples": len(examples),
-        "backbone": backbone.name,
+        **_run_facts(args, task, len(examples), backbone),
         "precision": backbone.precision,
         "int8_fp32_layers": list(fp32_layers) if backbone.precision == "int8" else None,
         "file_dtype": memfile.dtype,
@@ -224,11 +231,7 @@ def cmd_parents(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     report = {
-        "memory": str(args.memory),
-        "task": task,
-        "split": args.split,
-        "examples": len(examples),
-        "backbone": backbone.name,
+        **_run_facts(args, task, len(examples), backbone),
         "spartan": {"num_parents": meta.num_parents, "num_children": meta.num_children, "top_k": meta.top_k},
         **result.to_json(),
         "command": args.command_line,
