@@ -101,11 +101,10 @@ def pack_tensors(
     """The inference form of a task's tensors (``TaskMemory.state_dict`` names), resident in
     ``dtype``. Keys are packed in fp32, then cast. The result may share storage with ``tensors``."""
     assert dtype in RESIDENT_DTYPES, f"resident dtype must be one of {RESIDENT_DTYPES}, got {dtype}"
-    fp32 = {name: t.float() for name, t in tensors.items()}
     layers = []
     for i in range(num_layers):
         parent_keys, child_keys, child_values = (
-            fp32[f"layers.{i}.{name}"] for name in ("parent_keys", "child_keys", "child_values")
+            tensors[f"layers.{i}.{name}"].float() for name in ("parent_keys", "child_keys", "child_values")
         )
         keys = pack_keys(parent_keys, child_keys, config.child_temperature)  # [Np + Nc*Np, d]
         layers.append((keys.to(dtype).contiguous(), pack_values(child_values).to(dtype).contiguous()))
