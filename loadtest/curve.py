@@ -21,6 +21,7 @@ from typing import Any
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions
 from loadtest.report import scrape, summarise
+from loadtest.run import upload_memories
 from loadtest.workload import Zipf, load_texts
 from memories.backbones import load_backbone
 from memories.memfile import MemoryFile
@@ -137,8 +138,7 @@ async def _sweep(
     progress: Callable[[str], None],
 ) -> list[Point]:
     async with AsyncSpartanClient(url) as client:
-        for name, memfile in zip(names, files, strict=True):
-            await client.put_memory(name, memfile.to_bytes())
+        await upload_memories(client, names, [memfile.to_bytes() for memfile in files])
     points = []
     for rate in options.rates:
         point = await _point(url, names, texts, rate, options)

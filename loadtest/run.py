@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,9 +69,10 @@ def _server_settings(
     return settings
 
 
-async def _upload(client: AsyncSpartanClient, files: list[MemoryFile], names: list[str]) -> None:
-    for name, memfile in zip(names, files, strict=True):
-        await client.put_memory(name, memfile.to_bytes())
+async def upload_memories(client: AsyncSpartanClient, names: Sequence[str], blobs: Sequence[bytes]) -> None:
+    """PUT each memory file under its task name, one after the other (the load tests' set-up)."""
+    for name, blob in zip(names, blobs, strict=True):
+        await client.put_memory(name, blob)
 
 
 async def _hot_swaps(
@@ -182,7 +183,7 @@ async def _run(
 ) -> tuple[dict[str, object], list[Sample]]:
     async with AsyncSpartanClient(url, options.api_key, timeout=300) as client:
         progress(f"uploading {len(files)} memories ({memory_bytes >> 10} KiB each)")
-        await _upload(client, files, names)
+        await upload_memories(client, names, [memfile.to_bytes() for memfile in files])
         popularity = Zipf(scenario.tasks, scenario.zipf_s, options.seed)
         concurrency = options.concurrency or scenario.concurrency
         per_request = options.texts_per_request or scenario.texts_per_request

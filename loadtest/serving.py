@@ -36,6 +36,7 @@ from typing import Any
 
 from loadtest.errors import LoadTestError
 from loadtest.report import percentile, scrape
+from loadtest.run import upload_memories
 from memories.backbone import Backbone
 from memories.memfile import FileDType
 from service.bench_http import random_memories
@@ -170,8 +171,7 @@ def memory_blobs(backbone: Backbone, count: int, seed: int, dtype: FileDType) ->
 
 async def _upload(client: AsyncSpartanClient, blobs: list[bytes], prefix: str) -> list[str]:
     tasks = [f"{prefix}-{i}" for i in range(len(blobs))]
-    for task, blob in zip(tasks, blobs, strict=True):
-        await client.put_memory(task, blob)
+    await upload_memories(client, tasks, blobs)
     return tasks
 
 
