@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from loadtest import cli as loadtest_cli
 from memories.errors import SpartanError
-from memories.precision import PRECISIONS
+from memories.precision import PRECISIONS, RESIDENT_DTYPES
 from memories.spartan import SpartanConfig
 from service.errors import ServiceError
 
@@ -99,6 +99,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _memory_on_data_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags :func:`_memory_on_data` reads, for every command that runs a memory on a split."""
+    parser.add_argument("--memory", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--task", help="default: the task recorded in the memory")
+    parser.add_argument("--backbone", help="default: the backbone recorded in the memory")
+    parser.add_argument("--max-seq-length", type=int, help="default: the memory's")
 
 
 def _memory_on_data(
@@ -374,18 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a memory file on a data split")
-    ev.add_argument("--memory", type=Path, required=True)
-    ev.add_argument("--data", type=Path, required=True)
-    ev.add_argument("--split", default="dev")
-    ev.add_argument("--task", help="default: the task recorded in the memory")
-    ev.add_argument("--backbone", help="default: the backbone recorded in the memory")
-    ev.add_argument("--max-seq-length", type=int, help="default: the memory's")
+    _memory_on_data_flags(ev)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone precision mode")
     ev.add_argument(
         "--resident-dtype",
-        choices=("auto", "float32", "float16"),
+        choices=RESIDENT_DTYPES,
         default="auto",
         help="dtype the memory is kept in, as the service's cache would (default: as stored)",
     )
@@ -401,12 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     parents = sub.add_parser(
         "parents", help="which parent each input picks, against its label (the paper's Figure 2)"
     )
-    parents.add_argument("--memory", type=Path, required=True)
-    parents.add_argument("--data", type=Path, required=True)
-    parents.add_argument("--split", default="dev")
-    parents.add_argument("--task", help="default: the task recorded in the memory")
-    parents.add_argument("--backbone", help="default: the backbone recorded in the memory")
-    parents.add_argument("--max-seq-length", type=int, help="default: the memory's")
+    _memory_on_data_flags(parents)
     parents.add_argument("--layer", type=int, default=-1, help="encoder layer, negative from the end")
     parents.add_argument("--threads", type=int)
     parents.add_argument("--json", type=Path, help="write the report here and the plot beside it")
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--precision", choices=PRECISIONS, help="backbone precision mode (default fp32)")
     serve.add_argument(
         "--resident-dtype",
-        choices=("auto", "float32", "float16"),
+        choices=RESIDENT_DTYPES,
         help="dtype the cache keeps memories in (default auto: as each file stores them)",
     )
     serve.add_argument("--host")

@@ -37,6 +37,7 @@ from memories.errors import (
     MemoryTooLargeError,
 )
 from memories.model import PackedMemory, TaskMemory, pack_tensors
+from memories.precision import ResidentDType
 from memories.spartan import SpartanConfig
 
 FORMAT_NAME: Final = "spartan-memory"
@@ -45,7 +46,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 
 FileDType = Literal["float32", "float16"]
-ResidentDType = Literal["auto", "float32", "float16"]
 _SAFETENSORS_DTYPES: dict[str, FileDType] = {"F32": "float32", "F16": "float16"}
 _TORCH_DTYPES: dict[FileDType, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 _ITEM_SIZE = {"F32": 4, "F16": 2}
@@ -173,11 +173,6 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"]) or "header"
     return f"{where}: {error['msg']}"
-
-
-def expected_shapes(meta: MemoryMetadata) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape the metadata implies."""
-    return TaskMemory.shapes(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
 
 
 @dataclass(frozen=True)
@@ -311,7 +306,7 @@ def _parse_header(data: bytes) -> tuple[dict[str, str], dict[str, dict[str, Any]
 
 
 def _check_tensors(meta: MemoryMetadata, shapes: dict[str, tuple[int, ...]]) -> None:
-    expected = expected_shapes(meta)
+    expected = TaskMemory.shapes(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
     missing = sorted(set(expected) - set(shapes))
     if missing:
         raise InvalidMemoryFileError(

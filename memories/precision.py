@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # torch and the backbone are imported when a mode is applied,
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
+ResidentDType = Literal["auto", "float32", "float16"]
+"""The dtype a memory is kept in once loaded; ``auto``: the dtype its file stores (memories.model)."""
+RESIDENT_DTYPES: tuple[str, ...] = get_args(ResidentDType)
+
 
 FP32_LAYERS = (0,)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from memories.backbone import Backbone
 from memories.errors import SpartanError
-from memories.memfile import MemoryFile, ResidentDType, check_backbone, parse_memory
+from memories.memfile import MemoryFile, check_backbone, parse_memory
+from memories.precision import ResidentDType
 from service.auth import Caller
 from service.cache import LoadedMemory, MemoryCache
 from service.engine import Engine

@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.memfile import ResidentDType
-from memories.precision import Precision
+from memories.precision import Precision, ResidentDType
 from service.auth import ApiKey
 
 

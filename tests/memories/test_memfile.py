@@ -18,11 +18,11 @@ from memories.memfile import (
     FileDType,
     MemoryFile,
     MemoryMetadata,
-    ResidentDType,
     check_backbone,
     parse_memory,
     read_memory,
 )
+from memories.precision import ResidentDType
 from tests.conftest import make_memfile
 
 
