@@ -28,7 +28,7 @@ import asyncio
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,10 +163,17 @@ def _drop_redis_prefixes(url: str, prefixes: list[str]) -> None:
         pass
 
 
-def memory_blobs(backbone: Backbone, count: int, seed: int, dtype: FileDType) -> list[bytes]:
-    """``count`` distinct random memory files as bytes, made one at a time (a RoBERTa-base
-    memory is 6.5 MB in fp32 as a module; only the file bytes are kept)."""
-    return [random_memories(backbone, 1, seed + i)[0].to_bytes(dtype) for i in range(count)]
+def memory_blobs(
+    backbone: Backbone, count: int, seed: int, dtypes: Sequence[FileDType]
+) -> dict[FileDType, list[bytes]]:
+    """``count`` distinct random memories as file bytes in each of ``dtypes``; each memory is made
+    once and dropped after serialising (a RoBERTa-base memory is 6.5 MB in fp32 as a module)."""
+    blobs: dict[FileDType, list[bytes]] = {dtype: [] for dtype in dtypes}
+    for i in range(count):
+        memfile = random_memories(backbone, 1, seed + i)[0]
+        for dtype in dtypes:
+            blobs[dtype].append(memfile.to_bytes(dtype))
+    return blobs
 
 
 async def _upload(client: AsyncSpartanClient, blobs: list[bytes], prefix: str) -> list[str]:
@@ -261,7 +268,7 @@ async def _swap(
 
 
 async def _density(
-    server: ServerProcess, blobs: dict[str, list[bytes]], progress: Callable[[str], None]
+    server: ServerProcess, blobs: dict[FileDType, list[bytes]], progress: Callable[[str], None]
 ) -> dict[str, object]:
     report: dict[str, object] = {}
     async with AsyncSpartanClient(server.url) as client:
@@ -342,28 +349,27 @@ def run_serving(
     backbone: Backbone, options: ServingOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
     """Run the chosen measurements; returns the JSON-ready report (without command and machine)."""
-    report: dict[str, object] = {"backbone": options.backbone, "memory_dtype": options.memory_dtype}
+    dtype = options.memory_dtype
+    both: tuple[FileDType, ...] = ("float32", "float16")
+    report: dict[str, object] = {"backbone": options.backbone, "memory_dtype": dtype}
     report["memory_file_bytes"] = {
-        dtype: len(memory_blobs(backbone, 1, options.seed, dtype)[0]) for dtype in ("float32", "float16")
+        d: len(b[0]) for d, b in memory_blobs(backbone, 1, options.seed, both).items()
     }
     if "cold" in options.measurements:
-        blobs = memory_blobs(backbone, options.cold_tasks, options.seed, options.memory_dtype)
+        blobs = memory_blobs(backbone, options.cold_tasks, options.seed, (dtype,))[dtype]
         report["cold"] = _on_two_replicas(options, "cold", _cold, blobs, progress)
     if "swap" in options.measurements:
-        blobs = memory_blobs(backbone, options.swaps + 1, options.seed, options.memory_dtype)
+        blobs = memory_blobs(backbone, options.swaps + 1, options.seed, (dtype,))[dtype]
         report["swap"] = _on_two_replicas(options, "swap", _swap, blobs, progress)
     if "density" in options.measurements:
-        by_dtype: dict[str, list[bytes]] = {
-            dtype: memory_blobs(backbone, options.density_tasks, options.seed, dtype)
-            for dtype in ("float32", "float16")
-        }
+        by_dtype = memory_blobs(backbone, options.density_tasks, options.seed, both)
         with _servers(options) as servers:
             server = servers.start(servers.registry_settings("file"), 4 * GIB, "density")
             report["density"] = asyncio.run(_density(server, by_dtype, progress))
     if "sweep" in options.measurements:
 
         def make(start: int, count: int) -> list[bytes]:
-            return memory_blobs(backbone, count, options.seed + start, options.memory_dtype)
+            return memory_blobs(backbone, count, options.seed + start, (dtype,))[dtype]
 
         with _servers(options) as servers:
             cache = options.sweep_cache_mb * 1024 * 1024
