@@ -36,6 +36,7 @@ import torch
 from memories.backbone import Backbone, Encoded, LayerMemory
 from memories.errors import ConfigError
 from memories.model import PackedMemory, TaskMemory, run_batch
+from memories.precision import FP32_LAYERS
 from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
 
 VARIANTS = (
@@ -305,8 +306,8 @@ def run_bench(
                 backbone, options.batch_size, seq, options.layer_rounds, options.spartan
             )
             if int8 is not None:
-                # Layer 0 stays fp32 in int8 mode (memories.precision); the next one is quantised.
-                index = min(1, int8.num_layers - 1)
+                # The first layer int8 mode quantises (memories.precision keeps FP32_LAYERS in fp32).
+                index = next((i for i in range(int8.num_layers) if i not in FP32_LAYERS), 0)
                 layers[f"{seq}-int8"] = layer_bench(
                     int8, options.batch_size, seq, options.layer_rounds, options.spartan, index
                 )
