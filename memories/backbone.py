@@ -221,15 +221,17 @@ class Backbone:
 
     def forward(self, batch: Encoded, memory: LayerMemory | None = None) -> torch.Tensor:
         """Last hidden state [B, S, d], with ``memory`` applied after every layer (None = bare)."""
-        kwargs: dict[str, torch.Tensor] = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-        }
-        if batch.token_type_ids is not None:
-            kwargs["token_type_ids"] = batch.token_type_ids
         with self._attached(memory):
-            hidden: torch.Tensor = self.model(**kwargs).last_hidden_state
-        return hidden
+            return run_encoder(self.model, batch)
+
+
+def run_encoder(model: nn.Module, batch: Encoded) -> torch.Tensor:
+    """Last hidden state [B, S, d] of a Hugging Face encoder (the backbone's or a trainable copy)."""
+    kwargs: dict[str, torch.Tensor] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.token_type_ids is not None:
+        kwargs["token_type_ids"] = batch.token_type_ids
+    hidden: torch.Tensor = model(**kwargs).last_hidden_state
+    return hidden
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

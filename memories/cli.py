@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from loadtest import cli as loadtest_cli
 from memories.errors import SpartanError
+from memories.methods import METHODS
 from memories.precision import PRECISIONS, RESIDENT_DTYPES
 from memories.spartan import SpartanConfig
 from service.errors import ServiceError
@@ -73,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         steps=args.steps,
         few_shot=args.few_shot,
+        method=args.method,
         max_train_examples=args.max_train_examples,
         max_dev_examples=args.max_dev_examples,
         batch_size=args.batch_size,
@@ -84,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         pooling=args.pooling,
         spartan=_spartan_config(args),
+        bottleneck=args.bottleneck,
         dtype=args.dtype,
     )
     _set_threads(args.threads)
@@ -91,6 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(options, backbone, _log, command=args.command_line)
     summary = {
         "out": str(result.out),
+        "method": result.method,
+        "trainable_parameters": result.trainable_parameters,
+        "file_bytes": result.file_bytes,
         "best_step": result.best_step,
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
@@ -111,32 +117,40 @@ def _memory_on_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", type=int, help="default: the memory's")
 
 
+def _split_for(
+    args: argparse.Namespace, recorded_task: str, labels: Sequence[str], task_type: str
+) -> tuple[TaskSpec, list[Example], str]:
+    """The task spec and examples of ``args.split``, checked against what a trained file predicts."""
+    from memories.data import read_examples, split_path, task_spec
+
+    task = args.task or recorded_task
+    if not task:
+        raise SpartanError("the memory names no task; pass --task")
+    examples = read_examples(split_path(args.data, task, args.split))
+    spec = task_spec(task, examples)
+    if spec.labels != tuple(labels) or spec.task_type != task_type:
+        raise SpartanError(
+            f"the memory predicts {task_type} {list(labels)}, "
+            f"the data is {spec.task_type} {list(spec.labels)}"
+        )
+    return spec, examples, task
+
+
 def _memory_on_data(
     args: argparse.Namespace, precision: str = "fp32", fp32_layers: tuple[int, ...] | None = None
 ) -> tuple[MemoryFile, Backbone, TaskSpec, list[Example], str]:
     """The memory file (``args.memory``), its backbone in ``precision``, the task spec and the
     examples of ``args.split``, checked against each other; shared by eval and parents."""
     from memories.backbones import load_backbone
-    from memories.data import read_examples, split_path, task_spec
     from memories.memfile import check_backbone, read_memory
     from memories.precision import FP32_LAYERS, set_precision
 
     memfile = read_memory(args.memory)
     meta = memfile.metadata
-    task = args.task or meta.task
-    if not task:
-        raise SpartanError("the memory names no task; pass --task")
+    spec, examples, task = _split_for(args, meta.task, meta.labels, meta.task_type)
     layers = FP32_LAYERS if fp32_layers is None else fp32_layers
     backbone = set_precision(load_backbone(args.backbone or meta.backbone), precision, layers)
     check_backbone(meta, backbone)
-    examples = read_examples(split_path(args.data, task, args.split))
-    spec = task_spec(task, examples)
-    expected_labels = tuple(meta.labels)
-    if spec.labels != expected_labels or spec.task_type != meta.task_type:
-        raise SpartanError(
-            f"the memory predicts {meta.task_type} {list(expected_labels)}, "
-            f"the data is {spec.task_type} {list(spec.labels)}"
-        )
     return memfile, backbone, spec, examples, task
 
 
@@ -151,13 +165,67 @@ def _run_facts(args: argparse.Namespace, task: str, examples: int, backbone: Bac
     }
 
 
+def _eval_baseline(args: argparse.Namespace) -> int:
+    """``spartan eval`` on a baseline checkpoint (adapters, full fine-tuning, probe): fp32 only."""
+    from tqdm import tqdm
+
+    from memories.backbones import load_backbone
+    from memories.checkpoint import read_checkpoint
+    from memories.evaluate import evaluate
+    from memories.methods import load_baseline
+
+    if args.precision != "fp32" or args.resident_dtype not in ("auto", "float32"):
+        raise SpartanError(
+            "baseline checkpoints are evaluated in fp32 only (drop --precision/--resident-dtype)"
+        )
+    meta, _ = read_checkpoint(args.memory)
+    spec, examples, task = _split_for(args, meta.task, meta.labels, meta.task_type)
+    backbone = load_backbone(args.backbone or meta.backbone)
+    model, _ = load_baseline(args.memory, backbone)
+    started = time.perf_counter()
+    with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
+        result = evaluate(
+            backbone,
+            model.predictor(backbone, meta.pooling),
+            spec,
+            examples,
+            args.max_seq_length or meta.max_seq_length,
+            args.batch_size,
+            bar.update,
+        )
+    report = {
+        **_run_facts(args, task, len(examples), backbone),
+        "method": meta.method,
+        "metrics": result.metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _print_eval(args, report, task, len(examples), result.metrics)
+    return 0
+
+
+def _print_eval(
+    args: argparse.Namespace, report: dict[str, object], task: str, examples: int, metrics: dict[str, float]
+) -> None:
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{task} {args.split} ({examples} examples): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from memories.evaluate import evaluate
+    from memories.checkpoint import FORMAT_NAME as BASELINE_FORMAT
+    from memories.checkpoint import file_format
+    from memories.evaluate import evaluate, memory_predictor
     from memories.precision import FP32_LAYERS
 
     _set_threads(args.threads)
+    if file_format(args.memory) == BASELINE_FORMAT:
+        return _eval_baseline(args)
     fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
     memfile, backbone, spec, examples, task = _memory_on_data(args, args.precision, fp32_layers)
     meta = memfile.metadata
@@ -165,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
         result = evaluate(
             backbone,
-            memfile.to_packed(args.resident_dtype),
+            memory_predictor(backbone, memfile.to_packed(args.resident_dtype)),
             spec,
             examples,
             args.max_seq_length or meta.max_seq_length,
@@ -181,13 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "metrics": result.metrics,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(
-            f"{task} {args.split} ({len(examples)} examples): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        )
+    _print_eval(args, report, task, len(examples), result.metrics)
     return 0
 
 
@@ -353,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spartan", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a memory for a task")
+    train = sub.add_parser("train", help="train a memory (or a baseline) for a task")
     train.add_argument("--task", required=True, help="task name (e.g. sst2, bbc, or your own)")
     train.add_argument(
         "--data", type=Path, required=True, help="data root (<data>/<task>/train.jsonl) or task folder"
@@ -371,7 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-examples", type=int, help="random subset of the train split")
     train.add_argument("--max-dev-examples", type=int, help="random subset of the dev split")
     train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument(
+        "--method",
+        choices=METHODS,
+        default="spartan",
+        help="what is trained: a SPARTAN memory (served) or a baseline (adapters, full, probe)",
+    )
+    train.add_argument(
+        "--lr",
+        type=float,
+        help="default: the method's paper value (spartan/probe 1e-3, adapters 1e-4, full 2e-5)",
+    )
+    train.add_argument("--bottleneck", type=int, default=64, help="adapter bottleneck width")
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--warmup-ratio", type=float, default=0.0)
     train.add_argument("--seed", type=int, default=42)

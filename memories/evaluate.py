@@ -1,7 +1,9 @@
-"""Evaluate a memory on a data split with the task's GLUE metric.
+"""Evaluate a trained task on a data split with the task's GLUE metric.
 
-Evaluation always runs the production inference path (:func:`~memories.model.run_batch`), the
-same code the service uses, so a dev score measured here is the score users get.
+What runs a batch is a :data:`Predictor`. A SPARTAN memory is always evaluated through the
+production inference path (:func:`memory_predictor`, i.e. :func:`~memories.model.run_batch`, the
+same code the service uses), so a dev score measured here is the score users get; the baselines
+of :mod:`memories.methods` bring their own predictor.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memories.backbone import Backbone
+from memories.backbone import Backbone, Encoded
 from memories.data import Example, TaskSpec, targets
 from memories.metrics import compute_metrics
 from memories.model import PackedMemory, run_batch
@@ -25,9 +27,23 @@ class Evaluation:
     predictions: list[float] | list[int]
 
 
+Predictor = Callable[[Encoded], torch.Tensor]
+"""A tokenised batch -> logits [B, num_outputs], without gradients."""
+
+
+def memory_predictor(backbone: Backbone, memory: PackedMemory) -> Predictor:
+    """The service's inference path for one memory."""
+
+    def run(batch: Encoded) -> torch.Tensor:
+        rows = batch.input_ids.shape[0]
+        return torch.stack(run_batch(backbone, batch, [memory] * rows).logits)  # [B, num_outputs]
+
+    return run
+
+
 def predict(
     backbone: Backbone,
-    memory: PackedMemory,
+    predictor: Predictor,
     regression: bool,
     examples: Sequence[Example],
     max_length: int,
@@ -45,8 +61,8 @@ def predict(
         chunk = [examples[i] for i in rows]
         pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
         batch = backbone.tokenize([e.text for e in chunk], pairs, max_length)
-        result = run_batch(backbone, batch, [memory] * len(rows))
-        for row, logits in zip(rows, result.logits, strict=True):
+        logits_batch = predictor(batch)  # [B, num_outputs]
+        for row, logits in zip(rows, logits_batch, strict=True):
             outputs[row] = logits
         if progress is not None:
             progress(len(rows))
@@ -57,7 +73,7 @@ def predict(
 
 def evaluate(
     backbone: Backbone,
-    memory: PackedMemory,
+    predictor: Predictor,
     spec: TaskSpec,
     examples: Sequence[Example],
     max_length: int,
@@ -67,6 +83,6 @@ def evaluate(
     """Predict every example and score the predictions against the gold labels."""
     gold = targets(spec, examples, spec.name)
     pred = predict(
-        backbone, memory, spec.task_type == "regression", examples, max_length, batch_size, progress
+        backbone, predictor, spec.task_type == "regression", examples, max_length, batch_size, progress
     )
     return Evaluation(compute_metrics(spec, pred, gold), pred)

@@ -1,6 +1,8 @@
-"""Train a task's SPARTAN memory and head on a frozen backbone.
+"""Train a task on a frozen backbone: a SPARTAN memory, or one of the paper's baselines.
 
-AdamW with the paper's defaults (lr 1e-3, batch 16), a linear learning-rate decay, gradient
+One loop for every method of :mod:`memories.methods` (``--method``), so a comparison differs only
+in what is trained: AdamW at the method's paper learning rate (SPARTAN 1e-3, adapters 1e-4, full
+fine-tuning 2e-5) unless one is given, batch 16, a linear learning-rate decay, gradient
 clipping at 1.0. Training runs for a number of epochs or of steps; the few-shot mode trains on
 ``fewshot200.jsonl`` for 1000 steps (the paper's Table 2). The dev split is evaluated every
 ``eval_every`` steps and at the end; each new best checkpoint is written atomically to the
@@ -24,8 +26,8 @@ from memories.backbone import Backbone, Pooling
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
-from memories.memfile import FileDType, MemoryFile, MemoryMetadata
-from memories.model import TaskMemory
+from memories.memfile import FileDType
+from memories.methods import DEFAULT_LR, Method, SavedTask, TaskModel, build_model, trainable_parameters
 from memories.spartan import SpartanConfig
 
 FEW_SHOT_SPLIT = "fewshot200"
@@ -46,8 +48,9 @@ class TrainOptions:
     dev_split: str = "dev"
     max_train_examples: int | None = None
     max_dev_examples: int | None = None
+    method: Method = "spartan"
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float | None = None  # None: the method's paper learning rate
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     seed: int = 42
@@ -56,10 +59,11 @@ class TrainOptions:
     eval_batch_size: int = 64
     pooling: Pooling | None = None
     spartan: SpartanConfig = field(default_factory=SpartanConfig)
+    bottleneck: int = 64  # adapters only
     dtype: FileDType = "float32"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_every < 1 or self.lr <= 0:
+        if self.batch_size < 1 or self.eval_every < 1 or (self.lr is not None and self.lr <= 0):
             raise ConfigError("batch_size and eval_every must be >= 1 and lr > 0")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
@@ -67,6 +71,10 @@ class TrainOptions:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,9 @@ class TrainResult:
     seconds: float
     train_examples_per_minute: float
     out: Path
+    method: Method
+    trainable_parameters: int
+    file_bytes: int
 
 
 def _subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -120,8 +131,9 @@ def train(
     pooling = options.pooling or backbone.pooling
     regression = spec.task_type == "regression"
 
-    task = TaskMemory(backbone.hidden_size, backbone.num_layers, len(spec.labels) or 1, options.spartan)
-    optimizer = torch.optim.AdamW(task.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    task = build_model(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
+    trained = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=options.learning_rate, weight_decay=options.weight_decay)
     total = _total_steps(options, len(train_set))
     warmup = int(options.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -135,11 +147,14 @@ def train(
     loss_fn: torch.nn.Module = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
     log(
         f"training {spec.name} ({spec.task_type}, {len(train_set)} train / {len(dev_set)} dev) on "
-        f"{backbone.name}: {total} steps of {options.batch_size}, lr {options.lr}, memory {options.spartan}"
+        f"{backbone.name}: {options.method} ({trainable_parameters(task):,} parameters), {total} steps of "
+        f"{options.batch_size}, lr {options.learning_rate}"
+        + (f", memory {options.spartan}" if options.method == "spartan" else "")
     )
 
     best: Evaluation | None = None
     best_step = 0
+    file_bytes = 0
     pending: list[list[int]] = []
     seen = 0
     loss_ema: float | None = None
@@ -147,17 +162,22 @@ def train(
     train_seconds = 0.0
 
     def run_eval(step: int) -> None:
-        nonlocal best, best_step
-        task.eval()
+        nonlocal best, best_step, file_bytes
         result = evaluate(
-            backbone, task.pack(pooling), spec, dev_set, options.max_seq_length, options.eval_batch_size
+            backbone,
+            task.predictor(backbone, pooling),
+            spec,
+            dev_set,
+            options.max_seq_length,
+            options.eval_batch_size,
         )
-        task.train()
         improved = best is None or result.metrics["score"] > best.metrics["score"]
         log(f"step {step}: dev {_fmt(result.metrics)}" + ("  (best, saved)" if improved else ""))
         if improved:
             best, best_step = result, step
-            _save(options, backbone, task, spec, pooling, step, total, result, seen, train_seconds, command)
+            file_bytes = _save(
+                options, backbone, task, spec, pooling, step, total, result, seen, train_seconds, command
+            )
 
     task.train()
     bar = tqdm(total=total, desc=f"train {spec.name}", unit="step", file=sys.stderr, mininterval=2.0)
@@ -176,7 +196,7 @@ def train(
             loss = loss_fn(logits, torch.tensor([train_targets[i] for i in rows]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         scheduler.step()
         train_seconds += time.perf_counter() - tick
@@ -198,6 +218,9 @@ def train(
         time.perf_counter() - started,
         60.0 * seen / max(train_seconds, 1e-9),
         options.out,
+        options.method,
+        trainable_parameters(task),
+        file_bytes,
     )
 
 
@@ -208,7 +231,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 def _save(
     options: TrainOptions,
     backbone: Backbone,
-    task: TaskMemory,
+    task: TaskModel,
     spec: TaskSpec,
     pooling: Pooling,
     step: int,
@@ -217,8 +240,11 @@ def _save(
     seen: int,
     train_seconds: float,
     command: str,
-) -> None:
+) -> int:
     summary = {
+        "method": options.method,
+        "trainable_parameters": trainable_parameters(task),
+        "lr": options.learning_rate,
         "data": options.data.name,
         "train_split": FEW_SHOT_SPLIT if options.few_shot else options.train_split,
         "dev_split": options.dev_split,
@@ -230,7 +256,6 @@ def _save(
         "options": {k: str(v) for k, v in asdict(options).items()},
         "command": command,
     }
-    meta = MemoryMetadata.for_backbone(
-        backbone, options.spartan, spec.labels, pooling, options.max_seq_length, spec.name, summary
+    return task.save(
+        options.out, SavedTask(backbone, spec, pooling, options.max_seq_length, summary), options.dtype
     )
-    MemoryFile.from_task(task, meta).save(options.out, options.dtype)
