@@ -1,4 +1,4 @@
-"""The ``spartan`` command line: train, eval, bench, serve, backbones.
+"""The ``spartan`` command line: train, eval, parents, bench, reproduce, serve, keys, backbones.
 
 Each subcommand parses its options, loads what it needs and calls one function of the package;
 no model work happens at import time. Errors of the package's exception tree end the command
@@ -393,6 +393,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce_grid(args: argparse.Namespace) -> int:
+    from memories.backbones import load_backbone
+    from memories.reproduce import GridOptions, format_markdown, run_grid, write_table
+
+    options = GridOptions(
+        data=args.data,
+        out=args.out,
+        checkpoints=args.checkpoints,
+        tasks=tuple(args.tasks),
+        methods=tuple(args.methods),
+        seeds=tuple(args.seeds),
+        steps=args.steps,
+        few_shot=args.few_shot,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        eval_every=args.eval_every,
+        max_dev_examples=args.max_dev_examples,
+    )
+    _set_threads(args.threads)
+    run_grid(options, load_backbone(args.backbone), args.command_line, _log)
+    table = write_table(args.out, args.title or f"{args.backbone}: {args.out.name}")
+    print(format_markdown(table))
+    _log(f"wrote {args.out}/table.json, table.md and table.png")
+    return 0
+
+
+def cmd_reproduce_table(args: argparse.Namespace) -> int:
+    from memories.reproduce import format_markdown, write_table
+
+    print(format_markdown(write_table(args.out, args.title or args.out.name)))
+    return 0
+
+
 def cmd_keys_add(args: argparse.Namespace) -> int:
     from service.auth import add_key
 
@@ -527,6 +560,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    reproduce = sub.add_parser(
+        "reproduce", help="the paper's accuracy tables: every method on every task, resumable"
+    ).add_subparsers(dest="reproduce_command", required=True)
+    grid = reproduce.add_parser("grid", help="train every missing (task, method, seed) cell, then the table")
+    grid.add_argument("--data", type=Path, required=True, help="data root (<data>/<task>/train.jsonl)")
+    grid.add_argument("--backbone", default="minilm")
+    grid.add_argument("--tasks", nargs="+", required=True)
+    grid.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    grid.add_argument("--seeds", type=int, nargs="+", default=[1])
+    grid.add_argument("--steps", type=int, default=1000, help="optimizer steps per cell (every method)")
+    grid.add_argument("--few-shot", action="store_true", help="train on fewshot200.jsonl")
+    grid.add_argument("--batch-size", type=int, default=16)
+    grid.add_argument("--max-seq-length", type=int, default=64)
+    grid.add_argument("--eval-every", type=int, default=500)
+    grid.add_argument("--max-dev-examples", type=int, help="random subset of each dev split")
+    grid.add_argument("--out", type=Path, required=True, help="cell JSONs and the table (commit these)")
+    grid.add_argument("--checkpoints", type=Path, default=Path("runs/grid"), help="trained files (large)")
+    grid.add_argument("--title", help="plot title")
+    grid.add_argument("--threads", type=int)
+    grid.set_defaults(func=cmd_reproduce_grid)
+    table = reproduce.add_parser("table", help="rebuild table.json/md/png from the cells in --out")
+    table.add_argument("--out", type=Path, required=True)
+    table.add_argument("--title")
+    table.set_defaults(func=cmd_reproduce_table)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_add = keys.add_parser("add", help="create a key, store its hash, print the key once")

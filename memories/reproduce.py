@@ -1,0 +1,205 @@
+"""Reproduce the paper's accuracy tables: every method on every task, one resumable grid.
+
+:func:`run_grid` trains each (task, method, seed) cell with :func:`~memories.train.train` under
+one budget (steps, batch, sequence length) and writes one JSON per cell to the output folder;
+a cell whose JSON exists is skipped, so an interrupted grid resumes where it stopped.
+:func:`summarise` turns the cells into the table (``table.json``, ``table.md``, ``table.png``):
+the task's GLUE metric per method (mean over seeds), the average over tasks, and the training
+throughput per method. Checkpoints go to a separate folder (they are large and not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memories.backbone import Backbone
+from memories.bench import machine
+from memories.errors import ConfigError
+from memories.methods import METHODS, Method
+from memories.train import TrainOptions, train
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """One budget for every cell of the grid."""
+
+    data: Path
+    out: Path  # one JSON per cell, and the table
+    checkpoints: Path
+    tasks: tuple[str, ...]
+    methods: tuple[Method, ...] = METHODS
+    seeds: tuple[int, ...] = (1,)
+    steps: int = 1000
+    few_shot: bool = False
+    batch_size: int = 16
+    max_seq_length: int = 64
+    eval_every: int = 500
+    max_dev_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not self.methods or not self.seeds:
+            raise ConfigError("a grid needs at least one task, method and seed")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown methods {unknown}; choose from {METHODS}")
+
+    def cells(self) -> list[tuple[str, Method, int]]:
+        return [(t, m, s) for t in self.tasks for s in self.seeds for m in self.methods]
+
+
+def cell_path(out: Path, task: str, method: str, seed: int) -> Path:
+    return out / f"{task}-{method}-s{seed}.json"
+
+
+def run_grid(
+    options: GridOptions, backbone: Backbone, command: str, log: Callable[[str], None] = print
+) -> list[Path]:
+    """Train every missing cell; returns the JSON paths of all cells."""
+    cells = options.cells()
+    paths = []
+    for n, (task, method, seed) in enumerate(cells, start=1):
+        path = cell_path(options.out, task, method, seed)
+        paths.append(path)
+        if path.exists():
+            log(f"[{n}/{len(cells)}] {task} {method} seed {seed}: done before, skipped")
+            continue
+        log(f"[{n}/{len(cells)}] {task} {method} seed {seed}")
+        train_options = TrainOptions(
+            task=task,
+            data=options.data,
+            out=options.checkpoints / f"{path.stem}.safetensors",
+            steps=options.steps,
+            few_shot=options.few_shot,
+            method=method,
+            batch_size=options.batch_size,
+            seed=seed,
+            max_seq_length=options.max_seq_length,
+            eval_every=options.eval_every,
+            max_dev_examples=options.max_dev_examples,
+        )
+        result = train(train_options, backbone, log, command)
+        cell = {
+            "task": task,
+            "method": method,
+            "seed": seed,
+            "backbone": backbone.name,
+            "few_shot": options.few_shot,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "batch_size": options.batch_size,
+            "max_seq_length": options.max_seq_length,
+            "lr": train_options.learning_rate,
+            "dev": result.best.metrics,
+            "seconds": round(result.seconds, 1),
+            "train_examples_per_minute": round(result.train_examples_per_minute, 1),
+            "trainable_parameters": result.trainable_parameters,
+            "file_bytes": result.file_bytes,
+            "command": command,
+            "machine": machine(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cell, indent=2) + "\n")
+    return paths
+
+
+def summarise(out: Path, methods: tuple[Method, ...] = METHODS) -> dict[str, Any]:
+    """The table of every cell JSON in ``out``: score (mean over seeds) per task and method."""
+    cells = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    if not cells:
+        raise ConfigError(f"no grid cells in {out}")
+    present = [m for m in methods if any(c["method"] == m for c in cells)]
+    tasks = sorted({c["task"] for c in cells})
+    scores: dict[str, dict[str, float]] = {}
+    seeds: dict[str, dict[str, int]] = {}
+    for task in tasks:
+        scores[task], seeds[task] = {}, {}
+        for method in present:
+            values = [c["dev"]["score"] for c in cells if c["task"] == task and c["method"] == method]
+            if values:
+                scores[task][method] = statistics.fmean(values)
+                seeds[task][method] = len(values)
+    complete = [t for t in tasks if all(m in scores[t] for m in present)]
+    average = {m: statistics.fmean(scores[t][m] for t in complete) for m in present} if complete else {}
+    speed = {
+        m: statistics.median(c["train_examples_per_minute"] for c in cells if c["method"] == m)
+        for m in present
+    }
+    return {
+        "methods": present,
+        "tasks": tasks,
+        "score": scores,
+        "seeds": seeds,
+        "average_over": complete,
+        "average": average,
+        "train_examples_per_minute": speed,
+        "cells": len(cells),
+        "budget": {k: cells[0][k] for k in ("backbone", "few_shot", "steps", "batch_size", "max_seq_length")},
+    }
+
+
+def format_markdown(table: dict[str, Any]) -> str:
+    """The table as Markdown: tasks as rows, methods as columns (scores x 100)."""
+    methods: list[str] = table["methods"]
+    lines = ["| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for task in table["tasks"]:
+        row = [_cell(table, task, m) for m in methods]
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    if table["average"]:
+        lines.append(
+            f"| **average** ({len(table['average_over'])} tasks) | "
+            + " | ".join(f"**{100 * table['average'][m]:.1f}**" for m in methods)
+            + " |"
+        )
+    lines.append(
+        "| train inst/min (median) | "
+        + " | ".join(f"{table['train_examples_per_minute'][m]:.0f}" for m in methods)
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(table: dict[str, Any], task: str, method: str) -> str:
+    score = table["score"][task].get(method)
+    if score is None:
+        return "-"
+    runs = table["seeds"][task][method]
+    return f"{100 * score:.1f}" + (f" ({runs})" if runs > 1 else "")
+
+
+def plot_table(table: dict[str, Any], title: str, path: Path) -> None:
+    """Grouped bars: one group per task (and the average), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods: list[str] = table["methods"]
+    rows = [(t, table["score"][t]) for t in table["tasks"]]
+    if table["average"]:
+        rows.append(("average", table["average"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows)), 4.0))
+    for i, method in enumerate(methods):
+        xs = [n + i * width for n in range(len(rows))]
+        ax.bar(xs, [100 * scores.get(method, float("nan")) for _, scores in rows], width, label=method)
+    ax.set_xticks([n + 0.4 - width / 2 for n in range(len(rows))], [name for name, _ in rows])
+    ax.set_ylabel("dev score (task's GLUE metric) x 100")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=len(methods))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_table(out: Path, title: str) -> dict[str, Any]:
+    """Summarise ``out`` into ``table.json``, ``table.md`` and ``table.png`` beside the cells."""
+    table = summarise(out)
+    (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "table.md").write_text(format_markdown(table))
+    plot_table(table, title, out / "table.png")
+    return table
