@@ -6,8 +6,9 @@ profile's cpuset and a CPU quota, and adjusts the quota (throughput is proportio
 single-threaded forward) until the measured rate is within ``tolerance`` of the reference; the
 quota and how it was measured are written back to ``deploy/profiles.yml``.
 
-:func:`measure_profile` then runs bare and SPARTAN forwards under a profile's budget, rounds
-interleaved, for the results table.
+:func:`measure_profile` then runs the bare backbone and the variants with a task attached
+(SPARTAN, Pfeiffer and Houlsby adapters: the paper's Table 1 rows) under a profile's budget,
+rounds interleaved, for the results table.
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ import torch
 
 from loadtest.errors import LoadTestError
 from loadtest.profiles import (
+    PAPER_TABLE1,
     PROFILES_FILE,
+    VARIANTS,
     Calibration,
     load_profile,
     load_profiles,
     pick_profile,
     save_profiles,
 )
-from memories.backbone import Backbone
+from memories.backbone import Backbone, Encoded
 from memories.bench import machine, random_batch
+from memories.methods import build_model
 from memories.model import TaskMemory, run_batch
 from memories.spartan import SpartanConfig
 from service.cgroup import Limits, confine_self
@@ -66,16 +70,33 @@ def probe(run: Callable[[], object], batch_size: int, seconds: float, min_batche
     return batches * batch_size * 60 / (time.perf_counter() - started)
 
 
-def _workloads(backbone: Backbone, options: ProbeOptions) -> dict[str, Callable[[], object]]:
+def _workloads(
+    backbone: Backbone, options: ProbeOptions, variants: tuple[str, ...] = ("bare",)
+) -> dict[str, Callable[[], object]]:
+    """One batch of each variant (see :func:`_workload`)."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise LoadTestError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     batch = random_batch(backbone, options.batch_size, options.seq_length, options.seed)
     torch.manual_seed(options.seed)
-    task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig()).requires_grad_(False)
-    packed = task.pack(backbone.pooling)
-    rows = options.batch_size
-    return {
-        "bare": lambda: backbone.forward(batch),
-        "spartan": lambda: run_batch(backbone, batch, [packed] * rows),
-    }
+    return {variant: _workload(backbone, batch, variant) for variant in variants}
+
+
+def _workload(backbone: Backbone, batch: Encoded, variant: str) -> Callable[[], object]:
+    """The bare backbone, or the backbone with a random 2-class task of that method: SPARTAN
+    through the service's path, adapters (non-zero weights) through their hooks."""
+    if variant == "bare":
+        return lambda: backbone.forward(batch)
+    if variant == "spartan":
+        task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
+        packed = task.requires_grad_(False).pack(backbone.pooling)
+        rows = batch.input_ids.shape[0]
+        return lambda: run_batch(backbone, batch, [packed] * rows)
+    model = build_model("houlsby" if variant == "houlsby" else "pfeiffer", backbone, 2).requires_grad_(False)
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.02)
+    predictor = model.predictor(backbone, backbone.pooling)
+    return lambda: predictor(batch)
 
 
 def _confined_probe(run: Callable[[], object], limits: Limits, threads: int, options: ProbeOptions) -> float:
@@ -149,22 +170,32 @@ def measure_profile(
     path: Path = PROFILES_FILE,
     threads: int | None = None,
     cpuset: str | None = None,
+    variants: tuple[str, ...] = ("bare", "spartan"),
 ) -> dict[str, object]:
-    """Bare and SPARTAN inst/min under the profile's CPU budget, ``rounds`` interleaved rounds;
-    ``threads`` and ``cpuset`` override the profile's (e.g. to show what oversubscription costs)."""
+    """Inst/min of the bare backbone and each variant under the profile's CPU budget, ``rounds``
+    interleaved rounds; ``threads`` and ``cpuset`` override the profile's (e.g. to show what
+    oversubscription costs)."""
+    if "bare" not in variants:
+        variants = ("bare", *variants)
     profile = load_profile(name, path)
     threads = threads or profile.threads
     limits = Limits(cpus=profile.cpus, cpuset=cpuset or profile.cpuset)
-    rates: dict[str, list[float]] = {"bare": [], "spartan": []}
-    workloads = _workloads(backbone, options)
+    workloads = _workloads(backbone, options, variants)
+    rates: dict[str, list[float]] = {variant: [] for variant in workloads}
     for n in range(rounds):
         for variant, run in workloads.items():
             rates[variant].append(_confined_probe(run, limits, threads, options))
         progress(
-            f"{name} round {n + 1}/{rounds}: bare {rates['bare'][-1]:.1f}, "
-            f"spartan {rates['spartan'][-1]:.1f} inst/min"
+            f"{name} round {n + 1}/{rounds}: "
+            + ", ".join(f"{variant} {values[-1]:.1f}" for variant, values in rates.items())
+            + " inst/min"
         )
     median = {variant: statistics.median(values) for variant, values in rates.items()}
+    over_bare = {
+        variant: round(statistics.median(v / b for v, b in zip(values, rates["bare"], strict=True)), 4)
+        for variant, values in rates.items()
+    }
+    paper = PAPER_TABLE1.get(name, {})
     reference = profile.device.reference_inst_per_min
     return {
         "profile": name,
@@ -174,11 +205,11 @@ def measure_profile(
         "batch_size": options.batch_size,
         "seq_length": options.seq_length,
         "rounds": rates,
-        "bare_inst_per_min": round(median["bare"], 1),
-        "spartan_inst_per_min": round(median["spartan"], 1),
-        "spartan_over_bare": round(
-            statistics.median(s / b for s, b in zip(rates["spartan"], rates["bare"], strict=True)), 4
-        ),
-        "paper_bare_inst_per_min": reference,
+        "inst_per_min": {variant: round(value, 1) for variant, value in median.items()},
+        "over_bare": over_bare,
+        "paper_inst_per_min": {variant: paper[variant] for variant in rates if variant in paper},
+        "paper_over_bare": {
+            variant: round(paper[variant] / paper["bare"], 4) for variant in rates if variant in paper
+        },
         "bare_over_paper": round(median["bare"] / reference, 3),
     }

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from loadtest.errors import LoadTestError
-from loadtest.profiles import PROFILES_FILE
+from loadtest.profiles import PROFILES_FILE, VARIANTS
 
 if TYPE_CHECKING:
     from loadtest.calibrate import ProbeOptions
@@ -66,7 +66,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     options = _probe_options(args)
     backbone = load_backbone(args.backbone)
     report = measure_profile(
-        args.profile, backbone, options, args.rounds, _log, args.profiles, args.threads, args.cpuset
+        args.profile,
+        backbone,
+        options,
+        args.rounds,
+        _log,
+        args.profiles,
+        args.threads,
+        args.cpuset,
+        tuple(args.variants),
     )
     report.update({"backbone": args.backbone, "command": args.command_line, "machine": machine()})
     _write_json(report, args.json)
@@ -223,8 +231,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     probe_flags(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
-    probe = commands.add_parser("probe", help="bare vs SPARTAN inst/min in-process under a profile's budget")
+    probe = commands.add_parser(
+        "probe", help="bare vs SPARTAN (and adapters) inst/min in-process under a profile's budget"
+    )
     probe_flags(probe)
+    probe.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=["bare", "spartan"],
+        help="what runs beside the bare backbone (the paper's Table 1: spartan pfeiffer houlsby)",
+    )
     probe.add_argument("--rounds", type=int, default=3)
     probe.add_argument("--threads", type=int, help="torch threads (default: the profile's)")
     probe.add_argument("--cpuset", help="CPUs (default: the profile's), e.g. 0-1")

@@ -20,6 +20,15 @@ from memories.atomic import atomic_write
 from service.cgroup import Limits
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.yml"
+
+# What `spartan loadtest probe` can run beside the bare backbone.
+VARIANTS = ("bare", "spartan", "pfeiffer", "houlsby")
+
+# The paper's Table 1 (inst/min, RoBERTa-base, batch 32), per device profile and variant.
+PAPER_TABLE1: dict[str, dict[str, float]] = {
+    "raspi4": {"bare": 207.6, "pfeiffer": 20.0, "houlsby": 19.5, "spartan": 201.3},
+    "iphone": {"bare": 366.2, "pfeiffer": 216.1, "houlsby": 204.8, "spartan": 332.6},
+}
 HEADER = """\
 # Edge device profiles: the one source of truth for docker-compose.yml (services extend these),
 # the cgroup runner and the load test (loadtest/profiles.py). `spartan loadtest calibrate`

@@ -130,6 +130,26 @@ def test_errors_are_one_line_messages(
     assert "top_k must be in [1, num_parents=16]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["houlsby", "full"])
+def test_a_baseline_trains_and_evaluates_through_the_same_commands(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str
+) -> None:
+    out = tmp_path / f"{method}.safetensors"
+    _train(toy_data, "toy", out, "--method", method, "--bottleneck", "4")
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["method"], summary["file_bytes"]) == (method, out.stat().st_size)
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == method
+    assert report["metrics"]["score"] == pytest.approx(summary["dev"]["score"])
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--precision", "int8"]) == 2
+    assert "evaluated in fp32 only" in capsys.readouterr().err
+    assert (
+        main(["eval", "--memory", str(out), "--data", str(toy_data), "--backbone", "bert-tiny-random"]) == 2
+    )
+    assert "the checkpoint was trained on roberta-tiny-random" in capsys.readouterr().err
+
+
 def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     status = main(

@@ -1,0 +1,84 @@
+"""The reproduction grid: one JSON per cell, resumable, and a table that averages honestly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memories.backbone import Backbone
+from memories.errors import ConfigError
+from memories.reproduce import GridOptions, cell_path, format_markdown, run_grid, summarise, write_table
+
+
+def test_grid_writes_every_cell_then_resumes_without_retraining(
+    roberta_tiny: Backbone, toy_data: Path, tmp_path: Path
+) -> None:
+    options = GridOptions(
+        data=toy_data,
+        out=tmp_path / "grid",
+        checkpoints=tmp_path / "runs",
+        tasks=("toy", "toyreg"),
+        methods=("spartan", "probe"),
+        steps=4,
+        batch_size=4,
+        max_seq_length=32,
+        eval_every=2,
+    )
+    lines: list[str] = []
+    paths = run_grid(options, roberta_tiny, "spartan reproduce grid ...", lines.append)
+    assert [p.name for p in paths] == [
+        "toy-spartan-s1.json",
+        "toy-probe-s1.json",
+        "toyreg-spartan-s1.json",
+        "toyreg-probe-s1.json",
+    ]
+    cell = json.loads(paths[0].read_text())
+    assert (cell["task"], cell["method"], cell["steps"], cell["lr"]) == ("toy", "spartan", 4, 1e-3)
+    assert cell["file_bytes"] == (tmp_path / "runs" / "toy-spartan-s1.safetensors").stat().st_size
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    lines.clear()
+    run_grid(options, roberta_tiny, "again", lines.append)
+    assert [p.stat().st_mtime_ns for p in paths] == stamps, "done cells must not be retrained"
+    assert all("skipped" in line for line in lines)
+    table = write_table(options.out, "toy grid")
+    assert table["tasks"] == ["toy", "toyreg"]
+    assert table["methods"] == ["spartan", "probe"]
+    assert (options.out / "table.png").stat().st_size > 0
+    assert "| toy |" in (options.out / "table.md").read_text()
+
+
+def _cell(out: Path, task: str, method: str, seed: int, score: float) -> None:
+    path = cell_path(out, task, method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    budget = {"backbone": "b", "few_shot": False, "steps": 10, "batch_size": 16, "max_seq_length": 64}
+    cell = {"task": task, "method": method, "seed": seed, "dev": {"score": score}, **budget}
+    path.write_text(json.dumps({**cell, "train_examples_per_minute": 100.0 * seed}))
+
+
+def test_table_means_over_seeds_and_averages_only_complete_tasks(tmp_path: Path) -> None:
+    _cell(tmp_path, "a", "spartan", 1, 0.8)
+    _cell(tmp_path, "a", "spartan", 2, 0.6)
+    _cell(tmp_path, "a", "probe", 1, 0.5)
+    _cell(tmp_path, "b", "spartan", 1, 0.9)
+    _cell(tmp_path, "b", "probe", 1, 0.3)
+    _cell(tmp_path, "c", "spartan", 1, 0.1)  # no probe cell: left out of the average
+    table = summarise(tmp_path)
+    assert table["score"]["a"]["spartan"] == pytest.approx(0.7)
+    assert table["seeds"]["a"] == {"spartan": 2, "probe": 1}
+    assert table["average_over"] == ["a", "b"]
+    assert table["average"] == pytest.approx({"spartan": 0.8, "probe": 0.4})
+    markdown = format_markdown(table)
+    assert "| a | 70.0 (2) | 50.0 |" in markdown
+    assert "| c | 10.0 | - |" in markdown
+    assert "**average** (2 tasks) | **80.0** | **40.0** |" in markdown
+
+
+def test_bad_grids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown methods"):
+        GridOptions(data=tmp_path, out=tmp_path, checkpoints=tmp_path, tasks=("a",), methods=("lora",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at least one task"):
+        GridOptions(data=tmp_path, out=tmp_path, checkpoints=tmp_path, tasks=())
+    with pytest.raises(ConfigError, match="no grid cells"):
+        summarise(tmp_path)
