@@ -426,6 +426,22 @@ def cmd_reproduce_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce_storage(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from memories.backbones import load_backbone
+    from memories.reproduce import storage_table
+
+    with tempfile.TemporaryDirectory(prefix="spartan-storage-") as scratch:
+        report = storage_table(
+            load_backbone(args.backbone), args.tasks, Path(scratch), spartan=_spartan_config(args)
+        )
+    report["command"] = args.command_line
+    print(json.dumps(report, indent=2))
+    _write_report(report, args.json, args.command_line)
+    return 0
+
+
 def cmd_keys_add(args: argparse.Namespace) -> int:
     from service.auth import add_key
 
@@ -585,6 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", type=Path, required=True)
     table.add_argument("--title")
     table.set_defaults(func=cmd_reproduce_table)
+
+    storage = reproduce.add_parser("storage", help="measured bytes per task of every method (appendix E)")
+    storage.add_argument("--backbone", default="roberta-base-random", help="the paper's: RoBERTa-base")
+    storage.add_argument("--tasks", type=int, default=9, help="T, tasks sharing one backbone")
+    storage.add_argument("--json", type=Path, help="write the report here")
+    _add_spartan_options(storage)
+    storage.set_defaults(func=cmd_reproduce_storage)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_add = keys.add_parser("add", help="create a key, store its hash, print the key once")

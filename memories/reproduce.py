@@ -6,6 +6,7 @@ a cell whose JSON exists is skipped, so an interrupted grid resumes where it sto
 :func:`summarise` turns the cells into the table (``table.json``, ``table.md``, ``table.png``):
 the task's GLUE metric per method (mean over seeds), the average over tasks, and the training
 throughput per method. Checkpoints go to a separate folder (they are large and not committed).
+:func:`storage_table` measures what each method stores per task (the paper's appendix E).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 
 from memories.backbone import Backbone
 from memories.bench import machine
+from memories.data import TaskSpec
 from memories.errors import ConfigError
-from memories.methods import METHODS, Method
+from memories.methods import METHODS, Method, SavedTask, build_model, trainable_parameters
+from memories.spartan import SpartanConfig
 from memories.train import TrainOptions, train
 
 
@@ -203,3 +206,62 @@ def write_table(out: Path, title: str) -> dict[str, Any]:
     (out / "table.md").write_text(format_markdown(table))
     plot_table(table, title, out / "table.png")
     return table
+
+
+# The paper's appendix E: parameters (millions) and storage (GB) for the nine GLUE tasks.
+PAPER_STORAGE_T9 = {
+    "full": {"parameters_m": 1107.0, "gb": 4.43},
+    "houlsby": {"parameters_m": 144.23, "gb": 0.58},
+    "pfeiffer": {"parameters_m": 133.62, "gb": 0.53},
+    "spartan": {"parameters_m": 133.62, "gb": 0.53},
+}
+
+
+def storage_table(
+    backbone: Backbone, tasks: int, scratch: Path, num_outputs: int = 2, spartan: SpartanConfig | None = None
+) -> dict[str, Any]:
+    """Measured bytes per task of every method (fp32 and fp16 files of a fresh 2-class model)
+    and for ``tasks`` tasks (backbone once + a file per task; full fine-tuning: a file per task),
+    beside the paper's formula N + 2T(P + PC)dL and its appendix E numbers."""
+    from safetensors.torch import save_file
+
+    config = spartan or SpartanConfig()
+    scratch.mkdir(parents=True, exist_ok=True)
+    backbone_file = scratch / "backbone.safetensors"
+    save_file(
+        {n: p.detach().contiguous() for n, p in backbone.model.state_dict().items()}, str(backbone_file)
+    )
+    backbone_bytes = backbone_file.stat().st_size
+    backbone_file.unlink()
+    n_backbone = sum(p.numel() for p in backbone.model.parameters())
+    spec = TaskSpec("storage", "classification", tuple(f"c{i}" for i in range(num_outputs)), "accuracy")
+    rows: dict[str, Any] = {}
+    for method in METHODS:
+        model = build_model(method, backbone, num_outputs, config)
+        row: dict[str, Any] = {"parameters": trainable_parameters(model)}
+        for dtype in ("float32", "float16"):
+            path = scratch / f"{method}-{dtype}.safetensors"
+            size = model.save(path, SavedTask(backbone, spec, backbone.pooling, 128, {}), dtype)
+            path.unlink()
+            shared = 0 if method == "full" else backbone_bytes
+            row[dtype] = {"bytes_per_task": size, f"bytes_for_{tasks}_tasks": shared + tasks * size}
+        shared_params = 0 if method == "full" else n_backbone
+        row[f"parameters_for_{tasks}_tasks"] = shared_params + tasks * row["parameters"]
+        rows[method] = row
+    d, layers = backbone.hidden_size, backbone.num_layers
+    p, c = config.num_parents, config.num_children
+    return {
+        "backbone": backbone.name,
+        "backbone_parameters": n_backbone,
+        "backbone_file_bytes": backbone_bytes,
+        "tasks": tasks,
+        "spartan": {"num_parents": p, "num_children": c, "top_k": config.top_k},
+        "methods": rows,
+        "paper_formula": {
+            "expression": "N + 2T(P + PC)dL",
+            "per_task": 2 * (p + p * c) * d * layers,
+            f"for_{tasks}_tasks": n_backbone + 2 * tasks * (p + p * c) * d * layers,
+        },
+        "paper_appendix_e_t9": PAPER_STORAGE_T9,
+        "machine": machine(),
+    }
