@@ -27,6 +27,7 @@ from service.errors import ServiceError
 if TYPE_CHECKING:  # the heavy modules load inside the commands that need them
     from memories.backbone import Backbone
     from memories.data import Example, TaskSpec
+    from memories.evaluate import Predictor
     from memories.memfile import MemoryFile
 
 
@@ -165,13 +166,43 @@ def _run_facts(args: argparse.Namespace, task: str, examples: int, backbone: Bac
     }
 
 
-def _eval_baseline(args: argparse.Namespace) -> int:
-    """``spartan eval`` on a baseline checkpoint (adapters, full fine-tuning, probe): fp32 only."""
+def _eval_and_report(
+    args: argparse.Namespace,
+    backbone: Backbone,
+    predictor: Predictor,
+    spec: TaskSpec,
+    examples: list[Example],
+    max_seq_length: int,
+    facts: dict[str, object],
+) -> int:
+    """Score ``predictor`` on the examples with a progress bar; print the metrics or a JSON report."""
     from tqdm import tqdm
 
+    from memories.evaluate import evaluate
+
+    started = time.perf_counter()
+    with tqdm(total=len(examples), desc=f"eval {spec.name}/{args.split}", unit="ex", file=sys.stderr) as bar:
+        result = evaluate(backbone, predictor, spec, examples, max_seq_length, args.batch_size, bar.update)
+    report = {
+        **_run_facts(args, spec.name, len(examples), backbone),
+        **facts,
+        "metrics": result.metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{spec.name} {args.split} ({len(examples)} examples): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        )
+    return 0
+
+
+def _eval_baseline(args: argparse.Namespace) -> int:
+    """``spartan eval`` on a baseline checkpoint (adapters, full fine-tuning, probe): fp32 only."""
     from memories.backbones import load_backbone
     from memories.checkpoint import read_checkpoint
-    from memories.evaluate import evaluate
     from memories.methods import load_baseline
 
     if args.precision != "fp32" or args.resident_dtype not in ("auto", "float32"):
@@ -179,78 +210,37 @@ def _eval_baseline(args: argparse.Namespace) -> int:
             "baseline checkpoints are evaluated in fp32 only (drop --precision/--resident-dtype)"
         )
     meta, _ = read_checkpoint(args.memory)
-    spec, examples, task = _split_for(args, meta.task, meta.labels, meta.task_type)
+    spec, examples, _ = _split_for(args, meta.task, meta.labels, meta.task_type)
     backbone = load_backbone(args.backbone or meta.backbone)
     model, _ = load_baseline(args.memory, backbone)
-    started = time.perf_counter()
-    with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
-        result = evaluate(
-            backbone,
-            model.predictor(backbone, meta.pooling),
-            spec,
-            examples,
-            args.max_seq_length or meta.max_seq_length,
-            args.batch_size,
-            bar.update,
-        )
-    report = {
-        **_run_facts(args, task, len(examples), backbone),
-        "method": meta.method,
-        "metrics": result.metrics,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    _print_eval(args, report, task, len(examples), result.metrics)
-    return 0
-
-
-def _print_eval(
-    args: argparse.Namespace, report: dict[str, object], task: str, examples: int, metrics: dict[str, float]
-) -> None:
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(
-            f"{task} {args.split} ({examples} examples): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        )
+    predictor = model.predictor(backbone, meta.pooling)
+    max_length = args.max_seq_length or meta.max_seq_length
+    return _eval_and_report(args, backbone, predictor, spec, examples, max_length, {"method": meta.method})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from memories.checkpoint import FORMAT_NAME as BASELINE_FORMAT
     from memories.checkpoint import file_format
-    from memories.evaluate import evaluate, memory_predictor
+    from memories.evaluate import memory_predictor
     from memories.precision import FP32_LAYERS
 
     _set_threads(args.threads)
     if file_format(args.memory) == BASELINE_FORMAT:
         return _eval_baseline(args)
     fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
-    memfile, backbone, spec, examples, task = _memory_on_data(args, args.precision, fp32_layers)
+    memfile, backbone, spec, examples, _ = _memory_on_data(args, args.precision, fp32_layers)
     meta = memfile.metadata
-    started = time.perf_counter()
-    with tqdm(total=len(examples), desc=f"eval {task}/{args.split}", unit="ex", file=sys.stderr) as bar:
-        result = evaluate(
-            backbone,
-            memory_predictor(backbone, memfile.to_packed(args.resident_dtype)),
-            spec,
-            examples,
-            args.max_seq_length or meta.max_seq_length,
-            args.batch_size,
-            bar.update,
-        )
-    report = {
-        **_run_facts(args, task, len(examples), backbone),
+    facts: dict[str, object] = {
+        "method": "spartan",
         "precision": backbone.precision,
         "int8_fp32_layers": list(fp32_layers) if backbone.precision == "int8" else None,
         "file_dtype": memfile.dtype,
         "resident_dtype": args.resident_dtype,
-        "metrics": result.metrics,
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    _print_eval(args, report, task, len(examples), result.metrics)
-    return 0
+    predictor = memory_predictor(backbone, memfile.to_packed(args.resident_dtype))
+    return _eval_and_report(
+        args, backbone, predictor, spec, examples, args.max_seq_length or meta.max_seq_length, facts
+    )
 
 
 def _write_report(report: dict[str, object], path: Path | None, command: str) -> None:
