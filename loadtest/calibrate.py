@@ -36,8 +36,7 @@ from loadtest.profiles import (
     save_profiles,
 )
 from memories.backbone import Backbone, Encoded
-from memories.bench import machine, random_batch
-from memories.methods import build_model
+from memories.bench import adapter_forward, machine, random_batch
 from memories.model import TaskMemory, run_batch
 from memories.spartan import SpartanConfig
 from service.cgroup import Limits, confine_self
@@ -92,11 +91,7 @@ def _workload(backbone: Backbone, batch: Encoded, variant: str) -> Callable[[], 
         packed = task.requires_grad_(False).pack(backbone.pooling)
         rows = batch.input_ids.shape[0]
         return lambda: run_batch(backbone, batch, [packed] * rows)
-    model = build_model("houlsby" if variant == "houlsby" else "pfeiffer", backbone, 2).requires_grad_(False)
-    for param in model.parameters():
-        torch.nn.init.normal_(param, std=0.02)
-    predictor = model.predictor(backbone, backbone.pooling)
-    return lambda: predictor(batch)
+    return adapter_forward(backbone, batch, variant)
 
 
 def _confined_probe(run: Callable[[], object], limits: Limits, threads: int, options: ProbeOptions) -> float:

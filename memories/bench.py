@@ -14,6 +14,8 @@ Variants:
 * ``spartan-dense``: one memory, every child via two GEMMs and a top-K mask (production path);
 * ``spartan-gather``: one memory, only the chosen parents' children gathered per token;
 * ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs);
+* ``pfeiffer``, ``houlsby``: the paper's adapter baselines (memories.adapters), one task, with
+  its head; not run unless asked for;
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
   mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
   SPARTAN's cost in int8 mode are measured in the same run.
@@ -35,6 +37,7 @@ import torch
 
 from memories.backbone import Backbone, Encoded, LayerMemory
 from memories.errors import ConfigError
+from memories.methods import build_model
 from memories.model import PackedMemory, TaskMemory, run_batch
 from memories.precision import FP32_LAYERS
 from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
@@ -50,6 +53,8 @@ VARIANTS = (
     "bare-compiled",
     "spartan-dense-compiled",
     "mixed-dense-compiled",
+    "pfeiffer",
+    "houlsby",
 )
 DEFAULT_VARIANTS = VARIANTS[:4]
 
@@ -93,6 +98,17 @@ def _gather_memory(task: TaskMemory) -> LayerMemory:
     return apply
 
 
+def adapter_forward(backbone: Backbone, batch: Encoded, kind: str) -> Callable[[], torch.Tensor]:
+    """One inference call of a random 2-class adapter task of ``kind`` (pfeiffer or houlsby) on
+    ``batch``; the weights are non-zero, so nothing is skipped."""
+    assert kind in ("pfeiffer", "houlsby"), f"not an adapter kind: {kind}"
+    model = build_model("houlsby" if kind == "houlsby" else "pfeiffer", backbone, 2).requires_grad_(False)
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.02)
+    predictor = model.predictor(backbone, backbone.pooling)
+    return lambda: predictor(batch)
+
+
 def needs_int8(options: BenchOptions) -> bool:
     return any(name.endswith("-int8") for name in options.variants)
 
@@ -122,6 +138,9 @@ def _variants(
         "spartan-gather": lambda: backbone.forward(batch, gather),
         "mixed-dense": lambda: run_batch(backbone, batch, packed),
     }
+    for kind in ("pfeiffer", "houlsby"):
+        if kind in options.variants:
+            variants[kind] = adapter_forward(backbone, batch, kind)
     if int8 is not None:
         variants["bare-int8"] = lambda: int8.forward(batch)
         variants["spartan-dense-int8"] = lambda: run_batch(int8, batch, [packed[0]] * rows)

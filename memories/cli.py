@@ -538,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--variants",
         nargs="+",
-        help="subset of: bare spartan-dense spartan-gather mixed-dense (default: all)",
+        help="any of: bare spartan-dense spartan-gather mixed-dense (the default), their -int8 and "
+        "-compiled forms, pfeiffer houlsby (the paper's adapter baselines)",
     )
     bench.add_argument("--tasks", type=int, default=8, help="--http: memories the requests rotate over")
     bench.add_argument("--requests", type=int, default=512, help="--http: requests per side and round")
