@@ -198,9 +198,10 @@ def test_backbones_lists_the_catalogue(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_bench_variant_subset_and_bad_variant(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "--backbone", "roberta-tiny-random", "--batch-size", "2", "--seq", "16", "--rounds", "1"]
-    assert main([*argv, "--variants", "bare", "spartan-dense"]) == 0
+    assert main([*argv, "--variants", "bare", "spartan-dense", "houlsby"]) == 0
     out = capsys.readouterr().out
     assert "| 16 | spartan-dense |" in out
+    assert "| 16 | houlsby |" in out
     assert "gather" not in out
     assert main([*argv, "--variants", "fast"]) == 2
     assert "unknown or no variants ['fast']" in capsys.readouterr().err
