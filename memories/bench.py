@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memories.adapters import Adapter
 from memories.backbone import Backbone, Encoded, LayerMemory
 from memories.errors import ConfigError
 from memories.methods import build_model
@@ -190,10 +191,21 @@ def _memory_ops(
     return {"shared": shared, "per_row": per_row}
 
 
+def _adapter_ops(hidden_size: int) -> dict[str, Callable[[torch.Tensor], object]]:
+    """One bottleneck-64 adapter (random weights) on a layer output: Pfeiffer's and Houlsby's."""
+    ops: dict[str, Callable[[torch.Tensor], object]] = {}
+    for name, act in (("adapter-relu", torch.nn.ReLU()), ("adapter-swish", torch.nn.SiLU())):
+        adapter = Adapter(hidden_size, 64, act).requires_grad_(False)
+        torch.nn.init.normal_(adapter.up.weight, std=0.02)
+        ops[name] = adapter.forward
+    return ops
+
+
 def layer_bench(
     backbone: Backbone, batch_size: int, seq: int, rounds: int, config: SpartanConfig, index: int = 0
 ) -> dict[str, object]:
-    """Encoder layer ``index`` bare vs followed by the dense memory (one memory; one per row), interleaved.
+    """Encoder layer ``index`` bare vs followed by the dense memory (one memory; one per row), interleaved;
+    plus the cost of one adapter alone, from which the adapter baselines' per-layer ratios follow.
 
     A layer at batch 32 takes a few hundred milliseconds, so many interleaved rounds fit in the
     time of a few full forwards and the ratios resist a noisy host far better.
@@ -223,7 +235,10 @@ def layer_bench(
     best = {name: min(ts) for name, ts in times.items()}
     # The op alone takes milliseconds: hundreds of repeats cost little and their minimum is steady.
     hidden = run_layer()
-    alone = _interleaved({name: functools.partial(op, hidden) for name, op in ops.items()}, 10 * rounds)
+    adapters = _adapter_ops(backbone.hidden_size)
+    alone = _interleaved(
+        {name: functools.partial(op, hidden) for name, op in {**ops, **adapters}.items()}, 10 * rounds
+    )
     op = {name: min(ts) for name, ts in alone.items()}
     return {
         "precision": backbone.precision,
@@ -241,6 +256,11 @@ def layer_bench(
                 "best": round(best["spartan-dense"] / best["mixed-dense"], 4),
                 "median_paired": _paired_ratio(times["spartan-dense"], times["mixed-dense"]),
                 "from_op_alone": round((best["bare"] + op["shared"]) / (best["bare"] + op["per_row"]), 4),
+            },
+            # Pfeiffer: one ReLU adapter per layer; Houlsby: two swish adapters per layer.
+            "pfeiffer/bare": {"from_op_alone": round(best["bare"] / (best["bare"] + op["adapter-relu"]), 4)},
+            "houlsby/bare": {
+                "from_op_alone": round(best["bare"] / (best["bare"] + 2 * op["adapter-swish"]), 4)
             },
         },
     }
@@ -380,14 +400,21 @@ def format_table(report: dict[str, object]) -> str:
     if layer_results:
         lines += [
             "",
-            "| seq (precision) | layer: bare ms | memory op alone ms | per-row op ms "
-            "| memory / bare | mixed / single |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| seq (precision) | layer: bare ms | memory op alone ms | per-row op ms | adapter ms "
+            "| memory / bare | mixed / single | pfeiffer / bare | houlsby / bare |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for seq, layer in layer_results.items():
             ms, op, ratio = layer["milliseconds_best"], layer["memory_op_alone_ms"], layer["ratios"]
-            single = ratio["spartan-dense/bare"]["from_op_alone"]
-            mixed = ratio["mixed-dense/spartan-dense"]["from_op_alone"]
-            times = f"{ms['bare']} | {op['shared']} | {op['per_row']}"
-            lines.append(f"| {seq} | {times} | {single:.4f} | {mixed:.4f} |")
+            estimates = [
+                ratio[name]["from_op_alone"]
+                for name in (
+                    "spartan-dense/bare",
+                    "mixed-dense/spartan-dense",
+                    "pfeiffer/bare",
+                    "houlsby/bare",
+                )
+            ]
+            times = f"{ms['bare']} | {op['shared']} | {op['per_row']} | {op['adapter-relu']}"
+            lines.append(f"| {seq} | {times} | " + " | ".join(f"{e:.4f}" for e in estimates) + " |")
     return "\n".join(lines)
