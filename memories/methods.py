@@ -94,10 +94,17 @@ class TaskModel(nn.Module):
 
     def save(self, path: Path, task: SavedTask, dtype: FileDType) -> int:
         """Write the task's file; returns its size in bytes."""
-        assert self.method != "spartan", "SpartanModel overrides save"
-        method: BaselineMethod = self.method
+        raise NotImplementedError
+
+
+class BaselineModel(TaskModel):
+    """A method the paper compares against: saved as a baseline checkpoint, never served."""
+
+    method: BaselineMethod
+
+    def save(self, path: Path, task: SavedTask, dtype: FileDType) -> int:
         checkpoint = CheckpointMetadata(
-            method=method,
+            method=self.method,
             backbone=task.backbone.name,
             backbone_fingerprint=task.backbone.fingerprint,
             task=task.spec.name,
@@ -147,7 +154,7 @@ class SpartanModel(TaskModel):
         return path.stat().st_size
 
 
-class AdapterModel(TaskModel):
+class AdapterModel(BaselineModel):
     """Pfeiffer or Houlsby adapters hooked into the frozen backbone, and the head."""
 
     def __init__(self, backbone: Backbone, num_outputs: int, config: AdapterConfig) -> None:
@@ -166,10 +173,10 @@ class AdapterModel(TaskModel):
         return self.adapters.config.bottleneck
 
 
-class FullFineTune(TaskModel):
+class FullFineTune(BaselineModel):
     """A trainable copy of the whole encoder and the head."""
 
-    method: Method = "full"
+    method: BaselineMethod = "full"
 
     def __init__(self, backbone: Backbone, num_outputs: int) -> None:
         super().__init__()
@@ -183,10 +190,10 @@ class FullFineTune(TaskModel):
         return logits
 
 
-class LinearProbe(TaskModel):
+class LinearProbe(BaselineModel):
     """One linear layer on the frozen backbone's pooled features."""
 
-    method: Method = "probe"
+    method: BaselineMethod = "probe"
 
     def __init__(self, backbone: Backbone, num_outputs: int) -> None:
         super().__init__()

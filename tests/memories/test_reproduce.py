@@ -9,7 +9,15 @@ import pytest
 
 from memories.backbone import Backbone
 from memories.errors import ConfigError
-from memories.reproduce import GridOptions, cell_path, format_markdown, run_grid, summarise, write_table
+from memories.reproduce import (
+    GridOptions,
+    cell_path,
+    format_markdown,
+    run_grid,
+    storage_table,
+    summarise,
+    write_table,
+)
 
 
 def test_grid_writes_every_cell_then_resumes_without_retraining(
@@ -82,3 +90,28 @@ def test_bad_grids_are_refused(tmp_path: Path) -> None:
         GridOptions(data=tmp_path, out=tmp_path, checkpoints=tmp_path, tasks=())
     with pytest.raises(ConfigError, match="no grid cells"):
         summarise(tmp_path)
+
+
+def test_storage_table_measures_files_and_applies_the_paper_formula(
+    roberta_tiny: Backbone, tmp_path: Path
+) -> None:
+    from memories.methods import METHODS
+    from memories.spartan import SpartanConfig
+
+    config = SpartanConfig(4, 2, 2)
+    table = storage_table(roberta_tiny, 3, tmp_path, spartan=config)
+    assert list(tmp_path.iterdir()) == [], "scratch files are removed"
+    d, layers, n = roberta_tiny.hidden_size, roberta_tiny.num_layers, table["backbone_parameters"]
+    assert table["paper_formula"]["per_task"] == 2 * (4 + 4 * 2) * d * layers
+    assert table["paper_formula"]["for_3_tasks"] == n + 3 * table["paper_formula"]["per_task"]
+    rows = table["methods"]
+    assert list(rows) == list(METHODS)
+    head = d * d + d + 2 * d + 2
+    assert rows["spartan"]["parameters"] == (4 + 2 * 4 * 2) * d * layers + head
+    for method, row in rows.items():
+        fp32, fp16 = row["float32"]["bytes_per_task"], row["float16"]["bytes_per_task"]
+        assert 4 * row["parameters"] < fp32 < 4 * row["parameters"] + 16384, f"{method}: tensors + a header"
+        assert fp16 < fp32
+        shared = 0 if method == "full" else table["backbone_file_bytes"]
+        assert row["float32"]["bytes_for_3_tasks"] == shared + 3 * fp32
+    assert rows["full"]["parameters_for_3_tasks"] == 3 * rows["full"]["parameters"]
