@@ -184,10 +184,19 @@ def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert report["command"].startswith("spartan ")
     layer = report["layer"]["16"]
     assert set(layer["milliseconds_best"]) == {"bare", "spartan-dense", "mixed-dense"}
-    assert set(layer["ratios"]) == {"spartan-dense/bare", "mixed-dense/spartan-dense"}
-    assert set(layer["memory_op_alone_ms"]) == {"shared", "per_row"}
+    assert set(layer["ratios"]) == {
+        "spartan-dense/bare",
+        "mixed-dense/spartan-dense",
+        "pfeiffer/bare",
+        "houlsby/bare",
+    }
+    assert set(layer["memory_op_alone_ms"]) == {"shared", "per_row", "adapter-relu", "adapter-swish"}
     assert layer["memory_op_alone_ms"]["shared"] > 0
-    assert 0 < layer["ratios"]["spartan-dense/bare"]["from_op_alone"] < 1
+    for ratio in ("spartan-dense/bare", "pfeiffer/bare", "houlsby/bare"):
+        assert 0 < layer["ratios"][ratio]["from_op_alone"] < 1
+    assert (
+        layer["ratios"]["houlsby/bare"]["from_op_alone"] < layer["ratios"]["pfeiffer/bare"]["from_op_alone"]
+    ), "two adapters per layer cost more than one"
     assert "| 16 | spartan-dense |" in capsys.readouterr().out
 
 
