@@ -432,6 +432,20 @@ def cmd_reproduce_storage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce_train_speed(args: argparse.Namespace) -> int:
+    from memories.backbones import load_backbone
+    from memories.reproduce import train_speed
+
+    _set_threads(args.threads)
+    report = train_speed(
+        load_backbone(args.backbone), tuple(args.methods), args.batch_size, args.seq_length, args.rounds, _log
+    )
+    report["command"] = args.command_line
+    print(json.dumps({k: v for k, v in report.items() if k != "seconds"}, indent=2))
+    _write_report(report, args.json, args.command_line)
+    return 0
+
+
 def cmd_keys_add(args: argparse.Namespace) -> int:
     from service.auth import add_key
 
@@ -599,6 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--json", type=Path, help="write the report here")
     _add_spartan_options(storage)
     storage.set_defaults(func=cmd_reproduce_storage)
+
+    speed = reproduce.add_parser(
+        "train-speed", help="fine-tuning inst/min of every method, interleaved in one process (Table 2)"
+    )
+    speed.add_argument("--backbone", default="minilm")
+    speed.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    speed.add_argument("--batch-size", type=int, default=16)
+    speed.add_argument("--seq-length", type=int, default=64)
+    speed.add_argument("--rounds", type=int, default=10)
+    speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--json", type=Path, help="write the report here")
+    speed.set_defaults(func=cmd_reproduce_train_speed)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_add = keys.add_parser("add", help="create a key, store its hash, print the key once")

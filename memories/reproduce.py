@@ -6,23 +6,35 @@ a cell whose JSON exists is skipped, so an interrupted grid resumes where it sto
 :func:`summarise` turns the cells into the table (``table.json``, ``table.md``, ``table.png``):
 the task's GLUE metric per method (mean over seeds), the average over tasks, and the training
 throughput per method. Checkpoints go to a separate folder (they are large and not committed).
-:func:`storage_table` measures what each method stores per task (the paper's appendix E).
+:func:`storage_table` measures what each method stores per task (the paper's appendix E), and
+:func:`train_speed` each method's fine-tuning throughput, all methods interleaved in one process.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memories.backbone import Backbone
-from memories.bench import machine
+import torch
+
+from memories.backbone import Backbone, Encoded
+from memories.bench import machine, random_batch
 from memories.data import TaskSpec
 from memories.errors import ConfigError
-from memories.methods import METHODS, Method, SavedTask, build_model, trainable_parameters
+from memories.methods import (
+    DEFAULT_LR,
+    METHODS,
+    Method,
+    SavedTask,
+    TaskModel,
+    build_model,
+    trainable_parameters,
+)
 from memories.spartan import SpartanConfig
 from memories.train import TrainOptions, train
 
@@ -265,3 +277,67 @@ def storage_table(
         "paper_appendix_e_t9": PAPER_STORAGE_T9,
         "machine": machine(),
     }
+
+
+def train_speed(
+    backbone: Backbone,
+    methods: tuple[Method, ...] = METHODS,
+    batch_size: int = 16,
+    seq_length: int = 64,
+    rounds: int = 10,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fine-tuning throughput of every method, measured in one process on one fixed batch:
+    one training step (forward, backward, clipping, AdamW) of each method per round, the order
+    rotating every round, so the methods share whatever the host does. Returns training
+    instances per minute (best and median round) and ratios to SPARTAN's."""
+    batch = random_batch(backbone, batch_size, seq_length, seed=0)
+    labels = torch.arange(batch_size) % 2
+    steps: dict[str, Callable[[], None]] = {}
+    for method in methods:
+        torch.manual_seed(0)
+        model = build_model(method, backbone, 2)
+        steps[method] = _train_step(model, backbone, batch, labels, DEFAULT_LR[method])
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for step in steps.values():
+        step()  # warm-up
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            tick = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - tick)
+        progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ts[-1]:.2f}s" for n, ts in times.items()))
+    best = {m: 60.0 * batch_size / min(ts) for m, ts in times.items()}
+    median = {m: 60.0 * batch_size / statistics.median(ts) for m, ts in times.items()}
+    reference = "spartan" if "spartan" in times else names[0]
+    return {
+        "backbone": backbone.name,
+        "batch_size": batch_size,
+        "seq_length": seq_length,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "train_inst_per_min_best": {m: round(v, 1) for m, v in best.items()},
+        "train_inst_per_min_median": {m: round(v, 1) for m, v in median.items()},
+        f"over_{reference}_best": {m: round(best[m] / best[reference], 4) for m in best},
+        "seconds": {m: [round(t, 4) for t in ts] for m, ts in times.items()},
+        "machine": machine(),
+    }
+
+
+def _train_step(
+    model: TaskModel, backbone: Backbone, batch: Encoded, labels: torch.Tensor, lr: float
+) -> Callable[[], None]:
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=lr)
+    model.train()
+
+    def step() -> None:
+        logits = model(backbone, batch, backbone.pooling)  # [B, 2]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+
+    return step

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from memories.backbone import Backbone
 from memories.errors import ConfigError
@@ -16,6 +17,7 @@ from memories.reproduce import (
     run_grid,
     storage_table,
     summarise,
+    train_speed,
     write_table,
 )
 
@@ -115,3 +117,15 @@ def test_storage_table_measures_files_and_applies_the_paper_formula(
         shared = 0 if method == "full" else table["backbone_file_bytes"]
         assert row["float32"]["bytes_for_3_tasks"] == shared + 3 * fp32
     assert rows["full"]["parameters_for_3_tasks"] == 3 * rows["full"]["parameters"]
+
+
+def test_train_speed_interleaves_the_methods_and_relates_them_to_spartan(roberta_tiny: Backbone) -> None:
+    before = {n: p.clone() for n, p in roberta_tiny.model.named_parameters()}
+    report = train_speed(roberta_tiny, ("spartan", "houlsby", "probe"), 4, 16, 2, lambda _: None)
+    assert set(report["seconds"]) == {"spartan", "houlsby", "probe"}
+    assert all(len(ts) == 2 for ts in report["seconds"].values())
+    assert report["over_spartan_best"]["spartan"] == 1.0
+    best = report["train_inst_per_min_best"]
+    assert report["over_spartan_best"]["probe"] == pytest.approx(best["probe"] / best["spartan"], rel=1e-3)
+    for name, param in roberta_tiny.model.named_parameters():
+        assert torch.equal(param, before[name]), f"training steps changed the backbone's {name}"
