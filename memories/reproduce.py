@@ -1,4 +1,4 @@
-"""Reproduce the paper's accuracy tables: every method on every task, one resumable grid.
+"""Reproduce the paper's tables: every method on every task (one resumable grid), storage, training speed.
 
 :func:`run_grid` trains each (task, method, seed) cell with :func:`~memories.train.train` under
 one budget (steps, batch, sequence length) and writes one JSON per cell to the output folder;
