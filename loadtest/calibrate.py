@@ -39,6 +39,7 @@ from memories.backbone import Backbone, Encoded
 from memories.bench import adapter_forward, machine, random_batch
 from memories.model import TaskMemory, run_batch
 from memories.spartan import SpartanConfig
+from memories.timing import median_ratio
 from service.cgroup import Limits, confine_self
 
 
@@ -186,10 +187,7 @@ def measure_profile(
             + " inst/min"
         )
     median = {variant: statistics.median(values) for variant, values in rates.items()}
-    over_bare = {
-        variant: round(statistics.median(v / b for v, b in zip(values, rates["bare"], strict=True)), 4)
-        for variant, values in rates.items()
-    }
+    over_bare = {variant: median_ratio(values, rates["bare"]) for variant, values in rates.items()}
     paper = PAPER_TABLE1.get(name, {})
     reference = profile.device.reference_inst_per_min
     return {

@@ -29,7 +29,6 @@ import functools
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +41,7 @@ from memories.methods import build_model
 from memories.model import PackedMemory, TaskMemory, run_batch
 from memories.precision import FP32_LAYERS
 from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
+from memories.timing import interleaved, median_ratio
 
 VARIANTS = (
     "bare",
@@ -153,28 +153,6 @@ def _variants(
     return variants
 
 
-def _interleaved(
-    variants: dict[str, Callable[[], object]],
-    rounds: int,
-    after_round: Callable[[int, dict[str, list[float]]], None] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of every variant: one warm-up call each, then ``rounds`` rounds in which
-    every variant runs once, the order rotating each round (no variant always runs first)."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    with torch.no_grad():
-        for fn in variants.values():
-            fn()  # warm-up: allocator, first-call paths
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                tick = time.perf_counter()
-                variants[name]()
-                times[name].append(time.perf_counter() - tick)
-            if after_round is not None:
-                after_round(r, times)
-    return times
-
-
 def _memory_ops(
     packed: list[tuple[torch.Tensor, torch.Tensor]], config: SpartanConfig
 ) -> dict[str, Callable[[torch.Tensor], None]]:
@@ -224,7 +202,7 @@ def layer_bench(
         return hidden
 
     ops = _memory_ops(packed, config)
-    times = _interleaved(
+    times = interleaved(
         {
             "bare": run_layer,
             "spartan-dense": lambda: ops["shared"](run_layer()),
@@ -236,7 +214,7 @@ def layer_bench(
     # The op alone takes milliseconds: hundreds of repeats cost little and their minimum is steady.
     hidden = run_layer()
     adapters = _adapter_ops(backbone.hidden_size)
-    alone = _interleaved(
+    alone = interleaved(
         {name: functools.partial(op, hidden) for name, op in {**ops, **adapters}.items()}, 10 * rounds
     )
     op = {name: min(ts) for name, ts in alone.items()}
@@ -249,12 +227,12 @@ def layer_bench(
         "ratios": {
             "spartan-dense/bare": {
                 "best": round(best["bare"] / best["spartan-dense"], 4),
-                "median_paired": _paired_ratio(times["bare"], times["spartan-dense"]),
+                "median_paired": median_ratio(times["bare"], times["spartan-dense"]),
                 "from_op_alone": round(best["bare"] / (best["bare"] + op["shared"]), 4),
             },
             "mixed-dense/spartan-dense": {
                 "best": round(best["spartan-dense"] / best["mixed-dense"], 4),
-                "median_paired": _paired_ratio(times["spartan-dense"], times["mixed-dense"]),
+                "median_paired": median_ratio(times["spartan-dense"], times["mixed-dense"]),
                 "from_op_alone": round((best["bare"] + op["shared"]) / (best["bare"] + op["per_row"]), 4),
             },
             # Pfeiffer: one ReLU adapter per layer; Houlsby: two swish adapters per layer.
@@ -311,7 +289,7 @@ def run_bench(
                 + ", ".join(f"{name} {ts[-1]:.2f}s" for name, ts in times.items())
             )
 
-        times = _interleaved(variants, options.rounds, report_round)
+        times = interleaved(variants, options.rounds, report_round)
         per_variant = {
             name: {
                 "best_inst_per_min": round(60.0 * options.batch_size / min(ts), 1),
@@ -334,7 +312,7 @@ def run_bench(
         ratios = {
             f"{a}/{b}": {
                 "best": round(min(times[b]) / min(times[a]), 4),
-                "median_paired": _paired_ratio(times[b], times[a]),
+                "median_paired": median_ratio(times[b], times[a]),
             }
             for a, b in pairs
         }
@@ -366,11 +344,6 @@ def run_bench(
         "results": results,
         "layer": layers,
     }
-
-
-def _paired_ratio(reference: list[float], other: list[float]) -> float:
-    """Median over rounds of throughput(other) / throughput(reference) = t_ref / t_other."""
-    return round(statistics.median(r / o for r, o in zip(reference, other, strict=True)), 4)
 
 
 def format_table(report: dict[str, object]) -> str:
