@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from memories.methods import (
     trainable_parameters,
 )
 from memories.spartan import SpartanConfig
+from memories.timing import interleaved
 from memories.train import TrainOptions, train
 
 
@@ -144,6 +144,7 @@ def summarise(out: Path, methods: tuple[Method, ...] = METHODS) -> dict[str, Any
         m: statistics.median(c["train_examples_per_minute"] for c in cells if c["method"] == m)
         for m in present
     }
+    few_shot: bool = cells[0]["few_shot"]
     return {
         "methods": present,
         "tasks": tasks,
@@ -154,28 +155,76 @@ def summarise(out: Path, methods: tuple[Method, ...] = METHODS) -> dict[str, Any
         "train_examples_per_minute": speed,
         "cells": len(cells),
         "budget": {k: cells[0][k] for k in ("backbone", "few_shot", "steps", "batch_size", "max_seq_length")},
+        "paper": paper_columns(few_shot, present, tasks, complete),
+    }
+
+
+# The paper's dev scores (x 100; RoBERTa-base, mean of 3 seeds; MNLI = matched dev set; QQP scored
+# by accuracy, the other tasks by GLUE's metric): Table 1 trains on the full data, Table 3 on 200.
+PAPER_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+_PAPER_TABLE1 = {
+    "full": (60.5, 94.3, 88.2, 91.3, 90.7, 87.5, 92.4, 75.3, 47.9),
+    "pfeiffer": (59.7, 94.2, 88.0, 89.5, 90.3, 86.8, 92.4, 76.8, 50.7),
+    "houlsby": (59.1, 94.3, 86.9, 89.9, 90.5, 87.1, 92.6, 76.8, 51.6),
+    "spartan": (60.5, 94.4, 89.2, 89.6, 90.3, 86.5, 91.9, 75.0, 52.1),
+}
+_PAPER_TABLE3 = {
+    "full": (34.6, 87.3, 77.7, 71.8, 74.4, 57.7, 77.8, 53.9, 34.7),
+    "pfeiffer": (39.7, 87.5, 78.6, 74.3, 79.8, 54.4, 76.1, 52.6, 39.9),
+    "houlsby": (37.7, 87.1, 77.9, 75.1, 75.1, 55.2, 75.8, 51.0, 38.0),
+    "spartan": (38.3, 87.6, 78.7, 71.8, 79.0, 52.1, 75.4, 49.7, 42.3),
+}
+
+
+def paper_columns(
+    few_shot: bool, present: list[Method], tasks: list[str], complete: list[str]
+) -> dict[str, Any]:
+    """The paper's scores (as fractions, like ours) for the methods and tasks in our table, and
+    their average over the tasks our average covers, so the two averages compare like with like."""
+    paper = _PAPER_TABLE3 if few_shot else _PAPER_TABLE1
+    methods = [m for m in present if m in paper]
+    score = {
+        t: {m: paper[m][PAPER_TASKS.index(t)] / 100 for m in methods} if t in PAPER_TASKS else {}
+        for t in tasks
+    }
+    known = bool(complete) and all(score[t] for t in complete)
+    return {
+        "source": "Table 3, 200 examples" if few_shot else "Table 1, full data",
+        "methods": methods,
+        "score": score,
+        "average": {m: statistics.fmean(score[t][m] for t in complete) for m in methods} if known else {},
     }
 
 
 def format_markdown(table: dict[str, Any]) -> str:
-    """The table as Markdown: tasks as rows, methods as columns (scores x 100)."""
+    """The table as Markdown: tasks as rows, methods as columns (scores x 100), and the paper's
+    scores of the same tasks in a last column."""
     methods: list[str] = table["methods"]
-    lines = ["| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    paper: dict[str, Any] = table["paper"]
+    heading = f"paper ({paper['source']}): " + " / ".join(paper["methods"])
+    lines = [
+        "| task | " + " | ".join(methods) + f" | {heading} |",
+        "|---|" + "---:|" * len(methods) + "---|",
+    ]
     for task in table["tasks"]:
         row = [_cell(table, task, m) for m in methods]
-        lines.append(f"| {task} | " + " | ".join(row) + " |")
+        lines.append(f"| {task} | " + " | ".join(row) + f" | {_paper_cell(paper['score'][task])} |")
     if table["average"]:
         lines.append(
             f"| **average** ({len(table['average_over'])} tasks) | "
             + " | ".join(f"**{100 * table['average'][m]:.1f}**" for m in methods)
-            + " |"
+            + f" | {_paper_cell(paper['average'])} |"
         )
     lines.append(
         "| train inst/min (median) | "
         + " | ".join(f"{table['train_examples_per_minute'][m]:.0f}" for m in methods)
-        + " |"
+        + " | |"
     )
     return "\n".join(lines) + "\n"
+
+
+def _paper_cell(scores: dict[str, float]) -> str:
+    return " / ".join(f"{100 * v:.1f}" for v in scores.values()) if scores else "-"
 
 
 def _cell(table: dict[str, Any], task: str, method: str) -> str:
@@ -293,24 +342,19 @@ def train_speed(
     instances per minute (best and median round) and ratios to SPARTAN's."""
     batch = random_batch(backbone, batch_size, seq_length, seed=0)
     labels = torch.arange(batch_size) % 2
-    steps: dict[str, Callable[[], None]] = {}
+    steps: dict[str, Callable[[], object]] = {}
     for method in methods:
         torch.manual_seed(0)
         model = build_model(method, backbone, 2)
         steps[method] = _train_step(model, backbone, batch, labels, DEFAULT_LR[method])
-    times: dict[str, list[float]] = {method: [] for method in methods}
-    for step in steps.values():
-        step()  # warm-up
-    names = list(steps)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            tick = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - tick)
+
+    def report_round(r: int, times: dict[str, list[float]]) -> None:
         progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ts[-1]:.2f}s" for n, ts in times.items()))
+
+    times = interleaved(steps, rounds, report_round, grad=True)
     best = {m: 60.0 * batch_size / min(ts) for m, ts in times.items()}
     median = {m: 60.0 * batch_size / statistics.median(ts) for m, ts in times.items()}
-    reference = "spartan" if "spartan" in times else names[0]
+    reference = "spartan" if "spartan" in times else methods[0]
     return {
         "backbone": backbone.name,
         "batch_size": batch_size,

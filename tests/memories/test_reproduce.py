@@ -11,9 +11,11 @@ import torch
 from memories.backbone import Backbone
 from memories.errors import ConfigError
 from memories.reproduce import (
+    PAPER_TASKS,
     GridOptions,
     cell_path,
     format_markdown,
+    paper_columns,
     run_grid,
     storage_table,
     summarise,
@@ -59,10 +61,10 @@ def test_grid_writes_every_cell_then_resumes_without_retraining(
     assert "| toy |" in (options.out / "table.md").read_text()
 
 
-def _cell(out: Path, task: str, method: str, seed: int, score: float) -> None:
+def _cell(out: Path, task: str, method: str, seed: int, score: float, few_shot: bool = False) -> None:
     path = cell_path(out, task, method, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    budget = {"backbone": "b", "few_shot": False, "steps": 10, "batch_size": 16, "max_seq_length": 64}
+    budget = {"backbone": "b", "few_shot": few_shot, "steps": 10, "batch_size": 16, "max_seq_length": 64}
     cell = {"task": task, "method": method, "seed": seed, "dev": {"score": score}, **budget}
     path.write_text(json.dumps({**cell, "train_examples_per_minute": 100.0 * seed}))
 
@@ -80,9 +82,40 @@ def test_table_means_over_seeds_and_averages_only_complete_tasks(tmp_path: Path)
     assert table["average_over"] == ["a", "b"]
     assert table["average"] == pytest.approx({"spartan": 0.8, "probe": 0.4})
     markdown = format_markdown(table)
-    assert "| a | 70.0 (2) | 50.0 |" in markdown
-    assert "| c | 10.0 | - |" in markdown
-    assert "**average** (2 tasks) | **80.0** | **40.0** |" in markdown
+    assert "| a | 70.0 (2) | 50.0 | - |" in markdown
+    assert "| c | 10.0 | - | - |" in markdown
+    assert "**average** (2 tasks) | **80.0** | **40.0** | - |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("few_shot", "source", "rte", "average"),
+    [
+        (False, "Table 1, full data", "75.0 / 75.3", "82.1 / 81.8"),
+        (True, "Table 3, 200 examples", "49.7 / 53.9", "64.2 / 65.8"),
+    ],
+)
+def test_table_sets_the_papers_scores_of_the_same_tasks_beside_ours(
+    tmp_path: Path, few_shot: bool, source: str, rte: str, average: str
+) -> None:
+    for task in ("rte", "mrpc"):
+        for method in ("spartan", "full", "probe"):
+            _cell(tmp_path, task, method, 1, 0.5, few_shot)
+    _cell(tmp_path, "stsb", "spartan", 1, 0.5, few_shot)  # incomplete: in neither average
+    table = summarise(tmp_path)
+    assert table["paper"]["methods"] == ["spartan", "full"], "the paper has no linear probe"
+    markdown = format_markdown(table)
+    assert f"| task | spartan | full | probe | paper ({source}): spartan / full |" in markdown
+    assert f"| rte | 50.0 | 50.0 | 50.0 | {rte} |" in markdown
+    assert f"| **average** (2 tasks) | **50.0** | **50.0** | **50.0** | {average} |" in markdown
+
+
+def test_paper_scores_average_to_the_papers_own_glue_averages() -> None:
+    # Transcription check: the paper's "Avg." columns are the means over the nine tasks.
+    for few_shot, stated in ((False, (81.1, 80.9, 81.0, 80.9)), (True, (63.9, 64.8, 63.7, 63.3))):
+        paper = paper_columns(
+            few_shot, ["spartan", "pfeiffer", "houlsby", "full"], list(PAPER_TASKS), list(PAPER_TASKS)
+        )
+        assert [round(100 * paper["average"][m], 1) for m in paper["methods"]] == list(stated)
 
 
 def test_bad_grids_are_refused(tmp_path: Path) -> None:
