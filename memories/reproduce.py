@@ -4,8 +4,9 @@
 one budget (steps, batch, sequence length) and writes one JSON per cell to the output folder;
 a cell whose JSON exists is skipped, so an interrupted grid resumes where it stopped.
 :func:`summarise` turns the cells into the table (``table.json``, ``table.md``, ``table.png``):
-the task's GLUE metric per method (mean over seeds), the average over tasks, and the training
-throughput per method. Checkpoints go to a separate folder (they are large and not committed).
+the task's GLUE metric per method (mean over seeds), the average over tasks, the training
+throughput per method, and the paper's scores of the same tasks beside ours. Checkpoints go to
+a separate folder (they are large and not committed).
 :func:`storage_table` measures what each method stores per task (the paper's appendix E), and
 :func:`train_speed` each method's fine-tuning throughput, all methods interleaved in one process.
 """
@@ -144,7 +145,7 @@ def summarise(out: Path, methods: tuple[Method, ...] = METHODS) -> dict[str, Any
         m: statistics.median(c["train_examples_per_minute"] for c in cells if c["method"] == m)
         for m in present
     }
-    few_shot: bool = cells[0]["few_shot"]
+    budget = {k: cells[0][k] for k in ("backbone", "few_shot", "steps", "batch_size", "max_seq_length")}
     return {
         "methods": present,
         "tasks": tasks,
@@ -154,8 +155,8 @@ def summarise(out: Path, methods: tuple[Method, ...] = METHODS) -> dict[str, Any
         "average": average,
         "train_examples_per_minute": speed,
         "cells": len(cells),
-        "budget": {k: cells[0][k] for k in ("backbone", "few_shot", "steps", "batch_size", "max_seq_length")},
-        "paper": paper_columns(few_shot, present, tasks, complete),
+        "budget": budget,
+        "paper": paper_columns(budget["few_shot"], present, tasks, complete),
     }
 
 

@@ -24,11 +24,13 @@ if [[ -z "$data" ]]; then
 fi
 
 bash scripts/setup.sh
-budget=(--steps 1000 --eval-every 500 --max-seq-length 64 --max-dev-examples 2000 --threads 1)
+steps=1000
+seq=64
+budget=(--steps "$steps" --eval-every 500 --max-seq-length "$seq" --max-dev-examples 2000 --threads 1)
 tasks=(rte mrpc stsb cola wnli sst2 qnli mnli qqp)
 read -r -a seed_list <<< "$seeds"
 if [[ ${#seed_list[@]} -eq 1 ]]; then seed_label="seed $seeds"; else seed_label="seeds $seeds"; fi
-label="1000 steps x 16, seq 64, $seed_label"
+label="$steps steps x 16, seq $seq, $seed_label"
 
 grid() {  # grid CORE NAME [EXTRA ARGS...]
   local core="$1" name="$2"
