@@ -2,7 +2,7 @@
 # Regenerate the accuracy tables of docs/results.md (issue 6): every method on every GLUE task,
 # full data and few-shot (200 examples), as two grids running side by side, one CPU core each.
 # Cells already in results/<grid>/ are kept, so an interrupted run resumes; delete a cell's JSON
-# to train it again. Seed 1 on MiniLM takes about 8 core-hours per grid (4-5 hours on 2 cores).
+# to train it again. Seed 1 on MiniLM takes about 6.5 core-hours per grid (about 3.5 hours on 2 cores).
 #   bash scripts/reproduce-accuracy.sh --data ../shared/data [--backbone minilm] [--seeds "1 2 3"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
