@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from memories.atomic import atomic_write
 from memories.backbone import Backbone, Encoded
 from memories.bench import machine, random_batch
 from memories.data import TaskSpec
@@ -118,8 +119,7 @@ def run_grid(
             "command": command,
             "machine": machine(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cell, indent=2) + "\n")
+        atomic_write(path, (json.dumps(cell, indent=2) + "\n").encode())
     return paths
 
 
@@ -264,8 +264,8 @@ def plot_table(table: dict[str, Any], title: str, path: Path) -> None:
 def write_table(out: Path, title: str) -> dict[str, Any]:
     """Summarise ``out`` into ``table.json``, ``table.md`` and ``table.png`` beside the cells."""
     table = summarise(out)
-    (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
-    (out / "table.md").write_text(format_markdown(table))
+    atomic_write(out / "table.json", (json.dumps(table, indent=2) + "\n").encode())
+    atomic_write(out / "table.md", format_markdown(table).encode())
     plot_table(table, title, out / "table.png")
     return table
 
