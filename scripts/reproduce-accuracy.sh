@@ -2,7 +2,7 @@
 # Regenerate the accuracy tables of docs/results.md (issue 6): every method on every GLUE task,
 # full data (grid "glue") and few-shot, 200 examples (grid "fewshot"). With both grids, each runs
 # on one CPU core; with one grid (--grids glue), its methods are split over the two cores
-# (full fine-tuning and the probe on core 0, the three memories on core 1: about equal cost).
+# (full fine-tuning and the probe on core 0, SPARTAN and the two adapters on core 1: roughly equal cost).
 # Cells already in results/<grid>-<backbone>/ are kept, so an interrupted run resumes; delete a
 # cell's JSON to train it again. Seed 1 on MiniLM takes about 6.5 core-hours per grid.
 #   bash scripts/reproduce-accuracy.sh --data ../shared/data [--backbone minilm] [--seeds "1 2 3"]
