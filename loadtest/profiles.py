@@ -1,7 +1,7 @@
-"""Edge device profiles (raspi4, iphone) read from and written back to ``deploy/profiles.yml``.
+"""Edge device profiles (raspi4, iphone) read from and written back to ``loadtest/profiles.yml``.
 
 The file is in Compose's own service format so that ``docker-compose.yml`` extends it directly
-(``extends: {file: deploy/profiles.yml, service: raspi4}``): compose, the cgroup runner and the
+(``extends: {file: loadtest/profiles.yml, service: raspi4}``): compose, the cgroup runner and the
 load test read the same numbers and nothing copies them. Paper facts live under ``x-device``
 (Compose ignores ``x-`` fields); the emulation budget is the Compose fields ``cpus``, ``cpuset``,
 ``mem_limit`` and ``environment.SPARTAN_THREADS``.
@@ -15,11 +15,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
 from memories.atomic import atomic_write
-from service.cgroup import Limits
 
-PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.yml"
+PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yml"
 
 # What `spartan loadtest probe` can run beside the bare backbone.
 VARIANTS = ("bare", "spartan", "pfeiffer", "houlsby")

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, Sample, check_loopback
+from loadtest.launcher import ServerProcess, start_server
 from loadtest.profiles import PROFILES_FILE, Profile, load_profile
 from loadtest.report import scrape, summarise
 from loadtest.scenarios import Scenario, get_scenario
+from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
 from memories.backbones import load_backbone
-from memories.bench import machine
+from memories.lab.host import machine
 from memories.memfile import MemoryFile
-from service.bench_http import random_memories
 from service.client import AsyncSpartanClient
-from service.launcher import ServerProcess, start_server
 
 
 @dataclass(frozen=True)

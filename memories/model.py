@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool
-from memories.spartan import SpartanConfig, SpartanLayer, pack_keys, pack_values, spartan_dense
+from memories.config import SpartanConfig
+from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
 RESIDENT_DTYPES = (torch.float32, torch.float16)
 

@@ -25,43 +25,10 @@ memory per row (keys ``[B, M, d]``), which is how mixed-task batches run.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from memories.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class SpartanConfig:
-    """Hyper-parameters of one memory; the paper's defaults are 16 / 3 / 8 / 1.6."""
-
-    num_parents: int = 16
-    num_children: int = 3
-    top_k: int = 8
-    child_temperature: float = 1.6
-
-    def __post_init__(self) -> None:
-        if self.num_parents < 1 or self.num_children < 1:
-            raise ConfigError(
-                f"num_parents and num_children must be >= 1, got {self.num_parents} and {self.num_children}"
-            )
-        if not 1 <= self.top_k <= self.num_parents:
-            raise ConfigError(f"top_k must be in [1, num_parents={self.num_parents}], got {self.top_k}")
-        if not (math.isfinite(self.child_temperature) and self.child_temperature > 0):
-            raise ConfigError(f"child_temperature must be a positive number, got {self.child_temperature}")
-
-    @property
-    def num_cells(self) -> int:
-        """Children in total, Np * Nc."""
-        return self.num_parents * self.num_children
-
-    @property
-    def num_keys(self) -> int:
-        """Rows of the packed key matrix ``[P; CK]``: Np + Np * Nc."""
-        return self.num_parents + self.num_cells
+from memories.config import SpartanConfig
 
 
 def spartan_reference(

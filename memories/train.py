@@ -1,12 +1,12 @@
 """Train a task on a frozen backbone: a SPARTAN memory, or one of the paper's baselines.
 
-One loop for every method of :mod:`memories.methods` (``--method``), so a comparison differs only
-in what is trained: AdamW at the method's paper learning rate (SPARTAN 1e-3, adapters 1e-4, full
-fine-tuning 2e-5) unless one is given, batch 16, a linear learning-rate decay, gradient
-clipping at 1.0. Training runs for a number of epochs or of steps; the few-shot mode trains on
-``fewshot200.jsonl`` for 1000 steps (the paper's Table 2). The dev split is evaluated every
-``eval_every`` steps and at the end; each new best checkpoint is written atomically to the
-output path at once, so an interrupted run still leaves its best memory behind.
+One loop for every method (:mod:`memories.methods`, :mod:`memories.lab.baselines`; ``--method``),
+so a comparison differs only in what is trained: AdamW at the method's paper learning rate
+(SPARTAN 1e-3, adapters 1e-4, full fine-tuning 2e-5) unless one is given, batch 16, a linear
+learning-rate decay, gradient clipping at 1.0. Training runs for a number of epochs or of steps;
+the few-shot mode trains on ``fewshot200.jsonl`` for 1000 steps (the paper's Table 2). The dev
+split is evaluated every ``eval_every`` steps and at the end; each new best checkpoint is written
+atomically to the output path at once, so an interrupted run still leaves its best memory behind.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from memories.backbone import Backbone, Pooling
+from memories.config import DEFAULT_LR, Method, SpartanConfig
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
 from memories.memfile import FileDType
-from memories.methods import DEFAULT_LR, Method, SavedTask, TaskModel, build_model, trainable_parameters
-from memories.spartan import SpartanConfig
+from memories.methods import ModelBuilder, SavedTask, TaskModel, build_spartan, trainable_parameters
 
 FEW_SHOT_SPLIT = "fewshot200"
 FEW_SHOT_STEPS = 1000
@@ -116,8 +116,12 @@ def train(
     backbone: Backbone,
     log: Callable[[str], None] = print,
     command: str = "",
+    build: ModelBuilder = build_spartan,
 ) -> TrainResult:
-    """Run one training; returns the best dev evaluation. The best memory is at ``options.out``."""
+    """Run one training; returns the best dev evaluation. The best memory is at ``options.out``.
+
+    ``build`` makes the model of ``options.method``: SPARTAN by default, every method with
+    memories.lab.baselines.build_model."""
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     train_split = FEW_SHOT_SPLIT if options.few_shot else options.train_split
@@ -131,7 +135,7 @@ def train(
     pooling = options.pooling or backbone.pooling
     regression = spec.task_type == "regression"
 
-    task = build_model(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
+    task = build(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
     trained = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=options.learning_rate, weight_decay=options.weight_decay)
     total = _total_steps(options, len(train_set))

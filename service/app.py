@@ -55,7 +55,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         app.state.keyring = keyring
         model = backbone
         if model is None:
-            model = await asyncio.to_thread(load_backbone, settings.backbone)
+            model = await asyncio.to_thread(load_backbone, settings.backbone, settings.cache_dir)
             await asyncio.to_thread(set_precision, model, settings.precision)
         elif model.precision != settings.precision:
             raise ConfigError(

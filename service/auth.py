@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from memories.atomic import atomic_write
-from service.errors import ServiceError
+from service.errors import ServiceError, UnauthorizedError
 from service.registry.base import VersionInfo
 
 Role = Literal["admin", "tenant"]
@@ -47,10 +47,6 @@ class Caller:
 
 
 _KEYS = TypeAdapter(list[ApiKey])
-
-
-class UnauthorizedError(ServiceError):
-    """No key, or an unknown key, while keys are configured (401)."""
 
 
 def hash_key(key: str) -> str:
@@ -99,11 +95,3 @@ class KeyRing:
         if entry is None:
             raise UnauthorizedError("unknown API key")
         return Caller(entry.tenant, admin=entry.role == "admin")
-
-
-def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
-    if x_api_key:
-        return x_api_key.strip()
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None

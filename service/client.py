@@ -21,12 +21,12 @@ from pydantic import BaseModel
 from service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
-    Explain,
     MemoryInfo,
     MemoryPage,
     PairInput,
     Readiness,
 )
+from service.predictions import Explain
 
 M = TypeVar("M", bound=BaseModel)
 Inputs = str | Sequence[str] | Sequence[PairInput] | Sequence[tuple[str, str]]

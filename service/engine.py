@@ -10,6 +10,8 @@ of the remainder are carried to the next round (first in line, waiting at most `
 again) instead of running as a small batch: under load, batches stay full. Rows of different
 tasks share a batch (per-row memories, see memories.model.run_batch).
 Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
+Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
+(service.predictions), so the event loop only hands out finished answers.
 With ``buckets`` (a compiled backbone, memories.compiled) every batch is padded to a bucket shape.
 
 Results go back to the event loop with ``call_soon_threadsafe``. :meth:`Engine.stop` stops
@@ -35,6 +37,7 @@ from memories.compiled import Buckets
 from memories.model import run_batch
 from service.cache import LoadedMemory
 from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
+from service.predictions import Explain, Prediction, predict
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,16 @@ class RowRequest:
     text: str
     pair: str | None
     memory: LoadedMemory
-    explain: bool = False
+    explain: Explain = "none"
 
 
 @dataclass(frozen=True)
 class RowResult:
-    """The head output of one row (one float per output), its token count, its routing [L, S, Np] if asked."""
+    """The head output of one row (one float per output), its token count and its prediction."""
 
     logits: list[float]
     tokens: int
-    routing: torch.Tensor | None = None
+    prediction: Prediction
 
 
 @dataclass
@@ -196,7 +199,7 @@ class Engine:
             if self.buckets is not None:
                 batch = self.buckets.fit(batch, self.backbone.tokenizer.pad_token_id or 0)
                 memories += memories[:1] * (batch.input_ids.shape[0] - len(rows))  # padding rows copy row 0
-            explain = any(r.request.explain for r in rows)
+            explain = any(r.request.explain != "none" for r in rows)
             out = run_batch(self.backbone, batch, memories, record_routing=explain)
         except Exception as exc:  # a bug, not user input: answer every row, keep serving
             log.exception("batch of %d rows failed", len(rows))
@@ -209,11 +212,19 @@ class Engine:
         self.stats.tokens += int(batch.attention_mask[: len(rows)].sum())  # bucket padding rows excluded
         self.stats.padded_tokens += batch.attention_mask.numel()
         self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
-        results = []
+        results: list[tuple[_Row, RowResult | BaseException]] = []
         for i, row in enumerate(rows):
-            tokens = len(row.encoding["input_ids"])
-            routing = out.routing[i][:, :tokens] if out.routing is not None and row.request.explain else None
-            results.append((row, RowResult(out.logits[i].tolist(), tokens, routing)))  # floats for the loop
+            request, tokens = row.request, len(row.encoding["input_ids"])
+            routing = out.routing[i][:, :tokens] if out.routing is not None else None  # [L, S, Np]
+            logits = out.logits[i].tolist()
+            try:
+                prediction = predict(request.memory.metadata, logits, routing, request.explain)
+            except Exception as exc:  # a bug, not user input: this row fails, the others are answered
+                log.exception("prediction of one row failed")
+                self.stats.failed += 1
+                results.append((row, exc))
+                continue
+            results.append((row, RowResult(logits, tokens, prediction)))
         _resolve_all(results)
 
 

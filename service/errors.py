@@ -1,17 +1,35 @@
-"""The service's exception tree; ``service.api.errors`` maps each class to one HTTP status.
+"""The service's subtree of the one exception tree (root: :class:`memories.errors.SpartanError`).
 
-Errors raised by the memories package (invalid memory file, backbone mismatch) pass through
-unchanged and are mapped there too.
+``service.api.errors`` maps every class of the tree, this subtree and the core's, to one HTTP
+status in one table. Messages are written for the caller and are safe to show.
 """
 
 from __future__ import annotations
 
-
-class ServiceError(Exception):
-    """Base of every error the service raises on purpose; the message is safe to show."""
+from memories.errors import SpartanError
 
 
-class InvalidTaskIdError(ServiceError):
+class ServiceError(SpartanError):
+    """Base of every error the service raises on purpose (400 unless a subclass says otherwise)."""
+
+
+class UnauthorizedError(ServiceError):
+    """No key, or an unknown key, while keys are configured (401)."""
+
+
+class InvalidRequestError(ServiceError):
+    """A request that is well formed but cannot be served as sent (422): empty text, bad header."""
+
+
+class PayloadTooLargeError(ServiceError):
+    """A request over a configured size limit: too many texts, too long, too big a file (413)."""
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """A body sent with the wrong content type (415)."""
+
+
+class InvalidTaskIdError(InvalidRequestError):
     """A task id that does not match the allowed pattern (422)."""
 
 
@@ -37,7 +55,3 @@ class DeadlineExceededError(ServiceError):
 
 class ShuttingDownError(ServiceError):
     """The engine no longer admits requests (503)."""
-
-
-class CgroupError(ServiceError):
-    """A cgroup cannot be created or configured here (not root, controller missing, bad limit)."""

@@ -27,8 +27,8 @@ class RuntimeCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
-        cache, engine = self.runtime.cache, self.runtime.engine
-        stats = cache.stats
+        now = self.runtime.snapshot()
+        stats, engine = now.cache, now.engine
         for name, value, doc in (
             ("cache_hits", stats.hits, "classify lookups served from the cache"),
             ("cache_misses", stats.misses, "lookups that had to load (or wait for) a memory"),
@@ -36,22 +36,22 @@ class RuntimeCollector(Collector):
             ("cache_loads", stats.loads, "memories loaded from the registry"),
             ("cache_load_failures", stats.load_failures, "loads that failed"),
             ("cache_load_seconds", stats.load_seconds, "time spent loading memories"),
-            ("engine_batches", engine.stats.batches, "batches run by the engine"),
-            ("engine_rows", engine.stats.rows, "inputs classified by the engine"),
-            ("engine_expired_rows", engine.stats.expired, "inputs dropped because their deadline passed"),
-            ("engine_failed_rows", engine.stats.failed, "inputs that failed in the engine"),
-            ("engine_busy_seconds", engine.stats.busy_seconds, "time the engine spent running batches"),
-            ("engine_tokens", engine.stats.tokens, "real tokens run through the backbone"),
-            ("engine_padded_tokens", engine.stats.padded_tokens, "token slots run, padding included"),
+            ("engine_batches", engine.batches, "batches run by the engine"),
+            ("engine_rows", engine.rows, "inputs classified by the engine"),
+            ("engine_expired_rows", engine.expired, "inputs dropped because their deadline passed"),
+            ("engine_failed_rows", engine.failed, "inputs that failed in the engine"),
+            ("engine_busy_seconds", engine.busy_seconds, "time the engine spent running batches"),
+            ("engine_tokens", engine.tokens, "real tokens run through the backbone"),
+            ("engine_padded_tokens", engine.padded_tokens, "token slots run, padding included"),
         ):
             yield CounterMetricFamily(f"spartan_{name}", doc, value=value)
         for name, value, doc in (
-            ("cache_resident_bytes", cache.resident_bytes, "bytes of memories held by the cache"),
-            ("cache_capacity_bytes", cache.capacity_bytes, "byte budget of the cache"),
-            ("cache_resident_tasks", len(cache), "memories held by the cache"),
-            ("engine_queue_depth", engine.queued, "inputs admitted and waiting for the engine"),
-            ("catalog_tasks", len(self.runtime.catalog), "tasks known to this replica"),
-            ("registry_up", 0 if self.runtime.registry_error else 1, "1 when the registry answers"),
+            ("cache_resident_bytes", now.cache_resident_bytes, "bytes of memories held by the cache"),
+            ("cache_capacity_bytes", now.cache_capacity_bytes, "byte budget of the cache"),
+            ("cache_resident_tasks", now.cache_resident_tasks, "memories held by the cache"),
+            ("engine_queue_depth", now.engine_queue_depth, "inputs admitted and waiting for the engine"),
+            ("catalog_tasks", now.catalog_tasks, "tasks known to this replica"),
+            ("registry_up", int(now.registry_up), "1 when the registry answers"),
         ):
             yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)
         cumulative = [(str(b), n) for b, n in zip(LOAD_BUCKETS, stats.load_histogram, strict=True)]
@@ -61,7 +61,7 @@ class RuntimeCollector(Collector):
             buckets=[*cumulative, ("+Inf", stats.loads)],
             sum_value=stats.load_seconds,
         )
-        sizes = dict(engine.stats.batch_sizes)
+        sizes = dict(engine.batch_sizes)
         bounds = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
         buckets = [(str(b), sum(n for size, n in sizes.items() if size <= b)) for b in bounds]
         buckets.append(("+Inf", sum(sizes.values())))

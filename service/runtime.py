@@ -1,13 +1,16 @@
-"""The running service's core: backbone, registry, catalog, cache and engine, wired together.
+"""The running service's core and the routes' one facade: backbone, registry, catalog, cache, engine.
 
-Routes call these methods; nothing here knows about HTTP.
+Each route parses its request, makes one call here and renders what comes back
+(:meth:`Runtime.classify`, :meth:`~Runtime.upload`, :meth:`~Runtime.status`, ...); health and
+metrics read :meth:`~Runtime.status` and :meth:`~Runtime.snapshot`. Nothing here knows about HTTP.
 
 * The *catalog* maps each task to its current :class:`VersionInfo`. It is filled at start-up,
   updated by this replica's own writes at once (so after a PUT returns, new requests here use
   the new version) and by the registry's change events (other replicas), with a periodic full
   comparison to catch up on missed events.
 * A classify request resolves its task to one version once, then holds that memory object for
-  its whole life: a hot swap never changes a request midway.
+  its whole life: a hot swap never changes a request midway. :meth:`Runtime.classify` is the
+  only place that resolves and submits, so the rule is held in one function.
 * When the registry is unreachable, tasks already in the catalog and cache keep classifying,
   ``degraded`` says why, and writes fail with RegistryUnavailableError (503).
 """
@@ -17,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from memories.backbone import Backbone
@@ -24,9 +30,10 @@ from memories.errors import SpartanError
 from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
 from service.auth import Caller
-from service.cache import LoadedMemory, MemoryCache
-from service.engine import Engine
+from service.cache import CacheStats, LoadedMemory, MemoryCache
+from service.engine import Engine, EngineStats, RowRequest
 from service.errors import RegistryUnavailableError, TaskNotFoundError
+from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
 from service.tasks import validate_task_id
@@ -34,6 +41,31 @@ from service.tasks import validate_task_id
 log = logging.getLogger(__name__)
 
 CATCH_UP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Status:
+    """What readiness reports: the backbone, the registry's state and what is degraded."""
+
+    backbone: str
+    registry_up: bool
+    degraded: list[str]
+    resident_tasks: int
+    resident_bytes: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The counters and gauges the metrics endpoint exports, read at scrape time."""
+
+    cache: CacheStats
+    cache_resident_bytes: int
+    cache_capacity_bytes: int
+    cache_resident_tasks: int
+    engine: EngineStats
+    engine_queue_depth: int
+    catalog_tasks: int
+    registry_up: bool
 
 
 class Runtime:
@@ -68,7 +100,53 @@ class Runtime:
         await asyncio.to_thread(self.engine.stop)
         await self.registry.close()
 
+    # --- classifying ---------------------------------------------------------------------
+
+    async def classify(
+        self, task: str, caller: Caller, inputs: Sequence[TextInput], explain: Explain = "none"
+    ) -> Classification:
+        """Classify ``inputs`` with the task's current memory; one version serves every input."""
+        settings = self.settings
+        check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
+        deadline = time.monotonic() + settings.request_timeout_s
+        memory = await self.memory(task, caller)
+        rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
+        results = await self.engine.submit(rows, deadline)
+        return Classification(task, memory.version, [result.prediction for result in results])
+
     # --- reading -------------------------------------------------------------------------
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest memory file an upload may send."""
+        return self.settings.max_upload_bytes
+
+    async def status(self) -> Status:
+        """Readiness: asks the registry now, and says what is degraded and what still works."""
+        degraded = []
+        registry_up = True
+        try:
+            await self.registry.ping()
+        except RegistryUnavailableError as exc:
+            registry_up = False
+            degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
+        if self.registry_error and registry_up:
+            degraded.append(f"registry events: {self.registry_error}")
+        return Status(self.backbone.name, registry_up, degraded, len(self.cache), self.cache.resident_bytes)
+
+    def snapshot(self) -> Snapshot:
+        """The metrics' numbers right now (no I/O: safe to call while scraping)."""
+        cache, engine = self.cache, self.engine
+        return Snapshot(
+            cache=cache.stats,
+            cache_resident_bytes=cache.resident_bytes,
+            cache_capacity_bytes=cache.capacity_bytes,
+            cache_resident_tasks=len(cache),
+            engine=engine.stats,
+            engine_queue_depth=engine.queued,
+            catalog_tasks=len(self.catalog),
+            registry_up=self.registry_error is None,
+        )
 
     async def resolve(self, task: str, caller: Caller) -> VersionInfo:
         """The task's current version as this replica knows it; TaskNotFoundError if invisible."""

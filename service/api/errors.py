@@ -19,15 +19,17 @@ from memories.errors import (
     MemoryTooLargeError,
     SpartanError,
 )
-from service.auth import UnauthorizedError
 from service.errors import (
     DeadlineExceededError,
-    InvalidTaskIdError,
+    InvalidRequestError,
     OverloadedError,
+    PayloadTooLargeError,
     RegistryUnavailableError,
     ServiceError,
     ShuttingDownError,
     TaskNotFoundError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
     VersionConflictError,
 )
 
@@ -38,7 +40,9 @@ RETRY_AFTER_SECONDS = 1
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[Exception], int]] = [
     (UnauthorizedError, 401),
-    (InvalidTaskIdError, 422),
+    (InvalidRequestError, 422),
+    (PayloadTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
     (TaskNotFoundError, 404),
     (VersionConflictError, 412),
     (OverloadedError, 429),
@@ -52,15 +56,6 @@ STATUS: list[tuple[type[Exception], int]] = [
     (ServiceError, 400),
     (SpartanError, 400),
 ]
-
-
-class HTTPProblem(Exception):
-    """A request problem found in a route (size limits, content type, headers)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def status_of(exc: Exception) -> int:
@@ -81,11 +76,6 @@ async def _known(request: Request, exc: Exception) -> JSONResponse:
     return _body(status, str(exc), headers)
 
 
-async def _problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPProblem)
-    return _body(exc.status, exc.detail)
-
-
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
@@ -101,8 +91,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(ServiceError, _known)
     app.add_exception_handler(SpartanError, _known)
     app.add_exception_handler(Exception, _unexpected)

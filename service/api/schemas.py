@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from service.predictions import Explain
+
 
 class PairInput(BaseModel):
     """A sentence pair (e.g. paraphrase or entailment tasks)."""
@@ -15,9 +17,6 @@ class PairInput(BaseModel):
 
     text: str
     pair: str
-
-
-Explain = Literal["none", "last_layer", "all_layers"]
 
 
 class ClassifyRequest(BaseModel):
@@ -37,6 +36,8 @@ class ClassifyRequest(BaseModel):
 class ParentUse(BaseModel):
     """How one layer's memory routed an input: mean parent weight over its tokens (sums to 1)."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     layer: int
     weights: list[float]
     top: list[int] = Field(description="parents by decreasing weight (non-zero only)")
@@ -45,6 +46,8 @@ class ParentUse(BaseModel):
 class Prediction(BaseModel):
     """Classification: label and the probability of every label. Regression: value."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     label: str | None = None
     scores: dict[str, float] | None = None
     value: float | None = None
@@ -52,6 +55,10 @@ class Prediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    """Every input's prediction and the one memory version that served them."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     task: str
     version: int = Field(description="the memory version that served every input of this request")
     predictions: list[Prediction]

@@ -13,12 +13,13 @@ Backends: :class:`~service.registry.files.FileRegistry` (a directory, the embedd
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.errors import VersionConflictError
+from service.errors import TaskNotFoundError, VersionConflictError
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,30 @@ def check_if_match(task: str, current: VersionInfo | None, if_match: int | None)
     actual = current.version if current is not None else 0
     if actual != if_match:
         raise VersionConflictError(f"task {task!r} is at version {actual}, not {if_match}")
+
+
+def next_version(
+    task: str,
+    current: VersionInfo | None,
+    last_issued: int,
+    data: bytes,
+    sha256: str,
+    metadata: dict[str, Any],
+    owner: str,
+    if_match: int | None,
+    any_owner: bool,
+) -> VersionInfo:
+    """The checks every backend makes before a put (the owner, If-Match) and the new version's
+    record; ``last_issued`` is the highest version number ever issued for the task."""
+    if current is not None and current.owner != owner and not any_owner:
+        raise TaskNotFoundError(f"task {task!r} not found")
+    check_if_match(task, current, if_match)
+    return VersionInfo(
+        task=task,
+        version=last_issued + 1,
+        sha256=sha256,
+        size=len(data),
+        owner=current.owner if current is not None else owner,
+        created_at=time.time(),
+        metadata=metadata,
+    )

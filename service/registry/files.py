@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import fcntl
 import secrets
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 from memories.atomic import atomic_write
 from service.errors import TaskNotFoundError
-from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match
+from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
 from service.tasks import storage_key, task_from_key
 
 _CURRENT = "current.json"
@@ -86,22 +85,11 @@ class FileRegistry(Registry):
     ) -> VersionInfo:
         with self._locked(task) as folder:
             current = self._read_current(folder)
-            if current is not None and current.owner != owner and not any_owner:
-                raise TaskNotFoundError(f"task {task!r} not found")
-            check_if_match(task, current, if_match)
             counter = folder / "counter"
-            version = (int(counter.read_text()) if counter.exists() else 0) + 1
-            atomic_write(counter, str(version).encode())
-            atomic_write(self._version_file(folder, version), data)
-            info = VersionInfo(
-                task=task,
-                version=version,
-                sha256=sha256,
-                size=len(data),
-                owner=current.owner if current is not None else owner,
-                created_at=time.time(),
-                metadata=metadata,
-            )
+            issued = int(counter.read_text()) if counter.exists() else 0
+            info = next_version(task, current, issued, data, sha256, metadata, owner, if_match, any_owner)
+            atomic_write(counter, str(info.version).encode())
+            atomic_write(self._version_file(folder, info.version), data)
             atomic_write(folder / _CURRENT, info.to_json().encode())
             self._announce()
             for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:

@@ -9,22 +9,23 @@ Keys, with ``k`` the hex of the task id (ids never appear raw in keys) and ``p``
     p:events           pub/sub channel: {"task": ..., "version": n | null}
 
 A put or delete is one MULTI/EXEC transaction under WATCH of the task's current and counter
-keys: if another client changed them in between, the transaction is retried, so compare-and-set
+keys (redis-py's transaction helper): if another client changed them in between, the
+transaction is retried, so compare-and-set
 (If-Match) and the owner check are exact. The event is published inside the same transaction.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError, WatchError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from service.errors import RegistryUnavailableError, TaskNotFoundError
-from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match
+from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
 from service.tasks import storage_key
 
 T = TypeVar("T")
@@ -42,6 +43,14 @@ class RedisRegistry(Registry):
 
     def _key(self, task: str, *parts: str) -> str:
         return ":".join((self.prefix, "task", storage_key(task), *parts))
+
+    async def _transaction(self, body: Callable[[Pipeline], Awaitable[T]], *watched: str) -> T:
+        """Run ``body`` under WATCH of ``watched`` as one MULTI/EXEC, retried by redis-py whenever
+        another client changed a watched key in between; returns what ``body`` returned."""
+        result: T = await self._call(
+            lambda: self._redis.transaction(body, *watched, value_from_callable=True)
+        )
+        return result
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -63,40 +72,23 @@ class RedisRegistry(Registry):
     ) -> VersionInfo:
         current_key, counter_key = self._key(task, "current"), self._key(task, "counter")
 
-        async def transaction() -> VersionInfo:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(current_key, counter_key)
-                        raw, counter = await pipe.get(current_key), await pipe.get(counter_key)
-                        current = VersionInfo.from_json(raw) if raw else None
-                        if current is not None and current.owner != owner and not any_owner:
-                            raise TaskNotFoundError(f"task {task!r} not found")
-                        check_if_match(task, current, if_match)
-                        version = int(counter or 0) + 1
-                        info = VersionInfo(
-                            task=task,
-                            version=version,
-                            sha256=sha256,
-                            size=len(data),
-                            owner=current.owner if current is not None else owner,
-                            created_at=time.time(),
-                            metadata=metadata,
-                        )
-                        pipe.multi()
-                        pipe.set(self._key(task, "v", str(version)), data)
-                        pipe.set(counter_key, version)
-                        pipe.set(current_key, info.to_json())
-                        pipe.zadd(f"{self.prefix}:tasks", {task: 0})
-                        if version > self.keep_versions:
-                            pipe.delete(self._key(task, "v", str(version - self.keep_versions)))
-                        pipe.publish(self.channel, json.dumps({"task": task, "version": version}))
-                        await pipe.execute()
-                        return info
-                    except WatchError:
-                        continue
+        async def transaction(pipe: Pipeline) -> VersionInfo:
+            raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
+            current = VersionInfo.from_json(raw) if raw else None
+            info = next_version(
+                task, current, int(issued or 0), data, sha256, metadata, owner, if_match, any_owner
+            )
+            pipe.multi()
+            pipe.set(self._key(task, "v", str(info.version)), data)
+            pipe.set(counter_key, info.version)
+            pipe.set(current_key, info.to_json())
+            pipe.zadd(f"{self.prefix}:tasks", {task: 0})
+            if info.version > self.keep_versions:
+                pipe.delete(self._key(task, "v", str(info.version - self.keep_versions)))
+            pipe.publish(self.channel, json.dumps({"task": task, "version": info.version}))
+            return info
 
-        return await self._call(transaction)
+        return await self._transaction(transaction, current_key, counter_key)
 
     async def current(self, task: str) -> VersionInfo | None:
         raw = await self._call(lambda: self._redis.get(self._key(task, "current")))
@@ -122,30 +114,21 @@ class RedisRegistry(Registry):
     async def delete(self, task: str, if_match: int | None = None) -> None:
         current_key = self._key(task, "current")
 
-        async def transaction() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(current_key)
-                        raw = await pipe.get(current_key)
-                        if not raw:
-                            raise TaskNotFoundError(f"task {task!r} not found")
-                        current = VersionInfo.from_json(raw)
-                        check_if_match(task, current, if_match)
-                        first = max(1, current.version - self.keep_versions + 1)
-                        pipe.multi()
-                        pipe.delete(
-                            current_key,
-                            *(self._key(task, "v", str(v)) for v in range(first, current.version + 1)),
-                        )
-                        pipe.zrem(f"{self.prefix}:tasks", task)
-                        pipe.publish(self.channel, json.dumps({"task": task, "version": None}))
-                        await pipe.execute()
-                        return
-                    except WatchError:
-                        continue
+        async def transaction(pipe: Pipeline) -> None:
+            raw = await pipe.get(current_key)
+            if not raw:
+                raise TaskNotFoundError(f"task {task!r} not found")
+            current = VersionInfo.from_json(raw)
+            check_if_match(task, current, if_match)
+            first = max(1, current.version - self.keep_versions + 1)
+            pipe.multi()
+            pipe.delete(
+                current_key, *(self._key(task, "v", str(v)) for v in range(first, current.version + 1))
+            )
+            pipe.zrem(f"{self.prefix}:tasks", task)
+            pipe.publish(self.channel, json.dumps({"task": task, "version": None}))
 
-        await self._call(transaction)
+        await self._transaction(transaction, current_key)
 
     async def current_versions(self) -> dict[str, int]:
         versions: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """The static tier of the deployment files, checked offline on every CI run (no Docker engine):
-compose profiles resolve and take their budget from deploy/profiles.yml, the Dockerfile lints clean,
+compose profiles resolve and take their budget from loadtest/profiles.yml, the Dockerfile lints clean,
 and every Kubernetes overlay builds with kustomize and validates against the Kubernetes schemas."""
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import os
 import pytest
 
 from loadtest.calibrate import ProbeOptions, measure_profile
+from loadtest.cgroup import cgroup_version
 from loadtest.errors import LoadTestError
 from loadtest.profiles import PAPER_TABLE1, VARIANTS
 from memories.backbone import Backbone
-from service.cgroup import cgroup_version
 
 needs_cgroups = pytest.mark.skipif(
     os.geteuid() != 0 or cgroup_version() is None, reason="needs root and a cgroup hierarchy"

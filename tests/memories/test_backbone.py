@@ -97,10 +97,7 @@ def _mpnet_installed() -> bool:
 
 @pytest.mark.skipif(not _mpnet_installed(), reason="mpnet weight packages absent (scripts/setup.sh --mpnet)")
 def test_real_mpnet_is_joined_unpacked_and_loaded(tmp_path: Path) -> None:
-    from memories.settings import MemoriesSettings
-
-    settings = MemoriesSettings(cache_dir=tmp_path)
-    mpnet = load_backbone("mpnet", settings)
+    mpnet = load_backbone("mpnet", tmp_path)
     assert (mpnet.model_type, mpnet.hidden_size, mpnet.num_layers, mpnet.pooling) == (
         "mpnet",
         768,
@@ -108,4 +105,4 @@ def test_real_mpnet_is_joined_unpacked_and_loaded(tmp_path: Path) -> None:
         "mean",
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all-mpnet-base-v2"], "no zip or temp dir left"
-    assert load_backbone("mpnet", settings).fingerprint == mpnet.fingerprint
+    assert load_backbone("mpnet", tmp_path).fingerprint == mpnet.fingerprint

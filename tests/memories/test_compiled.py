@@ -8,10 +8,10 @@ import torch
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
 from memories.compiled import Buckets, compile_backbone, pad_batch
+from memories.config import SpartanConfig
 from memories.errors import ConfigError
 from memories.model import TaskMemory, run_batch
 from memories.precision import set_precision
-from memories.spartan import SpartanConfig
 
 TEXTS = ["short", "a somewhat longer text for the second row", "third"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from memories.backbone import Backbone, pool
+from memories.config import SpartanConfig
 from memories.model import PackedMemory, TaskMemory, run_batch
-from memories.spartan import SpartanConfig
 from tests.conftest import TINY_BACKBONES
 
 TEXTS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memories.config import SpartanConfig
 from memories.errors import ConfigError
 from memories.spartan import (
-    SpartanConfig,
     SpartanLayer,
     pack_keys,
     pack_values,

@@ -12,9 +12,9 @@ import httpx
 import pytest
 import uvicorn
 
+from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from service.app import create_app
-from service.launcher import free_port
 from service.settings import ServiceSettings
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.launcher import free_port
 from memories.backbones import load_backbone
 from memories.precision import set_precision
-from service.launcher import free_port
 from service.settings import ServiceSettings
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService, start_service

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cgroup import Limits, cgroup_version, start_confined
+from loadtest.cgroup import Limits, cgroup_version, start_confined
 from service.cpu import available_cpus, cpu_quota
 
 PROBE = (

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.launcher import ServerProcess, start_server
 from memories.backbones import load_backbone
-from service.launcher import ServerProcess, start_server
 from tests.conftest import make_memfile
 from tests.service.registry.test_registries import REDIS_URL, _purge
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.launcher import free_port
 from memories.backbone import Backbone
-from service.launcher import free_port
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService
 

@@ -7,7 +7,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import RuntimeDep
 from service.api.schemas import Health, Readiness
-from service.errors import RegistryUnavailableError
 
 router = APIRouter(tags=["health"])
 
@@ -19,24 +18,16 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
+async def readyz(runtime: RuntimeDep) -> Readiness:
     """Ready when the backbone is loaded; says what is degraded (e.g. the registry is down)."""
-    degraded = []
-    registry = "ok"
-    try:
-        await runtime.registry.ping()
-    except RegistryUnavailableError as exc:
-        registry = "unavailable"
-        degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
-    if runtime.registry_error and registry == "ok":
-        degraded.append(f"registry events: {runtime.registry_error}")
+    status = await runtime.status()
     return Readiness(
         ready=True,
-        backbone=runtime.backbone.name,
-        registry=registry,  # type: ignore[arg-type]
-        degraded=degraded,
-        resident_tasks=len(runtime.cache),
-        resident_bytes=runtime.cache.resident_bytes,
+        backbone=status.backbone,
+        registry="ok" if status.registry_up else "unavailable",
+        degraded=status.degraded,
+        resident_tasks=status.resident_tasks,
+        resident_bytes=status.resident_bytes,
     )
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.api.deps import CallerDep, RuntimeDep
-from service.api.errors import HTTPProblem
 from service.api.schemas import ErrorBody, MemoryInfo, MemoryPage
+from service.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.registry.base import VersionInfo
 
 router = APIRouter(tags=["memories"])
@@ -26,8 +26,8 @@ def _if_match(value: str | None) -> int | None:
         return None
     text = value.strip().strip('"')
     if not text.isdigit():
-        raise HTTPProblem(
-            422, f"If-Match must be a version number (e.g. 3, or 0 for 'must not exist'), got {value!r}"
+        raise InvalidRequestError(
+            f"If-Match must be a version number (e.g. 3, or 0 for 'must not exist'), got {value!r}"
         )
     return int(text)
 
@@ -36,12 +36,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPProblem(413, f"the memory file is {declared} bytes; the limit is {limit} bytes")
+        raise PayloadTooLargeError(f"the memory file is {declared} bytes; the limit is {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPProblem(413, f"the memory file exceeds the limit of {limit} bytes")
+            raise PayloadTooLargeError(f"the memory file exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -67,11 +67,11 @@ async def put_memory(
     """Upload a memory file (the raw safetensors bytes) as the task's next version."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != OCTET_STREAM:
-        raise HTTPProblem(
-            415, f"send the memory file as {OCTET_STREAM}, not {content_type or 'no content type'}"
+        raise UnsupportedMediaTypeError(
+            f"send the memory file as {OCTET_STREAM}, not {content_type or 'no content type'}"
         )
     expected = _if_match(if_match)
-    data = await _read_body(request, runtime.settings.max_upload_bytes)
+    data = await _read_body(request, runtime.max_upload_bytes)
     return _info(await runtime.upload(task, data, caller, expected))
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
-from service.launcher import free_port
 from service.settings import ServiceSettings
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService, start_service

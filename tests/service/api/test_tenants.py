@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from memories.backbone import Backbone
-from memories.cli import main
 from service.auth import ApiKey, hash_key, read_keys
+from spartan_cli.main import main
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService
 

@@ -10,7 +10,7 @@ import torch
 
 from memories.backbone import Backbone
 from memories.errors import ConfigError
-from memories.reproduce import (
+from memories.lab.reproduce import (
     PAPER_TASKS,
     GridOptions,
     cell_path,
@@ -130,8 +130,7 @@ def test_bad_grids_are_refused(tmp_path: Path) -> None:
 def test_storage_table_measures_files_and_applies_the_paper_formula(
     roberta_tiny: Backbone, tmp_path: Path
 ) -> None:
-    from memories.methods import METHODS
-    from memories.spartan import SpartanConfig
+    from memories.config import METHODS, SpartanConfig
 
     config = SpartanConfig(4, 2, 2)
     table = storage_table(roberta_tiny, 3, tmp_path, spartan=config)

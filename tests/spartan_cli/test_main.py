@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from memories.cli import main
 from memories.memfile import read_memory
+from spartan_cli.main import main
 
 
 def _train(data: Path, task: str, out: Path, *extra: str) -> None:

@@ -1,4 +1,4 @@
-"""spartan bench --http runs both sides and writes its report (a smoke test, no timing asserted)."""
+"""spartan loadtest http-bench runs both sides and writes its report (a smoke test, no timing asserted)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from memories.cli import main
+from spartan_cli.main import main
 
 
 def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "http.json"
     argv = [
-        "bench",
-        "--http",
+        "loadtest",
+        "http-bench",
         "--backbone",
         "roberta-tiny-random",
         "--requests",
@@ -34,7 +34,7 @@ def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert set(report["inst_per_min"]) == {"in-process", "http"}
     assert all(v > 0 for v in report["inst_per_min"].values())
     assert report["http_over_in_process"] > 0
-    assert report["command"].startswith("spartan bench --http")
+    assert report["command"].startswith("spartan loadtest http-bench")
     assert "| HTTP / in-process |" in capsys.readouterr().out
 
 
@@ -44,8 +44,8 @@ def test_bench_http_pinned_puts_server_and_load_on_separate_cpus(tmp_path: Path)
         pytest.skip("pinning needs 2 CPUs")
     out = tmp_path / "pinned.json"
     argv = [
-        "bench",
-        "--http",
+        "loadtest",
+        "http-bench",
         "--pin",
         "--backbone",
         "roberta-tiny-random",
@@ -64,5 +64,7 @@ def test_bench_http_pinned_puts_server_and_load_on_separate_cpus(tmp_path: Path)
 
 
 def test_bench_http_rejects_bad_texts_per_request(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--http", "--backbone", "roberta-tiny-random", "--texts-per-request", "0"]) == 2
+    assert (
+        main(["loadtest", "http-bench", "--backbone", "roberta-tiny-random", "--texts-per-request", "0"]) == 2
+    )
     assert "texts_per_request must be 1-64" in capsys.readouterr().err

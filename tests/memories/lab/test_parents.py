@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from memories.backbone import Backbone
-from memories.cli import main
+from memories.config import SpartanConfig
 from memories.data import Example
+from memories.lab.parents import ParentLabels, parent_labels, picked_parent
 from memories.model import TaskMemory
-from memories.parents import ParentLabels, parent_labels, picked_parent
-from memories.spartan import SpartanConfig
+from spartan_cli.main import main
 
 
 def test_picked_parent_uses_the_pooled_token_or_the_majority_of_real_tokens() -> None:

@@ -3,7 +3,7 @@
 This is the device emulation without a container engine: ``spartan loadtest serve --profile
 raspi4`` and the load test start ``spartan serve`` through :func:`start_confined`. Needs root and
 writable controllers (``cpu``, ``cpuset``, ``memory``); each missing piece raises
-:class:`~service.errors.CgroupError` saying which.
+:class:`~loadtest.errors.CgroupError` saying which.
 
 A process that exceeds the memory limit is killed by the kernel's OOM killer;
 :meth:`Confined.exit_reason` reports that as such (from the cgroup's ``oom_kill`` counter), so a
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from loadtest.errors import CgroupError
 from service.cpu import CGROUP_ROOT, own_cgroup
-from service.errors import CgroupError
 
 PERIOD_US = 100_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -14,7 +14,7 @@ Variants:
 * ``spartan-dense``: one memory, every child via two GEMMs and a top-K mask (production path);
 * ``spartan-gather``: one memory, only the chosen parents' children gathered per token;
 * ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs);
-* ``pfeiffer``, ``houlsby``: the paper's adapter baselines (memories.adapters), one task, with
+* ``pfeiffer``, ``houlsby``: the paper's adapter baselines (memories.lab.adapters), one task, with
   its head; not run unless asked for;
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
   mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
@@ -26,22 +26,22 @@ Variants:
 from __future__ import annotations
 
 import functools
-import os
-import platform
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from memories.adapters import Adapter
 from memories.backbone import Backbone, Encoded, LayerMemory
+from memories.config import SpartanConfig
 from memories.errors import ConfigError
-from memories.methods import build_model
+from memories.lab.adapters import Adapter
+from memories.lab.baselines import build_model
+from memories.lab.host import machine
+from memories.lab.timing import interleaved, median_ratio
 from memories.model import PackedMemory, TaskMemory, run_batch
 from memories.precision import FP32_LAYERS
-from memories.spartan import SpartanConfig, SpartanLayer, spartan_dense, spartan_gather
-from memories.timing import interleaved, median_ratio
+from memories.spartan import SpartanLayer, spartan_dense, spartan_gather
 
 VARIANTS = (
     "bare",
@@ -241,23 +241,6 @@ def layer_bench(
                 "from_op_alone": round(best["bare"] / (best["bare"] + 2 * op["adapter-swish"]), 4)
             },
         },
-    }
-
-
-def machine() -> dict[str, object]:
-    """Facts about the host that a reader needs to compare numbers."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
     }
 
 

@@ -22,22 +22,16 @@ from typing import Any
 
 import torch
 
-from memories.atomic import atomic_write
+from memories.atomic import atomic_write, write_json
 from memories.backbone import Backbone, Encoded
-from memories.bench import machine, random_batch
+from memories.config import DEFAULT_LR, METHODS, Method, SpartanConfig
 from memories.data import TaskSpec
 from memories.errors import ConfigError
-from memories.methods import (
-    DEFAULT_LR,
-    METHODS,
-    Method,
-    SavedTask,
-    TaskModel,
-    build_model,
-    trainable_parameters,
-)
-from memories.spartan import SpartanConfig
-from memories.timing import interleaved
+from memories.lab.baselines import build_model
+from memories.lab.bench import random_batch
+from memories.lab.host import machine
+from memories.lab.timing import interleaved
+from memories.methods import SavedTask, TaskModel, trainable_parameters
 from memories.train import TrainOptions, train
 
 
@@ -99,7 +93,7 @@ def run_grid(
             eval_every=options.eval_every,
             max_dev_examples=options.max_dev_examples,
         )
-        result = train(train_options, backbone, log, command)
+        result = train(train_options, backbone, log, command, build_model)
         cell = {
             "task": task,
             "method": method,
@@ -119,7 +113,7 @@ def run_grid(
             "command": command,
             "machine": machine(),
         }
-        atomic_write(path, (json.dumps(cell, indent=2) + "\n").encode())
+        write_json(path, cell)
     return paths
 
 
@@ -264,7 +258,7 @@ def plot_table(table: dict[str, Any], title: str, path: Path) -> None:
 def write_table(out: Path, title: str) -> dict[str, Any]:
     """Summarise ``out`` into ``table.json``, ``table.md`` and ``table.png`` beside the cells."""
     table = summarise(out)
-    atomic_write(out / "table.json", (json.dumps(table, indent=2) + "\n").encode())
+    write_json(out / "table.json", table)
     atomic_write(out / "table.md", format_markdown(table).encode())
     plot_table(table, title, out / "table.png")
     return table

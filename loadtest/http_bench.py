@@ -5,7 +5,7 @@ Both sides get the same work: ``requests`` requests of ``texts_per_request`` tex
 to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`` torch threads.
 
 * in-process: an :class:`~service.engine.Engine` in this process, fed by asyncio tasks;
-* HTTP: a real ``spartan serve`` child process on a loopback port (service.launcher; file
+* HTTP: a real ``spartan serve`` child process on a loopback port (loadtest.launcher; file
   registry in a temp dir, the memories uploaded through the API), fed by the async client.
 
 Rounds alternate the two sides; the reported ratio is the median of per-round ratios
@@ -27,18 +27,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from loadtest.launcher import start_server
+from loadtest.synthetic import random_memories
 from memories.backbone import Backbone
-from memories.bench import machine
 from memories.errors import ConfigError
-from memories.memfile import MemoryFile, MemoryMetadata
-from memories.model import TaskMemory
-from memories.spartan import SpartanConfig
+from memories.lab.host import machine
 from service.cache import LoadedMemory
 from service.client import AsyncSpartanClient
 from service.engine import Engine, RowRequest
-from service.launcher import start_server
 
 
 @dataclass(frozen=True)
@@ -59,22 +55,6 @@ class HttpBenchOptions:
             raise ConfigError(
                 f"texts_per_request must be 1-64 (the server's max_inputs), got {self.texts_per_request}"
             )
-
-
-def random_memories(
-    backbone: Backbone, count: int, seed: int, prefix: str = "bench", max_seq_length: int = 128
-) -> list[MemoryFile]:
-    """``count`` untrained two-label memories for ``backbone`` (tasks ``<prefix>-<i>``), for load;
-    inputs are truncated to ``max_seq_length`` tokens."""
-    torch.manual_seed(seed)
-    files = []
-    for i in range(count):
-        task = TaskMemory(backbone.hidden_size, backbone.num_layers, 2, SpartanConfig())
-        meta = MemoryMetadata.for_backbone(
-            backbone, SpartanConfig(), ["no", "yes"], backbone.pooling, max_seq_length, task=f"{prefix}-{i}"
-        )
-        files.append(MemoryFile.from_task(task, meta))
-    return files
 
 
 def _texts(count: int) -> list[str]:

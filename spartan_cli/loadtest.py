@@ -1,105 +1,94 @@
-"""``spartan loadtest``: calibrate, probe, serve (the cgroup runner), run, scenarios.
-
-Registered into the ``spartan`` command by :func:`register`; heavy imports happen inside the
-commands, never at import time.
-"""
+"""``spartan loadtest``: calibrate, probe, serve (the cgroup runner), run, serving, curve,
+http-bench, scenarios. The harness (``loadtest``) is imported inside each command only."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from loadtest.errors import LoadTestError
-from loadtest.profiles import PROFILES_FILE, VARIANTS
+from spartan_cli.common import backbone, log, options_from, set_threads, write_report
 
 if TYPE_CHECKING:
     from loadtest.calibrate import ProbeOptions
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _write_json(report: dict[str, object], path: Path | None) -> None:
-    text = json.dumps(report, indent=2)
+def _emit(report: dict[str, object], path: Path | None, command: str) -> None:
+    """The report to ``path`` (atomically), or to stdout without one."""
+    write_report(report, path, command)
     if path is None:
-        print(text)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    _log(f"wrote {path}")
+        print(json.dumps(report, indent=2))
+
+
+def _profiles(args: argparse.Namespace) -> Path:
+    from loadtest.profiles import PROFILES_FILE
+
+    return args.profiles or PROFILES_FILE
 
 
 def _probe_options(args: argparse.Namespace) -> ProbeOptions:
     from loadtest.calibrate import ProbeOptions
 
-    return ProbeOptions(batch_size=args.batch_size, seq_length=args.seq_length, seconds=args.seconds)
+    return options_from(args, ProbeOptions)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from loadtest.calibrate import calibrate
-    from memories.backbones import load_backbone
 
     options = _probe_options(args)
-    backbone = load_backbone(args.backbone)
+    model = backbone(args.backbone)
     with torch.inference_mode():
-        report = calibrate(args.profile, backbone, options, args.command_line, _log, args.profiles)
-    report["command"] = args.command_line
-    _write_json(report, args.json)
+        report = calibrate(args.profile, model, options, args.command_line, log, _profiles(args))
+    _emit(report, args.json, args.command_line)
     return 0 if report["within_tolerance"] else 1
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from loadtest.calibrate import measure_profile
-    from memories.backbones import load_backbone
-    from memories.bench import machine
+    from memories.lab.host import machine
 
-    options = _probe_options(args)
-    backbone = load_backbone(args.backbone)
     report = measure_profile(
         args.profile,
-        backbone,
-        options,
+        backbone(args.backbone),
+        _probe_options(args),
         args.rounds,
-        _log,
-        args.profiles,
+        log,
+        _profiles(args),
         args.threads,
         args.cpuset,
         tuple(args.variants),
     )
-    report.update({"backbone": args.backbone, "command": args.command_line, "machine": machine()})
-    _write_json(report, args.json)
+    report.update({"backbone": args.backbone, "machine": machine()})
+    _emit(report, args.json, args.command_line)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The cgroup runner: ``spartan serve`` inside the profile's budget, in the foreground."""
+    from loadtest.launcher import start_server
     from loadtest.profiles import load_profile
-    from service.launcher import start_server
 
-    profile = load_profile(args.profile, args.profiles)
+    profile = load_profile(args.profile, _profiles(args))
     settings = {"threads": str(profile.threads)}
     if args.backbone:
         settings["backbone"] = args.backbone
     if args.seed_dir:
         settings["seed_dir"] = str(args.seed_dir)
-    log = args.log or Path(tempfile.mkstemp(prefix="spartan-serve-", suffix=".log")[1])
+    log_file = args.log or Path(tempfile.mkstemp(prefix="spartan-serve-", suffix=".log")[1])
     limits = profile.limits
-    _log(
+    log(
         f"starting spartan serve in a cgroup: {limits.cpus} cores on CPUs {limits.cpuset}, "
-        f"{profile.mem_limit} memory, {profile.threads} torch threads; log {log}"
+        f"{profile.mem_limit} memory, {profile.threads} torch threads; log {log_file}"
     )
-    server = start_server(settings, log, ready_timeout=600, limits=limits, port=args.port)
-    _log(f"ready at {server.url} (profile {args.profile}); Ctrl-C stops it")
+    server = start_server(settings, log_file, ready_timeout=600, limits=limits, port=args.port)
+    log(f"ready at {server.url} (profile {args.profile}); Ctrl-C stops it")
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -108,16 +97,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         while (reason := server.exit_reason()) is None:
             time.sleep(0.5)
-        _log(f"spartan serve {reason}")
+        log(f"spartan serve {reason}")
         return 1
     except KeyboardInterrupt:
-        _log("stopping (admitted requests finish first)")
+        log("stopping (admitted requests finish first)")
         return 0
     finally:
         server.stop()
 
 
 def _setting(item: str) -> tuple[str, str]:
+    from loadtest.errors import LoadTestError
+
     name, sep, value = item.partition("=")
     if not sep or not name:
         raise LoadTestError(f"--server-setting takes NAME=VALUE, got {item!r}")
@@ -128,25 +119,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.report import plot
     from loadtest.run import RunOptions, run_load_test
 
-    options = RunOptions(
-        scenario=args.scenario,
-        data=args.data,
-        texts=args.texts,
-        backbone=args.backbone,
-        url=args.url,
-        profile=args.profile,
-        profiles=args.profiles,
-        duration_s=args.duration,
-        max_requests=args.requests,
-        concurrency=args.concurrency,
-        texts_per_request=args.texts_per_request,
-        max_seq_length=args.max_seq_length,
+    options = options_from(
+        args,
+        RunOptions,
         server_settings=tuple(_setting(item) for item in args.server_setting),
-        seed=args.seed,
-        api_key=args.api_key,
     )
-    report, samples = run_load_test(options, args.command_line, _log)
-    _write_json(report, args.json)
+    report, samples = run_load_test(options, args.command_line, log)
+    _emit(report, args.json, args.command_line)
     if args.json is not None:
         title = (
             f"{args.scenario}" + (f", profile {args.profile}" if args.profile else "") + f", {args.backbone}"
@@ -154,53 +133,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         seconds = report["seconds"]
         assert isinstance(seconds, float), "summarise() reports the run's seconds"
         plot(samples, seconds, title, args.json.with_suffix(".png"))
-        _log(f"wrote {args.json.with_suffix('.png')}")
+        log(f"wrote {args.json.with_suffix('.png')}")
     latency = report["latency_s"]
-    _log(f"{report['inst_per_min']} inst/min, latency {latency}, errors {report['errors']}")
+    log(f"{report['inst_per_min']} inst/min, latency {latency}, errors {report['errors']}")
     return 0 if report["server_exit"] is None else 1
 
 
 def cmd_serving(args: argparse.Namespace) -> int:
     from loadtest.serving import ServingOptions, run_serving
-    from memories.backbones import load_backbone
-    from memories.bench import machine
+    from memories.lab.host import machine
 
-    options = ServingOptions(
-        backbone=args.backbone,
-        measurements=tuple(args.measure),
-        registries=tuple(args.registry),
-        memory_dtype=args.memory_dtype,
-        cold_tasks=args.cold_tasks,
-        swaps=args.swaps,
-        density_tasks=args.density_tasks,
-        sweep_tasks=args.sweep_tasks,
-        sweep_cache_mb=args.sweep_cache_mb,
-        redis_url=args.redis_url,
-    )
-    report = run_serving(load_backbone(args.backbone), options, _log)
-    report.update({"command": args.command_line, "machine": machine()})
-    _write_json(report, args.json)
+    report = run_serving(backbone(args.backbone), options_from(args, ServingOptions), log)
+    report["machine"] = machine()
+    _emit(report, args.json, args.command_line)
     return 0
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
     from loadtest.curve import CurveOptions, plot_curve, run_curve
-    from memories.bench import machine
+    from memories.lab.host import machine
 
-    options = CurveOptions(
-        data=args.data,
-        texts=args.texts,
-        backbone=args.backbone,
-        rates=tuple(args.rates),
-        seconds_per_point=args.seconds,
-        p95_budget_s=args.p95_budget,
-    )
-    report = run_curve(options, _log)
-    report.update({"command": args.command_line, "machine": machine()})
-    _write_json(report, args.json)
+    report = run_curve(options_from(args, CurveOptions), log)
+    report["machine"] = machine()
+    _emit(report, args.json, args.command_line)
     if args.json is not None:
         plot_curve(report, args.json.with_suffix(".png"))
-        _log(f"wrote {args.json.with_suffix('.png')}")
+        log(f"wrote {args.json.with_suffix('.png')}")
+    return 0
+
+
+def cmd_http_bench(args: argparse.Namespace) -> int:
+    from loadtest.http_bench import HttpBenchOptions, format_http_table, run_http_bench
+
+    options = options_from(args, HttpBenchOptions)
+    set_threads(args.threads)
+    report = run_http_bench(backbone(args.backbone), options, log)
+    print(format_http_table(report))
+    write_report(report, args.json, args.command_line)
     return 0
 
 
@@ -212,13 +181,16 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+PROFILES_HELP = "the profiles file (default: the one shipped with loadtest)"
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    loadtest = sub.add_parser("loadtest", help="device profiles, cgroup runner and load generator")
+    loadtest = sub.add_parser("loadtest", help="device profiles, cgroup runner, load generator, HTTP bench")
     commands = loadtest.add_subparsers(dest="loadtest_command", required=True)
 
     def probe_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--profile", required=True, help="a profile of the profiles file")
-        parser.add_argument("--profiles", type=Path, default=PROFILES_FILE, help="the profiles file")
+        parser.add_argument("--profiles", type=Path, help=PROFILES_HELP)
         parser.add_argument("--backbone", default="roberta-base-random", help="the paper's: RoBERTa-base")
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--seq-length", type=int, default=64)
@@ -238,9 +210,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     probe.add_argument(
         "--variants",
         nargs="+",
-        choices=VARIANTS,
         default=["bare", "spartan"],
-        help="what runs beside the bare backbone (the paper's Table 1: spartan pfeiffer houlsby)",
+        help="what runs beside the bare backbone: spartan pfeiffer houlsby (the paper's Table 1)",
     )
     probe.add_argument("--rounds", type=int, default=3)
     probe.add_argument("--threads", type=int, help="torch threads (default: the profile's)")
@@ -251,7 +222,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "serve", help="run spartan serve inside a profile's cgroup (no Docker needed)"
     )
     serve.add_argument("--profile", required=True)
-    serve.add_argument("--profiles", type=Path, default=PROFILES_FILE, help="the profiles file")
+    serve.add_argument("--profiles", type=Path, help=PROFILES_HELP)
     serve.add_argument("--backbone", help="default: SPARTAN_BACKBONE or minilm")
     serve.add_argument("--seed-dir", type=Path, help="memories uploaded at start-up if absent")
     serve.add_argument("--port", type=int, default=8000)
@@ -262,8 +233,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "serving", help="cold load, hot-swap propagation, tasks per GiB and RSS over a task sweep"
     )
     serving.add_argument("--backbone", default="roberta-base-random", help="the paper's: RoBERTa-base")
-    serving.add_argument("--measure", nargs="+", default=["cold", "swap", "density", "sweep"])
-    serving.add_argument("--registry", nargs="+", default=["file", "redis"], help="for cold and swap")
+    serving.add_argument(
+        "--measure", dest="measurements", nargs="+", default=["cold", "swap", "density", "sweep"]
+    )
+    serving.add_argument(
+        "--registry", dest="registries", nargs="+", default=["file", "redis"], help="for cold and swap"
+    )
     serving.add_argument("--memory-dtype", choices=("float32", "float16"), default="float16")
     serving.add_argument("--cold-tasks", type=int, default=40)
     serving.add_argument("--swaps", type=int, default=40)
@@ -281,8 +256,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     curve.add_argument("--texts", default="sst2", help="data set whose dev texts are sent")
     curve.add_argument("--backbone", default="roberta-base-random")
     curve.add_argument("--rates", type=float, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8], help="req/s")
-    curve.add_argument("--seconds", type=float, default=30.0, help="per rate")
-    curve.add_argument("--p95-budget", type=float, default=1.0, help="seconds")
+    curve.add_argument("--seconds", dest="seconds_per_point", type=float, default=30.0, help="per rate")
+    curve.add_argument("--p95-budget", dest="p95_budget_s", type=float, default=1.0, help="seconds")
     curve.add_argument("--json", type=Path, help="write the report here, the plot beside it")
     curve.set_defaults(func=cmd_curve)
 
@@ -294,9 +269,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     target = run.add_mutually_exclusive_group()
     target.add_argument("--url", help="a running server on loopback (default: start one)")
     target.add_argument("--profile", help="start the server inside this device profile's cgroup")
-    run.add_argument("--profiles", type=Path, default=PROFILES_FILE, help="the profiles file")
-    run.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    run.add_argument("--requests", type=int, help="stop after this many requests")
+    run.add_argument("--profiles", type=Path, help=PROFILES_HELP)
+    run.add_argument("--duration", dest="duration_s", type=float, default=30.0, help="seconds of load")
+    run.add_argument("--requests", dest="max_requests", type=int, help="stop after this many requests")
     run.add_argument("--concurrency", type=int, help="closed-loop clients (default: the scenario's)")
     run.add_argument("--texts-per-request", type=int, help="texts per request (default: the scenario's)")
     run.add_argument("--max-seq-length", type=int, default=64, help="tokens per input (as calibrated)")
@@ -311,6 +286,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--api-key", help="for a server with keys (admin: it uploads memories)")
     run.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
     run.set_defaults(func=cmd_run)
+
+    http = commands.add_parser(
+        "http-bench", help="the engine in-process vs through HTTP, interleaved (serving overhead)"
+    )
+    http.add_argument("--backbone", default="minilm")
+    http.add_argument("--tasks", type=int, default=8, help="memories the requests rotate over")
+    http.add_argument("--requests", type=int, default=512, help="requests per side and round")
+    http.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    http.add_argument("--rounds", type=int, default=3)
+    http.add_argument("--threads", type=int, default=1)
+    http.add_argument("--batch-size", dest="max_batch_size", type=int, default=32)
+    http.add_argument("--pin", action="store_true", help="server/engine on CPU 0, load generator elsewhere")
+    http.add_argument("--texts-per-request", type=int, default=1, help="texts in each request")
+    http.add_argument("--json", type=Path, help="write the full report here")
+    http.set_defaults(func=cmd_http_bench)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(func=cmd_scenarios)

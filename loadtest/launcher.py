@@ -3,7 +3,7 @@
 Used by ``spartan bench --http``, the multi-replica tests, the load test and the cgroup runner,
 so every caller starts servers the same way: settings as ``SPARTAN_*`` environment variables,
 output to a log file, ready when ``/readyz`` answers 200; optionally inside a cgroup with a
-device profile's limits (service.cgroup).
+device profile's limits (loadtest.cgroup).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from service.cgroup import Confined, Limits, start_confined
+from loadtest.cgroup import Confined, Limits, start_confined
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def start_server(
         **{f"SPARTAN_{k.upper()}": v for k, v in settings.items()},
         "SPARTAN_PORT": str(port),
     }
-    command = [sys.executable, "-m", "memories.cli", "serve"]
+    command = [sys.executable, "-m", "service"]
     with log.open("wb") as out:
         if limits is None:
             server = ServerProcess(

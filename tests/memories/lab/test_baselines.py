@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from memories.backbone import Backbone, Encoded
-from memories.checkpoint import file_format, read_checkpoint
+from memories.config import METHODS
 from memories.data import TaskSpec
 from memories.errors import BackboneMismatchError, InvalidMemoryFileError
+from memories.lab.baselines import build_model, load_baseline
+from memories.lab.checkpoint import file_format, read_checkpoint
 from memories.memfile import read_memory
-from memories.methods import METHODS, SavedTask, build_model, load_baseline, trainable_parameters
+from memories.methods import SavedTask, trainable_parameters
 from memories.model import run_batch
 
 SPEC = TaskSpec("toy", "classification", ("negative", "positive"), "accuracy")
@@ -124,7 +126,7 @@ def test_checkpoints_refuse_other_backbones_and_other_files(
 
 
 def test_a_checkpoint_whose_tensors_do_not_fit_is_refused(roberta_tiny: Backbone, tmp_path: Path) -> None:
-    from memories.checkpoint import CheckpointMetadata, save_checkpoint
+    from memories.lab.checkpoint import CheckpointMetadata, save_checkpoint
 
     meta = CheckpointMetadata(
         method="probe",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memories.timing import interleaved, median_ratio
+from memories.lab.timing import interleaved, median_ratio
 
 
 def test_interleaved_warms_up_then_rotates_the_order_every_round() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memories.adapters import AdapterConfig, Adapters
 from memories.backbone import Backbone, Encoded
 from memories.errors import ConfigError
+from memories.lab.adapters import AdapterConfig, Adapters
 from tests.conftest import TINY_BACKBONES
 
 

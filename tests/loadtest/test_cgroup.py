@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cgroup import CgroupV2, Confined, Limits, cgroup_version, confine_self, start_confined
-from service.errors import CgroupError
-from service.launcher import start_server
+from loadtest.cgroup import CgroupV2, Confined, Limits, cgroup_version, confine_self, start_confined
+from loadtest.errors import CgroupError
+from loadtest.launcher import start_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or cgroup_version() is None, reason="needs root and a cgroup hierarchy"
@@ -129,7 +129,7 @@ def test_cgroup_v2_writes_the_unified_interface(tmp_path: Path, monkeypatch: pyt
         (folder / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
         (folder / "cgroup.subtree_control").write_text("")
     (leaf / "memory.swap.max").write_text("max\n")
-    monkeypatch.setattr("service.cgroup.own_cgroup", lambda controller: base)
+    monkeypatch.setattr("loadtest.cgroup.own_cgroup", lambda controller: base)
     cgroup = CgroupV2("probe", Limits(cpus=0.55, cpuset="0", memory_bytes=256 << 20))
     assert (leaf / "cpu.max").read_text() == "55000 100000"
     assert (leaf / "cpuset.cpus").read_text() == "0"
@@ -143,6 +143,6 @@ def test_cgroup_v2_writes_the_unified_interface(tmp_path: Path, monkeypatch: pyt
 
 def test_cgroup_v2_names_a_missing_controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
-    monkeypatch.setattr("service.cgroup.own_cgroup", lambda controller: tmp_path)
+    monkeypatch.setattr("loadtest.cgroup.own_cgroup", lambda controller: tmp_path)
     with pytest.raises(CgroupError, match=r"controllers \['cpuset', 'memory'\] are not available"):
         CgroupV2("probe", Limits(cpus=0.5))

@@ -1,0 +1,101 @@
+"""What a classify request asks and what it gets back, without HTTP: inputs, checks, predictions.
+
+:func:`check_inputs` enforces the per-request limits; :func:`predict` turns one row's head output
+(and, when asked, its routing) into a :class:`Prediction`. The engine thread calls
+:func:`predict` right after the batch ran, so no model maths or tensor reduction ever runs on
+the event loop; the softmax over a task's few labels is plain Python (one ``tolist`` per batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from memories.memfile import MemoryMetadata
+from service.errors import InvalidRequestError, PayloadTooLargeError
+
+Explain = Literal["none", "last_layer", "all_layers"]
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """One text, or a sentence pair (paraphrase, entailment tasks)."""
+
+    text: str
+    pair: str | None = None
+
+
+@dataclass(frozen=True)
+class ParentUse:
+    """How one layer's memory routed an input: mean parent weight over its tokens (sums to 1)."""
+
+    layer: int
+    weights: list[float]
+    top: list[int]  # parents by decreasing weight, non-zero only
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Classification: ``label`` and ``scores`` (every label's probability). Regression: ``value``."""
+
+    label: str | None = None
+    scores: dict[str, float] | None = None
+    value: float | None = None
+    parents: list[ParentUse] | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A request's answer: every input was served by the same memory ``version``."""
+
+    task: str
+    version: int
+    predictions: list[Prediction]
+
+
+def check_inputs(inputs: Sequence[TextInput], max_inputs: int, max_chars: int) -> None:
+    """Refuse a request with no text, an empty text, or over the per-request limits."""
+    if not inputs:
+        raise InvalidRequestError("inputs: give at least one text")
+    if len(inputs) > max_inputs:
+        raise PayloadTooLargeError(f"inputs: {len(inputs)} texts, the limit is {max_inputs} per request")
+    for n, item in enumerate(inputs):
+        if not item.text.strip():
+            raise InvalidRequestError(f"inputs[{n}]: the text is empty")
+        chars = len(item.text) + len(item.pair or "")
+        if chars > max_chars:
+            raise PayloadTooLargeError(f"inputs[{n}]: {chars} characters, the limit is {max_chars}")
+
+
+def softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _parents(routing: torch.Tensor, explain: Explain) -> list[ParentUse]:
+    """routing [L, S, Np] -> per layer the mean parent weight over the input's tokens."""
+    layers = range(routing.shape[0]) if explain == "all_layers" else [routing.shape[0] - 1]
+    uses = []
+    for layer in layers:
+        weights = routing[layer].mean(dim=0)  # [Np]
+        order = [int(p) for p in torch.argsort(weights, descending=True) if weights[p] > 0]
+        uses.append(ParentUse(layer=layer, weights=[round(float(w), 6) for w in weights], top=order))
+    return uses
+
+
+def predict(
+    meta: MemoryMetadata, logits: list[float], routing: torch.Tensor | None, explain: Explain
+) -> Prediction:
+    """One row's prediction from its head output; ``routing`` [L, S, Np] is given when explained."""
+    parents = _parents(routing, explain) if routing is not None and explain != "none" else None
+    if meta.task_type == "regression":
+        return Prediction(value=logits[0], parents=parents)
+    probs = softmax(logits)
+    scores = {label: round(p, 6) for label, p in zip(meta.labels, probs, strict=True)}
+    return Prediction(label=meta.labels[probs.index(max(probs))], scores=scores, parents=parents)
