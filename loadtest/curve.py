@@ -25,6 +25,7 @@ from loadtest.report import scrape, summarise
 from loadtest.run import upload_memories
 from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
+from memories.atomic import write_figure
 from memories.backbones import load_backbone
 from memories.memfile import MemoryFile
 from service.client import AsyncSpartanClient
@@ -175,5 +176,5 @@ def plot_curve(report: dict[str, Any], path: Path) -> None:
     right.legend()
     figure.suptitle(f"batching policy, {report['backbone']}, single-text requests")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_figure(figure, path, dpi=110)
     plt.close(figure)

@@ -10,6 +10,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.generator import DROPPED, Sample
+from memories.atomic import write_figure
 
 
 def scrape(text: str) -> dict[str, float]:
@@ -129,6 +130,5 @@ def plot(samples: Sequence[Sample], seconds: float, title: str, path: Path) -> N
     right.set(xlabel="latency (s)", ylabel="requests", title="latency of answered requests")
     figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    write_figure(figure, path, dpi=100)
     plt.close(figure)

@@ -1,11 +1,17 @@
-"""Atomic file replacement: readers see the old file or the whole new one, never a part."""
+"""Atomic file replacement: readers see the old file or the whole new one, never a part.
+
+Every file the project writes goes through here: memory files, registry records, reports
+(:func:`write_json`) and their plots (:func:`write_figure`).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -27,3 +33,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 def write_json(path: Path, document: object) -> None:
     """Write ``document`` as indented JSON (with a final newline) atomically: every report writer."""
     atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def write_figure(figure: Any, path: Path, dpi: int) -> None:
+    """Render a matplotlib figure to PNG in memory and write it atomically (plots beside reports)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())

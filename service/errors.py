@@ -13,6 +13,10 @@ class ServiceError(SpartanError):
     """Base of every error the service raises on purpose (400 unless a subclass says otherwise)."""
 
 
+class SettingsError(ServiceError):
+    """A setting (flag or environment variable) is invalid; the service does not start."""
+
+
 class UnauthorizedError(ServiceError):
     """No key, or an unknown key, while keys are configured (401)."""
 

@@ -7,13 +7,14 @@ The flags of ``spartan serve`` are generated from these fields (same names, keba
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memories.precision import Precision, ResidentDType
 from service.auth import ApiKey
+from service.errors import SettingsError
 
 
 class ServiceSettings(BaseSettings):
@@ -102,3 +103,19 @@ class ServiceSettings(BaseSettings):
 
         from_file = read_keys(self.api_keys_file) if self.api_keys_file is not None else []
         return [*self.api_keys, *from_file]
+
+
+def load_settings(cli_source: Any = None) -> ServiceSettings:
+    """The settings from the environment (and ``cli_source``, a pydantic-settings CLI source,
+    when given: its flags win); an invalid value raises SettingsError naming the flag and variable."""
+    try:
+        if cli_source is None:
+            return ServiceSettings()
+        return ServiceSettings(_cli_settings_source=cli_source)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            where = f"--{name.replace('_', '-')} / SPARTAN_{name.upper()}" if name else "settings"
+            problems.append(f"{where}: {error['msg']}")
+        raise SettingsError("invalid service settings: " + "; ".join(problems)) from None

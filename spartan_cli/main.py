@@ -16,6 +16,17 @@ from memories.errors import SpartanError
 from spartan_cli import lab, loadtest, model, serve
 from spartan_cli.common import quiet_transformers
 
+# A command whose layer is not installed names the extra that brings it, instead of a traceback.
+EXTRA_OF_MODULE = {
+    "loadtest": "lab",
+    "matplotlib": "lab",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "redis": "serve",
+    "prometheus_client": "serve",
+    "httpx": "serve",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -38,5 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except SpartanError as exc:
         print(f"spartan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"spartan {args.command}: error: this install has no {exc.name!r}; "
+            f"install the '{extra}' extra: pip install 'spartan-serve[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     return status

@@ -27,9 +27,9 @@ def _settings_source(parser: argparse.ArgumentParser) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve import run
-    from service.settings import ServiceSettings
+    from service.settings import load_settings
 
-    run(ServiceSettings(_cli_settings_source=args.settings_source(parsed_args=args)))
+    run(load_settings(args.settings_source(parsed_args=args)))
     return 0
 
 

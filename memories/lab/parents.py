@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from memories.atomic import write_figure
 from memories.backbone import Backbone
 from memories.data import Example
 from memories.model import PackedMemory, run_batch
@@ -108,5 +109,5 @@ def plot_parent_labels(result: ParentLabels, title: str, path: Path) -> None:
     axes_list[0].set_ylabel("inputs picking the parent")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_figure(figure, path, dpi=110)
     plt.close(figure)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from memories.atomic import atomic_write, write_json
+from memories.atomic import atomic_write, write_figure, write_json
 from memories.backbone import Backbone, Encoded
 from memories.config import DEFAULT_LR, METHODS, Method, SpartanConfig
 from memories.data import TaskSpec
@@ -251,7 +251,7 @@ def plot_table(table: dict[str, Any], title: str, path: Path) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=len(methods))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
