@@ -142,6 +142,11 @@ class Backbone:
         for i in range(len(layers)):
             layers[i] = _LayerWithMemory(layers[i], i, self._slot)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the hidden states between layers (bf16 in bf16 mode, else fp32)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
     def _wrappers(self) -> list[_LayerWithMemory]:
         encoder: Any = self.model.encoder
         return list(encoder.layer)

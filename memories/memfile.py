@@ -48,6 +48,11 @@ MAX_HEADER_BYTES = 1024 * 1024
 FileDType = Literal["float32", "float16"]
 _SAFETENSORS_DTYPES: dict[str, FileDType] = {"F32": "float32", "F16": "float16"}
 _TORCH_DTYPES: dict[FileDType, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+_RESIDENT: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 _ITEM_SIZE = {"F32": 4, "F16": 2}
 _FP16_MAX = 65504.0
 
@@ -203,10 +208,10 @@ class MemoryFile:
         return task
 
     def to_packed(self, resident: ResidentDType = "float32") -> PackedMemory:
-        """The inference form, kept in fp32, in fp16, or ``"auto"``: in the dtype the file stores."""
-        dtype = self.dtype if resident == "auto" else resident
+        """The inference form, kept in fp32, fp16, bf16, or ``"auto"``: in the dtype the file stores."""
         meta = self.metadata
-        config, torch_dtype = meta.spartan_config, _TORCH_DTYPES[dtype]
+        torch_dtype = _TORCH_DTYPES[self.dtype] if resident == "auto" else _RESIDENT[resident]
+        config = meta.spartan_config
         return pack_tensors(self.tensors, config, meta.num_layers, meta.pooling, torch_dtype)
 
     def to_bytes(self, dtype: FileDType = "float32") -> bytes:

@@ -5,8 +5,9 @@
   tensor names of the memory file.
 * :class:`PackedMemory` is the frozen inference form of a task: per layer the packed keys
   ``[P; CK]`` and values ``CV`` ready for :func:`~memories.spartan.spartan_dense`, and the head's
-  weights. It is kept resident in fp32 or fp16 (half the bytes per task in a cache) and always
-  computed in fp32: fp16 tensors are upcast per batch, a few hundred microseconds per task.
+  weights. It is kept resident in fp32, fp16 or bf16 (half the bytes per task in a cache) and
+  computed in the backbone's dtype (fp32, or bf16 in bf16 mode): other dtypes are cast per
+  batch, a few hundred microseconds per task. The head always runs in fp32.
 * :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
   memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
   keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
@@ -25,7 +26,7 @@ from memories.backbone import Backbone, Encoded, Pooling, pool
 from memories.config import SpartanConfig
 from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
-RESIDENT_DTYPES = (torch.float32, torch.float16)
+RESIDENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class Head(nn.Module):
@@ -122,7 +123,7 @@ def pack_tensors(
 class PackedMemory:
     """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head's
     (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]),
-    all in one resident dtype (fp32 or fp16)."""
+    all in one resident dtype (fp32, fp16 or bf16)."""
 
     config: SpartanConfig
     pooling: Pooling
@@ -137,10 +138,11 @@ class PackedMemory:
     def dtype(self) -> torch.dtype:
         return self.head[0].dtype
 
-    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``index``'s (keys, values) in fp32 (a no-op when resident in fp32)."""
+    def layer(self, index: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s (keys, values) in ``dtype``, the hidden states' (a no-op when resident
+        in it; else a per-batch cast of a few hundred KB)."""
         keys, values = self.layers[index]
-        return keys.float(), values.float()
+        return keys.to(dtype), values.to(dtype)
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """The head in eval mode (dense, tanh, out) in fp32: pooled [B, d] -> [B, num_outputs]."""
@@ -195,9 +197,9 @@ class _MixedApply:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = self.memories[rows[0]]
         if shared:
-            keys, values = first.layer(index)  # [M, d], [Nc*Np, d]
+            keys, values = first.layer(index, x.dtype)  # [M, d], [Nc*Np, d]
         else:
-            per_row = [self.memories[r].layer(index) for r in rows]  # fp32 views or upcast copies
+            per_row = [self.memories[r].layer(index, x.dtype) for r in rows]  # views or cast copies
             keys = torch.stack([k for k, _ in per_row])  # [G, M, d]
             values = torch.stack([v for _, v in per_row])  # [G, Nc*Np, d]
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
@@ -247,7 +249,7 @@ def run_batch(
         for rows in _rows_by_memory(memories, range(batch_size)).values():
             memory = memories[rows[0]]
             idx = torch.tensor(rows)
-            pooled = pool(hidden[idx], batch.attention_mask[idx], memory.pooling)  # [G, d]
+            pooled = pool(hidden[idx], batch.attention_mask[idx], memory.pooling).float()  # [G, d]
             out = memory.classify(pooled)  # [G, num_outputs]
             for pos, row in enumerate(rows):
                 logits[row] = out[pos]

@@ -1,4 +1,10 @@
-"""Backbone precision modes: ``fp32`` (exact, the default) and ``int8``.
+"""Backbone precision modes: ``fp32`` (exact), ``bf16`` and ``int8``; ``auto`` is decided by
+measurement on the host (:mod:`memories.autoprecision`).
+
+``bf16`` casts the backbone's weights to bfloat16 (on CPUs with AMX or AVX512-BF16 units the
+fastest mode by far; on an AVX2-only CPU about 8x slower than fp32). The SPARTAN memory op then
+runs in bf16 too (its keys and values are cast per batch, or kept resident in bf16), while the
+pooled output, the head and the returned scores stay fp32.
 
 ``int8`` is dynamic quantisation of the backbone's ``nn.Linear`` layers (weights stored as int8
 per tensor, activations quantised on the fly per batch; PyTorch's fbgemm kernels on x86),
@@ -24,10 +30,14 @@ from memories.errors import ConfigError
 if TYPE_CHECKING:  # torch and the backbone are imported when a mode is applied, not with the names
     from memories.backbone import Backbone
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
-ResidentDType = Literal["auto", "float32", "float16"]
+PrecisionSetting = Literal["auto", "fp32", "bf16", "int8"]
+"""What a user asks for: a mode, or ``auto`` (the fastest mode that passes its check here)."""
+PRECISION_SETTINGS: tuple[str, ...] = get_args(PrecisionSetting)
+
+ResidentDType = Literal["auto", "float32", "float16", "bfloat16"]
 """The dtype a memory is kept in once loaded; ``auto``: the dtype its file stores (memories.model)."""
 RESIDENT_DTYPES: tuple[str, ...] = get_args(ResidentDType)
 
@@ -36,7 +46,7 @@ FP32_LAYERS = (0,)
 
 
 def set_precision(backbone: Backbone, precision: str, fp32_layers: tuple[int, ...] = FP32_LAYERS) -> Backbone:
-    """Switch ``backbone`` to ``precision`` in place (fp32 -> int8 only) and return it; int8 leaves
+    """Switch ``backbone`` to ``precision`` in place (from fp32 only) and return it; int8 leaves
     the encoder layers in ``fp32_layers`` in fp32."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -49,6 +59,10 @@ def set_precision(backbone: Backbone, precision: str, fp32_layers: tuple[int, ..
     import torch
     from torch import nn
 
+    if precision == "bf16":
+        backbone.model.to(torch.bfloat16)
+        backbone.precision = precision
+        return backbone
     kept = {id(module) for i in fp32_layers for module in backbone.layer(i).modules()}
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     targets = {

@@ -1,8 +1,9 @@
 """The FastAPI application: ``create_app(settings)`` builds it; the lifespan starts and stops the runtime.
 
-Start-up (before the first request is accepted): load the backbone (off the event loop), open
-the registry, start the engine thread, load the catalog, upload the seed memories the registry
-does not have yet. Shutdown: stop admitting, finish admitted requests, close the registry.
+Start-up (before the first request is accepted): open the registry, load the backbone (off the event
+loop) in its precision mode (``auto``: measured here, service.precision), start the engine thread,
+load the catalog, upload the seed memories the registry does not have yet. Shutdown: stop admitting,
+finish admitted requests, close the registry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from memories.backbone import Backbone
 from memories.backbones import load_backbone
 from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
-from memories.precision import set_precision
 from service.api import errors
 from service.api.deps import LOCAL_TENANT
 from service.api.routes import classify, health, memories
@@ -27,6 +27,7 @@ from service.auth import KeyRing
 from service.cpu import available_cpus
 from service.engine import Engine
 from service.metrics import HTTPMetrics, RuntimeCollector
+from service.precision import PrecisionChoice, choose
 from service.registry.base import Registry
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
@@ -53,11 +54,23 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
                 "no API keys configured: the service is open to every caller (local development mode)"
             )
         app.state.keyring = keyring
+        registry = make_registry(settings)
         model = backbone
         if model is None:
             model = await asyncio.to_thread(load_backbone, settings.backbone, settings.cache_dir)
-            await asyncio.to_thread(set_precision, model, settings.precision)
-        elif model.precision != settings.precision:
+            model, precision = await choose(
+                settings.precision,
+                model,
+                lambda: load_backbone(settings.backbone, settings.cache_dir),
+                registry,
+                settings.seed_dir,
+                settings.max_batch_size,
+                settings.max_upload_bytes,
+                settings.auto_probe_rounds,
+            )
+        elif settings.precision in ("auto", model.precision):  # a given backbone keeps its mode
+            precision = PrecisionChoice(settings.precision, model.precision)  # type: ignore[arg-type]
+        else:
             raise ConfigError(
                 f"the given backbone is {model.precision}, the settings ask for {settings.precision}"
             )
@@ -76,7 +89,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             threads,
             buckets=buckets,
         )
-        runtime = Runtime(settings, model, make_registry(settings), engine)
+        runtime = Runtime(settings, model, registry, engine, precision)
         await runtime.start()
         if settings.seed_dir is not None:
             seeded = await runtime.seed(settings.seed_dir, LOCAL_TENANT)

@@ -54,6 +54,19 @@ class RuntimeCollector(Collector):
             ("registry_up", int(now.registry_up), "1 when the registry answers"),
         ):
             yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)
+        info = GaugeMetricFamily(
+            "spartan_precision_info",
+            "the backbone's precision mode and the setting that chose it",
+            labels=["mode", "setting"],
+        )
+        info.add_metric([now.precision.mode, now.precision.setting], 1)
+        yield info
+        decision = now.precision.decision
+        yield GaugeMetricFamily(
+            "spartan_precision_decision_seconds",
+            "start-up time precision auto spent measuring (0 when a mode was set)",
+            value=decision.seconds if decision is not None else 0.0,
+        )
         cumulative = [(str(b), n) for b, n in zip(LOAD_BUCKETS, stats.load_histogram, strict=True)]
         yield HistogramMetricFamily(
             "spartan_cache_load_duration_seconds",

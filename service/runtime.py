@@ -33,6 +33,7 @@ from service.auth import Caller
 from service.cache import CacheStats, LoadedMemory, MemoryCache
 from service.engine import Engine, EngineStats, RowRequest
 from service.errors import RegistryUnavailableError, TaskNotFoundError
+from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
@@ -48,6 +49,7 @@ class Status:
     """What readiness reports: the backbone, the registry's state and what is degraded."""
 
     backbone: str
+    precision: PrecisionChoice
     registry_up: bool
     degraded: list[str]
     resident_tasks: int
@@ -66,14 +68,21 @@ class Snapshot:
     engine_queue_depth: int
     catalog_tasks: int
     registry_up: bool
+    precision: PrecisionChoice
 
 
 class Runtime:
     def __init__(
-        self, settings: ServiceSettings, backbone: Backbone, registry: Registry, engine: Engine
+        self,
+        settings: ServiceSettings,
+        backbone: Backbone,
+        registry: Registry,
+        engine: Engine,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.settings = settings
         self.backbone = backbone
+        self.precision = precision or PrecisionChoice(backbone.precision, backbone.precision)  # type: ignore[arg-type]
         self.registry = registry
         self.engine = engine
         self.cache = MemoryCache(settings.cache_bytes, self._load, settings.pinned_tasks)
@@ -132,7 +141,14 @@ class Runtime:
             degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
         if self.registry_error and registry_up:
             degraded.append(f"registry events: {self.registry_error}")
-        return Status(self.backbone.name, registry_up, degraded, len(self.cache), self.cache.resident_bytes)
+        return Status(
+            self.backbone.name,
+            self.precision,
+            registry_up,
+            degraded,
+            len(self.cache),
+            self.cache.resident_bytes,
+        )
 
     def snapshot(self) -> Snapshot:
         """The metrics' numbers right now (no I/O: safe to call while scraping)."""
@@ -146,6 +162,7 @@ class Runtime:
             engine_queue_depth=engine.queued,
             catalog_tasks=len(self.catalog),
             registry_up=self.registry_error is None,
+            precision=self.precision,
         )
 
     async def resolve(self, task: str, caller: Caller) -> VersionInfo:

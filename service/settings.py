@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.precision import Precision, ResidentDType
+from memories.precision import PrecisionSetting, ResidentDType
 from service.auth import ApiKey
 from service.errors import SettingsError
 
@@ -46,7 +46,7 @@ class ServiceSettings(BaseSettings):
     resident_dtype: ResidentDType = Field(
         "auto",
         description="dtype memories are kept in by the cache: auto (as the file stores them), float32, "
-        "or float16 (half the bytes; computed in fp32 either way)",
+        "float16 or bfloat16 (half the bytes; computed in the backbone's dtype either way)",
     )
 
     max_batch_size: int = Field(32, ge=1, le=512, description="rows per engine batch")
@@ -54,7 +54,12 @@ class ServiceSettings(BaseSettings):
     queue_size: int = Field(1024, ge=1, description="admitted requests waiting for the engine")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
-    precision: Precision = Field("fp32", description="backbone precision mode: fp32 (exact) or int8")
+    precision: PrecisionSetting = Field(
+        "auto",
+        description="backbone precision: auto (the fastest mode that keeps fp32's answers, measured at "
+        "start-up on this CPU), fp32 (exact), bf16 (fast with AMX/AVX512-BF16 units) or int8",
+    )
+    auto_probe_rounds: int = Field(2, ge=1, le=20, description="timed rounds per mode when precision is auto")
     compile: bool = Field(
         False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"
     )
@@ -81,6 +86,8 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _compile_fits(self) -> ServiceSettings:
         if self.compile:
+            if self.precision == "auto":
+                self.precision = "fp32"  # compiled layers are checked against eager fp32 only
             if self.precision != "fp32":
                 raise ValueError("compile needs precision fp32 (compiled int8 differs from eager int8)")
             if max(self.compile_batch_sizes, default=0) < self.max_batch_size:

@@ -21,20 +21,23 @@ from spartan_cli.common import (
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from memories.compiled import Buckets, compile_backbone
-    from memories.lab.bench import BenchOptions, format_table, needs_compiled, needs_int8, run_bench
+    from memories.lab.bench import BenchOptions, format_table, needed_copies, run_bench
     from memories.precision import set_precision
 
     options = options_from(args, BenchOptions, spartan=spartan_config(args))
     set_threads(args.threads)
     model = backbone(args.backbone)
-    int8 = set_precision(backbone(args.backbone), "int8") if needs_int8(options) else None
-    compiled = None
-    if needs_compiled(options):
-        compiled = backbone(args.backbone)
-        buckets = Buckets((options.batch_size,), tuple(sorted(options.seq_lengths)))
-        done = compile_backbone(compiled, buckets, progress=log)
-        log(f"compiled {len(buckets.shapes)} shapes in {done['seconds']} s")
-    report = run_bench(model, options, log, int8, compiled)
+    copies = {}
+    for kind in needed_copies(options):
+        copy = backbone(args.backbone)
+        if kind == "compiled":
+            buckets = Buckets((options.batch_size,), tuple(sorted(options.seq_lengths)))
+            done = compile_backbone(copy, buckets, progress=log)
+            log(f"compiled {len(buckets.shapes)} shapes in {done['seconds']} s")
+        else:
+            set_precision(copy, kind)
+        copies[kind] = copy
+    report = run_bench(model, options, log, copies)
     print(format_table(report))
     write_report(report, args.json, args.command_line)
     return 0

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from memories.config import METHODS
 from memories.errors import SpartanError
-from memories.precision import PRECISIONS, RESIDENT_DTYPES
+from memories.precision import PRECISION_SETTINGS, RESIDENT_DTYPES
 from spartan_cli.common import (
     add_spartan_options,
     backbone,
@@ -170,11 +170,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if file_format(args.memory) == BASELINE_FORMAT:
         return _eval_baseline(args)
     fp32_layers = tuple(args.int8_fp32_layers) if args.int8_fp32_layers is not None else FP32_LAYERS
-    memfile, model, spec, examples, _ = _memory_on_data(args, args.precision, fp32_layers)
+    auto = args.precision == "auto"
+    memfile, model, spec, examples, _ = _memory_on_data(args, "fp32" if auto else args.precision, fp32_layers)
     meta = memfile.metadata
+    decision = None
+    if auto:  # decided on this memory, as the service decides on its memories
+        from memories.autoprecision import decide
+
+        spec_name = args.backbone or meta.backbone
+        model, decision = decide(model, lambda: backbone(spec_name), [memfile.to_packed("float32")], log=log)
     facts: dict[str, object] = {
         "method": "spartan",
+        "precision_setting": args.precision,
         "precision": model.precision,
+        "precision_decision": decision.to_json() if decision is not None else None,
         "int8_fp32_layers": list(fp32_layers) if model.precision == "int8" else None,
         "file_dtype": memfile.dtype,
         "resident_dtype": args.resident_dtype,
@@ -276,7 +285,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _memory_on_data_flags(ev)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--threads", type=int)
-    ev.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone precision mode")
+    ev.add_argument(
+        "--precision",
+        choices=PRECISION_SETTINGS,
+        default="fp32",
+        help="backbone precision mode; auto: the one the service would pick here for this memory",
+    )
     ev.add_argument(
         "--resident-dtype",
         choices=RESIDENT_DTYPES,

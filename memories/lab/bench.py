@@ -18,7 +18,7 @@ Variants:
   its head; not run unless asked for;
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
   mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
-  SPARTAN's cost in int8 mode are measured in the same run.
+  SPARTAN's cost in int8 mode are measured in the same run; ``*-bf16`` likewise on a bf16 copy.
 * ``bare-compiled``, ``spartan-dense-compiled``, ``mixed-dense-compiled``: the same on a copy
   whose encoder layers are compiled for the benchmark's shapes (memories.compiled).
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +51,9 @@ VARIANTS = (
     "bare-int8",
     "spartan-dense-int8",
     "mixed-dense-int8",
+    "bare-bf16",
+    "spartan-dense-bf16",
+    "mixed-dense-bf16",
     "bare-compiled",
     "spartan-dense-compiled",
     "mixed-dense-compiled",
@@ -110,20 +113,20 @@ def adapter_forward(backbone: Backbone, batch: Encoded, kind: str) -> Callable[[
     return lambda: predictor(batch)
 
 
-def needs_int8(options: BenchOptions) -> bool:
-    return any(name.endswith("-int8") for name in options.variants)
+COPIES = ("int8", "bf16", "compiled")
+"""Variant suffixes that run on a second copy of the backbone (a precision mode, or compiled)."""
 
 
-def needs_compiled(options: BenchOptions) -> bool:
-    return any(name.endswith("-compiled") for name in options.variants)
+def needed_copies(options: BenchOptions) -> list[str]:
+    """The copies (of :data:`COPIES`) the chosen variants run on."""
+    return [kind for kind in COPIES if any(name.endswith(f"-{kind}") for name in options.variants)]
 
 
 def _variants(
     backbone: Backbone,
     batch: Encoded,
     options: BenchOptions,
-    int8: Backbone | None,
-    compiled: Backbone | None,
+    copies: Mapping[str, Backbone],
 ) -> dict[str, Callable[[], object]]:
     rows = batch.input_ids.shape[0]
     torch.manual_seed(options.seed)
@@ -142,14 +145,10 @@ def _variants(
     for kind in ("pfeiffer", "houlsby"):
         if kind in options.variants:
             variants[kind] = adapter_forward(backbone, batch, kind)
-    if int8 is not None:
-        variants["bare-int8"] = lambda: int8.forward(batch)
-        variants["spartan-dense-int8"] = lambda: run_batch(int8, batch, [packed[0]] * rows)
-        variants["mixed-dense-int8"] = lambda: run_batch(int8, batch, packed)
-    if compiled is not None:
-        variants["bare-compiled"] = lambda: compiled.forward(batch)
-        variants["spartan-dense-compiled"] = lambda: run_batch(compiled, batch, [packed[0]] * rows)
-        variants["mixed-dense-compiled"] = lambda: run_batch(compiled, batch, packed)
+    for kind, copy in copies.items():
+        variants[f"bare-{kind}"] = functools.partial(copy.forward, batch)
+        variants[f"spartan-dense-{kind}"] = functools.partial(run_batch, copy, batch, [packed[0]] * rows)
+        variants[f"mixed-dense-{kind}"] = functools.partial(run_batch, copy, batch, packed)
     return variants
 
 
@@ -248,22 +247,23 @@ def run_bench(
     backbone: Backbone,
     options: BenchOptions,
     progress: Callable[[str], None] = print,
-    int8: Backbone | None = None,
-    compiled: Backbone | None = None,
+    copies: Mapping[str, Backbone] | None = None,
 ) -> dict[str, object]:
     """Measure every variant at every sequence length; returns the JSON-ready report.
-    ``int8``: the same backbone in int8 mode, needed by the ``*-int8`` variants; ``compiled``: a
-    copy compiled for (batch size, every sequence length), needed by the ``*-compiled`` ones."""
-    if needs_int8(options) and (int8 is None or int8.precision != "int8"):
-        raise ConfigError("the *-int8 variants need the backbone's int8 copy (memories.precision)")
-    if needs_compiled(options) and (compiled is None or not compiled.compiled):
-        raise ConfigError("the *-compiled variants need a compiled copy (memories.compiled)")
+    ``copies``: per suffix of :func:`needed_copies` the backbone's copy those variants run on: in
+    int8 or bf16 mode (memories.precision), or compiled for (batch size, every sequence length)."""
+    copies = dict(copies or {})
+    for kind in needed_copies(options):
+        copy = copies.get(kind)
+        ready = copy is not None and (copy.compiled if kind == "compiled" else copy.precision == kind)
+        if not ready:
+            raise ConfigError(f"the *-{kind} variants need the backbone's {kind} copy")
     torch.set_num_threads(options.threads)
     results: dict[str, object] = {}
     layers: dict[str, object] = {}
     for seq in options.seq_lengths:
         batch = random_batch(backbone, options.batch_size, seq, options.seed)
-        every = _variants(backbone, batch, options, int8, compiled)
+        every = _variants(backbone, batch, options, copies)
         variants = {k: v for k, v in every.items() if k in options.variants}
 
         def report_round(r: int, times: dict[str, list[float]], seq: int = seq) -> None:
@@ -282,14 +282,13 @@ def run_bench(
             for name, ts in times.items()
         }
         pairs = [(name, "bare") for name in times if name != "bare" and "bare" in times]
-        for a, b in (
+        suffixed = [(f"spartan-dense-{k}", f"bare-{k}") for k in COPIES]
+        suffixed += [(f"mixed-dense-{k}", f"spartan-dense-{k}") for k in COPIES]
+        for a, b in [
             ("mixed-dense", "spartan-dense"),
-            ("spartan-dense-int8", "bare-int8"),
-            ("mixed-dense-int8", "spartan-dense-int8"),
-            ("spartan-dense-compiled", "bare-compiled"),
-            ("mixed-dense-compiled", "spartan-dense-compiled"),
+            *suffixed,
             ("spartan-dense-compiled", "spartan-dense"),
-        ):
+        ]:
             if {a, b} <= set(times):
                 pairs.append((a, b))
         ratios = {
@@ -305,8 +304,9 @@ def run_bench(
             layers[str(seq)] = layer_bench(
                 backbone, options.batch_size, seq, options.layer_rounds, options.spartan
             )
-            if int8 is not None:
+            if "int8" in copies:
                 # The first layer int8 mode quantises (memories.precision keeps FP32_LAYERS in fp32).
+                int8 = copies["int8"]
                 index = next((i for i in range(int8.num_layers) if i not in FP32_LAYERS), 0)
                 layers[f"{seq}-int8"] = layer_bench(
                     int8, options.batch_size, seq, options.layer_rounds, options.spartan, index

@@ -85,9 +85,37 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class PrecisionCandidate(BaseModel):
+    """One mode ``auto`` considered: its check against fp32 on the probe and its speed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    mode: str
+    passed: bool
+    reason: str
+    decided_agreement: float | None
+    mean_prob_diff: float | None
+    parent_agreement: float | None
+    seconds_per_batch: float | None
+    speedup: float | None = Field(description="fp32 seconds per probe batch / this mode's")
+
+
+class PrecisionStatus(BaseModel):
+    """The backbone's precision: what was asked, what runs, and what ``auto`` measured (if it ran)."""
+
+    setting: str
+    mode: str
+    cpu: str | None = None
+    cpu_flags: list[str] = []
+    torch_capability: str | None = None
+    decided_in_s: float | None = None
+    candidates: list[PrecisionCandidate] = []
+
+
 class Readiness(BaseModel):
     ready: bool
     backbone: str | None
+    precision: PrecisionStatus
     registry: Literal["ok", "unavailable"]
     degraded: list[str]
     resident_tasks: int

@@ -28,7 +28,10 @@ class RunningService:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def start_service(settings: ServiceSettings, backbone: Backbone) -> tuple[RunningService, threading.Thread]:
+def start_service(
+    settings: ServiceSettings, backbone: Backbone | None
+) -> tuple[RunningService, threading.Thread]:
+    """The app on a real uvicorn server in a thread; ``backbone`` None: the app loads its own."""
     config = uvicorn.Config(
         create_app(settings, backbone),
         host="127.0.0.1",

@@ -77,3 +77,61 @@ def test_compile_settings_are_checked() -> None:
         ServiceSettings(compile=True, precision="int8")
     with pytest.raises(ValueError, match="at least max_batch_size=32"):
         ServiceSettings(compile=True, compile_batch_sizes=[1, 8])
+
+
+def _status(running: RunningService) -> tuple[dict[str, object], str]:
+    with running.client() as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        return ready.json()["precision"], http.get("/metrics").text
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "int8"])
+def test_an_explicit_precision_wins_and_serves_an_fp32_memory(tmp_path: Path, mode: str) -> None:
+    settings = ServiceSettings(
+        backbone="roberta-tiny-random",
+        precision=mode,
+        registry_dir=tmp_path / "r",
+        port=free_port(),
+        threads=1,
+    )
+    running, thread = start_service(settings, None)
+    try:
+        data = make_memfile(load_backbone("roberta-tiny-random")).to_bytes()
+        assert len(_scores(running, data, ["fine", "dull"])) == 2
+        precision, metrics = _status(running)
+        assert (precision["setting"], precision["mode"], precision["candidates"]) == (mode, mode, [])
+        assert f'spartan_precision_info{{mode="{mode}",setting="{mode}"}} 1.0' in metrics
+    finally:
+        running.server.should_exit = True
+        thread.join(30)
+
+
+def test_auto_measures_at_start_up_and_says_what_it_chose(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    make_memfile(load_backbone("roberta-tiny-random")).save(seeds / "probe.safetensors")
+    settings = ServiceSettings(
+        backbone="roberta-tiny-random",
+        registry_dir=tmp_path / "r",
+        seed_dir=seeds,
+        port=free_port(),
+        threads=1,
+    )
+    assert settings.precision == "auto", "auto is the default"
+    running, thread = start_service(settings, None)
+    try:
+        precision, metrics = _status(running)
+        candidates = {c["mode"]: c for c in precision["candidates"]}  # type: ignore[attr-defined]
+        assert precision["setting"] == "auto"
+        assert precision["mode"] in {m for m, c in candidates.items() if c["passed"]}
+        assert candidates["fp32"]["reason"] == "reference"
+        assert precision["cpu"]
+        assert precision["decided_in_s"] is not None
+        assert f'spartan_precision_info{{mode="{precision["mode"]}",setting="auto"}} 1.0' in metrics
+        with running.client() as http:
+            answer = http.post("/v1/probe/classify", json={"inputs": ["fine"]})
+            assert answer.status_code == 200, answer.text
+    finally:
+        running.server.should_exit = True
+        thread.join(30)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import RuntimeDep
-from service.api.schemas import Health, Readiness
+from service.api.schemas import Health, PrecisionCandidate, PrecisionStatus, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -21,9 +21,22 @@ async def healthz() -> Health:
 async def readyz(runtime: RuntimeDep) -> Readiness:
     """Ready when the backbone is loaded; says what is degraded (e.g. the registry is down)."""
     status = await runtime.status()
+    choice, decision = status.precision, status.precision.decision
+    precision = PrecisionStatus(setting=choice.setting, mode=choice.mode)
+    if decision is not None:
+        precision = PrecisionStatus(
+            setting=choice.setting,
+            mode=choice.mode,
+            cpu=decision.cpu,
+            cpu_flags=decision.cpu_flags,
+            torch_capability=decision.torch_capability,
+            decided_in_s=decision.seconds,
+            candidates=[PrecisionCandidate.model_validate(c) for c in decision.candidates],
+        )
     return Readiness(
         ready=True,
         backbone=status.backbone,
+        precision=precision,
         registry="ok" if status.registry_up else "unavailable",
         degraded=status.degraded,
         resident_tasks=status.resident_tasks,

@@ -1,0 +1,74 @@
+"""precision auto: checks every candidate against fp32, times the passing ones, falls back to fp32."""
+
+from __future__ import annotations
+
+import pytest
+
+from memories.autoprecision import Thresholds, decide, random_probe_memory
+from memories.backbone import Backbone
+from memories.backbones import load_backbone
+from memories.hardware import Cpu
+from tests.conftest import make_memfile
+
+AVX2 = Cpu("test cpu without bf16 units", ("avx2", "fma"), "AVX2")
+AMX = Cpu("test cpu with bf16 units", ("avx2", "avx512f", "amx_bf16"), "AMX")
+
+
+def _quiet(message: str) -> None:
+    del message
+
+
+def _load() -> Backbone:
+    return load_backbone("roberta-tiny-random")
+
+
+def test_auto_times_the_passing_modes_and_keeps_the_fastest() -> None:
+    fp32 = _load()
+    memories = [make_memfile(fp32, seed=s).to_packed() for s in range(2)]
+    chosen, decision = decide(fp32, _load, memories, batch_size=4, seq_length=16, host=AMX, log=_quiet)
+    by_mode = {c.mode: c for c in decision.candidates}
+    assert set(by_mode) == {"fp32", "bf16", "int8"}
+    timed = {m: c.seconds_per_batch for m, c in by_mode.items() if c.passed}
+    assert all(seconds is not None and seconds > 0 for seconds in timed.values()), (
+        "every passing mode is timed"
+    )
+    assert decision.chosen == min(timed, key=lambda m: timed[m] or 0.0), "the fastest passing mode wins"
+    assert chosen.precision == decision.chosen
+    assert chosen.fingerprint == fp32.fingerprint
+    assert decision.probe_shape == (4, 16)
+    assert decision.cpu_flags == list(AMX.flags)
+
+
+def test_auto_skips_bf16_without_bf16_units() -> None:
+    fp32 = _load()
+    _, decision = decide(fp32, _load, [random_probe_memory(fp32)], 2, 16, host=AVX2, log=_quiet)
+    bf16 = next(c for c in decision.candidates if c.mode == "bf16")
+    assert not bf16.passed
+    assert bf16.seconds_per_batch is None
+    assert bf16.reason.startswith("skipped: no bf16 units")
+
+
+def test_auto_falls_back_to_fp32_when_every_candidate_fails() -> None:
+    fp32 = _load()
+    impossible = Thresholds(parent_agreement=1.01)  # no mode but fp32 itself can pass
+    chosen, decision = decide(
+        fp32,
+        _load,
+        [make_memfile(fp32).to_packed()],
+        2,
+        16,
+        thresholds=impossible,
+        host=AMX,
+        log=_quiet,
+    )
+    assert chosen is fp32
+    assert decision.chosen == "fp32"
+    failed = [c for c in decision.candidates if c.mode != "fp32"]
+    assert failed
+    assert all(not c.passed and "parent agreement" in c.reason for c in failed)
+
+
+def test_auto_needs_an_fp32_backbone_and_a_memory() -> None:
+    fp32 = _load()
+    with pytest.raises(AssertionError, match="at least one memory"):
+        decide(fp32, _load, [], log=_quiet)
