@@ -14,6 +14,9 @@ from memories.errors import ConfigError
 
 Method = Literal["spartan", "pfeiffer", "houlsby", "full", "probe"]
 METHODS: tuple[Method, ...] = ("spartan", "pfeiffer", "houlsby", "full", "probe")
+TrainPrecision = Literal["fp32", "bf16"]
+TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = ("fp32", "bf16")
+
 DEFAULT_LR: dict[Method, float] = {
     "spartan": 1e-3,
     "pfeiffer": 1e-4,

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from memories.backbone import Backbone, Pooling
-from memories.config import DEFAULT_LR, Method, SpartanConfig
+from memories.config import DEFAULT_LR, Method, SpartanConfig, TrainPrecision
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
@@ -61,6 +61,7 @@ class TrainOptions:
     spartan: SpartanConfig = field(default_factory=SpartanConfig)
     bottleneck: int = 64  # adapters only
     dtype: FileDType = "float32"
+    precision: TrainPrecision = "fp32"  # bf16: forward passes under bf16 autocast (weights stay fp32)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_every < 1 or (self.lr is not None and self.lr <= 0):
@@ -193,7 +194,8 @@ def train(
         tick = time.perf_counter()
         pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
         batch = backbone.tokenize([e.text for e in chunk], pairs, options.max_seq_length)
-        logits = task(backbone, batch, pooling)  # [B, outputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.precision == "bf16"):
+            logits = task(backbone, batch, pooling).float()  # [B, outputs]
         if regression:
             loss = loss_fn(logits[:, 0], torch.tensor([train_targets[i] for i in rows], dtype=torch.float32))
         else:

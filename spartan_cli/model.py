@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memories.config import METHODS
+from memories.config import METHODS, TRAIN_PRECISIONS
 from memories.errors import SpartanError
 from memories.precision import PRECISION_SETTINGS, RESIDENT_DTYPES
 from spartan_cli.common import (
@@ -278,6 +278,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--pooling", choices=("cls", "mean"), help="default: the backbone's")
     train.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="on-disk precision")
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    train.add_argument(
+        "--precision",
+        choices=TRAIN_PRECISIONS,
+        default="fp32",
+        help="bf16: forward passes under bf16 autocast (fast with AMX/AVX512-BF16, slow without)",
+    )
     add_spartan_options(train)
     train.set_defaults(func=cmd_train)
 

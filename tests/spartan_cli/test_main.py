@@ -226,3 +226,26 @@ def test_bench_compiled_and_int8_variants(tmp_path: Path) -> None:
     assert {"spartan-dense-compiled/bare-compiled", "spartan-dense-compiled/spartan-dense"} <= set(ratios)
     int8_layer = report["layer"]["16-int8"]
     assert (int8_layer["precision"], int8_layer["layer_index"]) == ("int8", 1), "layer 0 stays fp32 in int8"
+
+
+def test_train_in_bf16_then_eval_in_every_precision(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bf16.safetensors"
+    _train(toy_data, "toy", out, "--precision", "bf16")
+    assert read_memory(out).metadata.training["options"]["precision"] == "bf16"
+    capsys.readouterr()
+    scores = {}
+    for precision in ("fp32", "bf16", "int8", "auto"):
+        argv = ["eval", "--memory", str(out), "--data", str(toy_data), "--precision", precision, "--json"]
+        assert main(argv) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["precision_setting"] == precision
+        scores[precision] = report["metrics"]["accuracy"]
+        if precision == "auto":
+            decision = report["precision_decision"]
+            assert report["precision"] == decision["chosen"]
+            assert {c["mode"] for c in decision["candidates"]} == {"fp32", "bf16", "int8"}
+        else:
+            assert report["precision"] == precision
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
