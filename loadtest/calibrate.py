@@ -38,10 +38,11 @@ from loadtest.profiles import (
 )
 from memories.backbone import Backbone, Encoded
 from memories.config import SpartanConfig
+from memories.hardware import cpu
 from memories.lab.bench import adapter_forward, random_batch
-from memories.lab.host import machine
 from memories.lab.timing import median_ratio
 from memories.model import TaskMemory, run_batch
+from memories.precision import set_precision
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def calibrate(
     """Find the profile's CPU quota, write it back to ``path``, return what was measured."""
     profiles = load_profiles(path)
     profile = pick_profile(profiles, name, path)
+    set_precision(backbone, profile.precision)  # calibrate in the precision the device runs
+    host = cpu()
     reference = profile.device.reference_inst_per_min
     bare = _workloads(backbone, options)["bare"]
     cpus, probes = profile.cpus, []
@@ -138,9 +141,11 @@ def calibrate(
                         backbone=backbone.name,
                         batch_size=options.batch_size,
                         seq_length=options.seq_length,
-                        host=f"{socket.gethostname()}: {machine()['cpu']}",
+                        host=f"{socket.gethostname()}: {host.model}",
                         date=datetime.date.today().isoformat(),
                         command=command,
+                        cpu=host.model,
+                        cpu_flags=list(host.flags),
                     )
                 }
             ),
@@ -175,6 +180,7 @@ def measure_profile(
     if "bare" not in variants:
         variants = ("bare", *variants)
     profile = load_profile(name, path)
+    set_precision(backbone, profile.precision)
     threads = threads or profile.threads
     limits = Limits(cpus=profile.cpus, cpuset=cpuset or profile.cpuset)
     workloads = _workloads(backbone, options, variants)
@@ -206,4 +212,7 @@ def measure_profile(
             variant: round(paper[variant] / paper["bare"], 4) for variant in rates if variant in paper
         },
         "bare_over_paper": round(median["bare"] / reference, 3),
+        "precision": profile.precision,
+        "calibrated_on": profile.device.calibration.cpu_model if profile.device.calibration else None,
+        "host_cpu": cpu().model,
     }

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
 from memories.atomic import atomic_write
+from memories.precision import PRECISIONS, Precision
 
 PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yml"
 
@@ -46,9 +47,15 @@ class Calibration(BaseModel):
     backbone: str
     batch_size: int
     seq_length: int
-    host: str
+    host: str  # "<hostname>: <cpu model>"
     date: str
     command: str
+    cpu: str | None = None  # the CPU model the quota was measured on (older records: in ``host``)
+    cpu_flags: list[str] = []
+
+    @property
+    def cpu_model(self) -> str:
+        return self.cpu if self.cpu is not None else self.host.split(": ", 1)[-1]
 
 
 class Device(BaseModel):
@@ -59,6 +66,7 @@ class Device(BaseModel):
     paper_memory_gb: int
     reference_inst_per_min: float = Field(gt=0)
     reference: str
+    precision_why: str = Field(description="why the profile runs the precision in its environment")
     calibration: Calibration | None = None
 
 
@@ -82,6 +90,28 @@ class Profile(BaseModel):
     @property
     def threads(self) -> int:
         return int(self.environment.get("SPARTAN_THREADS", "1"))
+
+    @property
+    def precision(self) -> Precision:
+        """The precision the real device would run (never ``auto``: this host's units are not its)."""
+        value = self.environment.get("SPARTAN_PRECISION", "fp32")
+        assert value in PRECISIONS, f"SPARTAN_PRECISION of a profile must be one of {PRECISIONS}"
+        return value  # type: ignore[return-value]
+
+    def check_host(self, name: str, host_cpu: str) -> None:
+        """Refuse to emulate the device with a quota measured on another CPU (it would be off by
+        the CPUs' speed ratio, e.g. 2.16x on a Xeon with a quota from an EPYC)."""
+        calibration = self.device.calibration
+        if calibration is None:
+            raise LoadTestError(
+                f"profile {name!r} has no calibration; run 'spartan loadtest calibrate --profile {name}' here"
+            )
+        if calibration.cpu_model != host_cpu:
+            raise LoadTestError(
+                f"profile {name!r} was calibrated on {calibration.cpu_model!r}, this host is {host_cpu!r}: "
+                f"its CPU quota would not emulate the device here; run "
+                f"'spartan loadtest calibrate --profile {name}' on this host first"
+            )
 
     @property
     def limits(self) -> Limits:

@@ -26,6 +26,7 @@ from loadtest.scenarios import Scenario, get_scenario
 from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
 from memories.backbones import load_backbone
+from memories.hardware import cpu
 from memories.lab.host import machine
 from memories.memfile import MemoryFile
 from service.client import AsyncSpartanClient
@@ -62,6 +63,7 @@ def _server_settings(
     }
     if profile is not None:
         settings["threads"] = str(profile.threads)
+        settings["precision"] = profile.precision  # the device's, not what auto would pick here
     if scenario.cache_fraction is not None:
         settings["cache_bytes"] = str(
             max(1 << 20, int(scenario.cache_fraction * memory_bytes * scenario.tasks))
@@ -128,6 +130,8 @@ def run_load_test(
     names = [f"lt-{i}" for i in range(scenario.tasks)]
     memory_bytes = files[0].to_packed().nbytes()
     profile = load_profile(options.profile, options.profiles) if options.profile else None
+    if profile is not None and options.url is None:
+        profile.check_host(options.profile or "", cpu().model)
     with tempfile.TemporaryDirectory(prefix="spartan-loadtest-") as tmp:
         server: ServerProcess | None = None
         settings = _server_settings(scenario, options, profile, memory_bytes, Path(tmp) / "registry")

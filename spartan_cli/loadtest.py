@@ -74,9 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The cgroup runner: ``spartan serve`` inside the profile's budget, in the foreground."""
     from loadtest.launcher import start_server
     from loadtest.profiles import load_profile
+    from memories.hardware import cpu
 
     profile = load_profile(args.profile, _profiles(args))
-    settings = {"threads": str(profile.threads)}
+    profile.check_host(args.profile, cpu().model)
+    settings = {"threads": str(profile.threads), "precision": profile.precision}
     if args.backbone:
         settings["backbone"] = args.backbone
     if args.seed_dir:

@@ -35,6 +35,7 @@ def test_compose_profile_takes_its_budget_from_the_profiles_file(profile: str) -
     assert service["cpuset"] == expected.cpuset
     assert int(service["mem_limit"]) == expected.memory_bytes
     assert service["environment"]["SPARTAN_THREADS"] == str(expected.threads)
+    assert service["environment"]["SPARTAN_PRECISION"] == expected.precision, "the device's, not auto's"
     assert f"loadgen-{profile}" in config["services"], "each profile brings its load generator"
 
 
@@ -68,3 +69,4 @@ def test_edge_overlay_budget_equals_the_raspi4_profile() -> None:
     assert container["resources"]["limits"]["cpu"] == f"{round(profile.cpus * 1000)}m"
     assert container["resources"]["limits"]["memory"] == f"{profile.memory_bytes >> 20}Mi"
     assert {"name": "SPARTAN_THREADS", "value": str(profile.threads)} in container["env"]
+    assert {"name": "SPARTAN_PRECISION", "value": profile.precision} in container["env"]

@@ -51,3 +51,35 @@ def test_a_broken_profiles_file_says_where(tmp_path: Path) -> None:
     path.write_text("services:\n  raspi4:\n    cpus: -1\n")
     with pytest.raises(LoadTestError, match=f"cannot read device profiles from {path}"):
         load_profiles(path)
+
+
+def test_profiles_name_the_precision_of_their_device() -> None:
+    for name, profile in load_profiles().items():
+        assert profile.precision == "fp32", f"{name}: neither device has bf16 units (ARMv8.0 / ARMv8.4)"
+        assert "bf16" in profile.device.precision_why
+
+
+def test_a_quota_calibrated_on_another_cpu_is_refused() -> None:
+    raspi4 = load_profile("raspi4")
+    assert raspi4.device.calibration is not None
+    raspi4.check_host("raspi4", raspi4.device.calibration.cpu_model)  # the CPU it was measured on
+    with pytest.raises(LoadTestError, match=r"calibrated on 'AMD EPYC', this host is 'Intel\(R\) Xeon"):
+        raspi4.check_host("raspi4", "Intel(R) Xeon(R) Platinum 8480+")
+    bare = raspi4.model_copy(update={"device": raspi4.device.model_copy(update={"calibration": None})})
+    with pytest.raises(LoadTestError, match="has no calibration; run 'spartan loadtest calibrate"):
+        bare.check_host("raspi4", "AMD EPYC")
+
+
+def test_a_calibration_records_its_cpu() -> None:
+    old = Calibration(
+        measured_inst_per_min=1,
+        backbone="b",
+        batch_size=1,
+        seq_length=8,
+        host="vm: AMD EPYC",
+        date="d",
+        command="c",
+    )
+    assert old.cpu_model == "AMD EPYC", "records made before the cpu field: the model after the host name"
+    new = old.model_copy(update={"cpu": "Intel Xeon", "cpu_flags": ["amx_bf16"]})
+    assert new.cpu_model == "Intel Xeon"
