@@ -10,9 +10,13 @@
    :attr:`Thresholds.mean_prob_diff` on average (per row: the largest change of any label); the
    chosen parents (top-K per token and layer) overlap fp32's by at least
    :attr:`Thresholds.parent_agreement` on average.
-3. **Time** fp32 and every passing candidate on a batch of the serving shape, in interleaved
-   rounds after one warm-up pass each; the fastest wins (the median per-round time). fp32 is the
-   fallback when no candidate passes.
+3. **Time** fp32 and every passing candidate on a fixed batch (8 rows of 64 tokens by default:
+   the serving shape, kept small so that deciding costs seconds, not tens of seconds, on a
+   RoBERTa-base), in interleaved rounds; the check above already warmed every mode up. The
+   fastest wins (the median per-round time); fp32 is the fallback when no candidate passes.
+
+Candidates are deep copies of the fp32 backbone (0.25 s for RoBERTa-base, against 2-4 s to load
+it again), switched to their mode.
 
 Why these thresholds (measured on MiniLM with the demo memories, docs/performance.md): near-ties
 flip under any perturbation (int8 turned "the service was slow but the food was excellent",
@@ -25,14 +29,19 @@ the same model any more.
 
 from __future__ import annotations
 
+import copy
 import gc
+import hashlib
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
+from memories.atomic import atomic_write
 from memories.backbone import Backbone, Encoded
 from memories.config import SpartanConfig
 from memories.hardware import Cpu, cpu
@@ -60,6 +69,7 @@ PROBE_TEXTS = (
 
 
 MAX_PROBE_MEMORIES = 4
+PROBE_TOKENS = 32  # the probe texts are short; a byte-level tokenizer would pad them to 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Decision:
     probe_shape: tuple[int, int]  # (batch, tokens) of the timing batch
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0  # what deciding cost
+    cached: bool = False  # reused from an earlier start on this host (seconds: applying it)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -161,10 +172,8 @@ def _check(
 def _time(
     backbones: dict[Precision, Backbone], batch: Encoded, memory: PackedMemory, rounds: int
 ) -> dict[Precision, float]:
-    """Median seconds per batch of each backbone, rounds interleaved, after one warm-up each."""
+    """Median seconds per batch of each backbone, rounds interleaved (each already warmed up)."""
     memories = [memory] * batch.input_ids.shape[0]
-    for backbone in backbones.values():
-        run_batch(backbone, batch, memories)
     seconds: dict[Precision, list[float]] = {mode: [] for mode in backbones}
     for _ in range(rounds):
         for mode, backbone in backbones.items():
@@ -174,30 +183,79 @@ def _time(
     return {mode: statistics.median(values) for mode, values in seconds.items()}
 
 
+def _cache_file(cache_dir: Path, fp32: Backbone, host: Cpu, key: dict[str, object]) -> Path:
+    """One decision per backbone and host: the file name hashes everything the decision depends on."""
+    facts = {"fingerprint": fp32.fingerprint, "cpu": asdict(host), "torch": torch.__version__, **key}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir / "precision" / f"{fp32.name.replace('/', '_')[-40:]}-{digest}.json"
+
+
+def _cached(path: Path) -> Decision | None:
+    try:
+        raw = json.loads(path.read_text())
+        candidates = [Candidate(**c) for c in raw.pop("candidates")]
+        return Decision(**{**raw, "probe_shape": tuple(raw["probe_shape"]), "candidates": candidates})
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def decide(
     fp32: Backbone,
-    load: Callable[[], Backbone],
     memories: Sequence[PackedMemory],
-    batch_size: int = 16,
+    batch_size: int = 8,
     seq_length: int = 64,
     rounds: int = 2,
     thresholds: Thresholds | None = None,
     candidates: Sequence[Precision] = ("bf16", "int8"),
     host: Cpu | None = None,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> tuple[Backbone, Decision]:
     """Choose the precision for ``fp32``'s backbone here; returns the backbone in that mode.
 
-    ``load`` makes a fresh fp32 copy (one per candidate); ``memories`` are the probe memories
-    (at least one, fp32-packed). The fp32 backbone itself is returned when fp32 wins.
+    ``memories`` are the probe memories (at least one, fp32-packed). The fp32 backbone itself is
+    returned when fp32 wins; else a copy in the chosen mode (the fp32 one is then dropped). With
+    ``cache_dir``, a decision made before for this backbone on this CPU (same flags, torch,
+    thresholds, candidates and probe shape) is reused and only its mode is applied.
     """
     assert fp32.precision == "fp32", "auto starts from the fp32 backbone"
     assert memories, "the probe needs at least one memory"
     started = time.perf_counter()
     thresholds = thresholds or Thresholds()
     host = host or cpu()
+    key: dict[str, object] = {
+        "thresholds": asdict(thresholds),
+        "candidates": list(candidates),
+        "shape": [batch_size, seq_length],
+    }
+    path = _cache_file(cache_dir, fp32, host, key) if cache_dir is not None else None
+    known = _cached(path) if path is not None else None
+    if known is not None:
+        chosen = fp32 if known.chosen == "fp32" else set_precision(copy.deepcopy(fp32), known.chosen)
+        log(f"precision auto: {known.chosen}, as measured before on this host ({path})")
+        return chosen, replace(known, cached=True, seconds=round(time.perf_counter() - started, 2))
+    shape = (batch_size, seq_length)
+    kept, decision = _measure(fp32, memories, shape, rounds, thresholds, candidates, host, log)
+    decision = replace(decision, seconds=round(time.perf_counter() - started, 2))
+    if path is not None:
+        atomic_write(path, json.dumps(decision.to_json(), indent=2).encode())
+    return kept, decision
+
+
+def _measure(
+    fp32: Backbone,
+    memories: Sequence[PackedMemory],
+    shape: tuple[int, int],
+    rounds: int,
+    thresholds: Thresholds,
+    candidates: Sequence[Precision],
+    host: Cpu,
+    log: Callable[[str], None],
+) -> tuple[Backbone, Decision]:
+    """Check every candidate against fp32, time the passing ones, keep the fastest."""
+    batch_size, seq_length = shape
     probing = list(memories[:MAX_PROBE_MEMORIES])
-    probe = fp32.tokenize(list(PROBE_TEXTS) * len(probing), max_length=seq_length)
+    probe = fp32.tokenize(list(PROBE_TEXTS) * len(probing), max_length=min(seq_length, PROBE_TOKENS))
     rows = [memory for memory in probing for _ in PROBE_TEXTS]
     results: dict[Precision, Candidate] = {}
     passing: dict[Precision, Backbone] = {"fp32": fp32}
@@ -209,7 +267,7 @@ def decide(
                 )
                 results[mode] = Candidate(mode, False, reason)
                 continue
-            backbone = set_precision(load(), mode)
+            backbone = set_precision(copy.deepcopy(fp32), mode)
             ok, reason, agree, diff, parents = _check(fp32, backbone, probe, rows, thresholds)
             results[mode] = Candidate(mode, ok, reason, agree, diff, parents)
             measured = f"decided labels {agree:.3f}, probabilities {diff:.4f}, parents {parents:.3f}"
@@ -221,9 +279,7 @@ def decide(
     results["fp32"] = Candidate("fp32", True, "reference", 1.0, 0.0, 1.0, fp32_seconds, 1.0)
     for mode, seconds in timed.items():
         if mode != "fp32":
-            results[mode] = Candidate(
-                **{**asdict(results[mode]), "seconds_per_batch": seconds, "speedup": fp32_seconds / seconds}
-            )
+            results[mode] = replace(results[mode], seconds_per_batch=seconds, speedup=fp32_seconds / seconds)
     chosen: Precision = min(timed, key=lambda mode: timed[mode])
     decision = Decision(
         chosen,
@@ -232,7 +288,6 @@ def decide(
         host.torch_capability,
         (batch_size, seq_length),
         [results[mode] for mode in ("fp32", *candidates) if mode in results],
-        round(time.perf_counter() - started, 2),
     )
     speeds = ", ".join(f"{m} {1 / s:.2f} batch/s" for m, s in timed.items())
     log(f"precision auto: chose {chosen} on {host.model} ({host.torch_capability}): {speeds}")

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from memories.backbone import Backbone
-from memories.backbones import load_backbone
+from memories.backbones import default_cache_dir, load_backbone
 from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from service.api import errors
@@ -61,12 +61,12 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             model, precision = await choose(
                 settings.precision,
                 model,
-                lambda: load_backbone(settings.backbone, settings.cache_dir),
                 registry,
                 settings.seed_dir,
                 settings.max_batch_size,
                 settings.max_upload_bytes,
                 settings.auto_probe_rounds,
+                (settings.cache_dir or default_cache_dir()) if settings.auto_cache else None,
             )
         elif settings.precision in ("auto", model.precision):  # a given backbone keeps its mode
             precision = PrecisionChoice(settings.precision, model.precision)  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +81,15 @@ def _usable_files(paths: list[Path], backbone: Backbone) -> list[PackedMemory]:
 async def choose(
     setting: PrecisionSetting,
     backbone: Backbone,
-    load: Callable[[], Backbone],
     registry: Registry,
     seed_dir: Path | None,
     max_batch_size: int,
     max_upload_bytes: int,
     rounds: int = 2,
+    cache_dir: Path | None = None,
 ) -> tuple[Backbone, PrecisionChoice]:
-    """The backbone in the serving mode (``backbone`` is fp32, freshly loaded)."""
+    """The backbone in the serving mode (``backbone`` is fp32, freshly loaded); ``cache_dir``:
+    where ``auto`` keeps its decision per backbone and CPU (None: measure at every start)."""
     if setting != "auto":
         await asyncio.to_thread(set_precision, backbone, setting)
         return backbone, PrecisionChoice(setting, backbone.precision)  # type: ignore[arg-type]
@@ -100,11 +100,11 @@ async def choose(
     chosen, decision = await asyncio.to_thread(
         decide,
         backbone,
-        load,
         memories,
-        batch_size=min(16, max_batch_size),
+        batch_size=min(8, max_batch_size),
         seq_length=min(PROBE_SEQ_LENGTH, backbone.max_positions),
         rounds=rounds,
         log=log.info,
+        cache_dir=cache_dir,
     )
     return chosen, PrecisionChoice("auto", decision.chosen, decision)

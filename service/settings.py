@@ -60,6 +60,11 @@ class ServiceSettings(BaseSettings):
         "start-up on this CPU), fp32 (exact), bf16 (fast with AMX/AVX512-BF16 units) or int8",
     )
     auto_probe_rounds: int = Field(2, ge=1, le=20, description="timed rounds per mode when precision is auto")
+    auto_cache: bool = Field(
+        True,
+        description="reuse precision auto's decision for this backbone on this CPU (kept under cache_dir); "
+        "off: measure at every start",
+    )
     compile: bool = Field(
         False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"
     )

@@ -175,6 +175,16 @@ def cmd_http_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_startup(args: argparse.Namespace) -> int:
+    from loadtest.startup import StartupOptions, run_startup
+    from memories.lab.host import machine
+
+    report = run_startup(options_from(args, StartupOptions), log)
+    report["machine"] = machine()
+    _emit(report, args.json, args.command_line)
+    return 0
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -303,6 +313,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     http.add_argument("--texts-per-request", type=int, default=1, help="texts in each request")
     http.add_argument("--json", type=Path, help="write the full report here")
     http.set_defaults(func=cmd_http_bench)
+
+    startup = commands.add_parser(
+        "startup", help="seconds from process start to ready per precision setting (auto's cost)"
+    )
+    startup.add_argument("--backbone", default="minilm")
+    startup.add_argument(
+        "--settings",
+        nargs="+",
+        default=["fp32", "auto", "auto-cached"],
+        help="fp32 int8 bf16, auto (first start: measures), auto-cached (reuses a decision)",
+    )
+    startup.add_argument("--reps", type=int, default=2)
+    startup.add_argument("--threads", type=int, default=1)
+    startup.add_argument("--seed-dir", type=Path, help="memories the server seeds (auto probes with them)")
+    startup.add_argument("--json", type=Path, help="write the report here (default: stdout)")
+    startup.set_defaults(func=cmd_startup)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(func=cmd_scenarios)

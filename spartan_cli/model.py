@@ -177,8 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if auto:  # decided on this memory, as the service decides on its memories
         from memories.autoprecision import decide
 
-        spec_name = args.backbone or meta.backbone
-        model, decision = decide(model, lambda: backbone(spec_name), [memfile.to_packed("float32")], log=log)
+        model, decision = decide(model, [memfile.to_packed("float32")], log=log)
     facts: dict[str, object] = {
         "method": "spartan",
         "precision_setting": args.precision,

@@ -109,6 +109,7 @@ class PrecisionStatus(BaseModel):
     cpu_flags: list[str] = []
     torch_capability: str | None = None
     decided_in_s: float | None = None
+    cached: bool = Field(False, description="auto reused its decision from an earlier start on this CPU")
     candidates: list[PrecisionCandidate] = []
 
 

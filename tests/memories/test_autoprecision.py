@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from memories.autoprecision import Thresholds, decide, random_probe_memory
@@ -25,7 +27,7 @@ def _load() -> Backbone:
 def test_auto_times_the_passing_modes_and_keeps_the_fastest() -> None:
     fp32 = _load()
     memories = [make_memfile(fp32, seed=s).to_packed() for s in range(2)]
-    chosen, decision = decide(fp32, _load, memories, batch_size=4, seq_length=16, host=AMX, log=_quiet)
+    chosen, decision = decide(fp32, memories, batch_size=4, seq_length=16, host=AMX, log=_quiet)
     by_mode = {c.mode: c for c in decision.candidates}
     assert set(by_mode) == {"fp32", "bf16", "int8"}
     timed = {m: c.seconds_per_batch for m, c in by_mode.items() if c.passed}
@@ -41,7 +43,7 @@ def test_auto_times_the_passing_modes_and_keeps_the_fastest() -> None:
 
 def test_auto_skips_bf16_without_bf16_units() -> None:
     fp32 = _load()
-    _, decision = decide(fp32, _load, [random_probe_memory(fp32)], 2, 16, host=AVX2, log=_quiet)
+    _, decision = decide(fp32, [random_probe_memory(fp32)], 2, 16, host=AVX2, log=_quiet)
     bf16 = next(c for c in decision.candidates if c.mode == "bf16")
     assert not bf16.passed
     assert bf16.seconds_per_batch is None
@@ -51,16 +53,8 @@ def test_auto_skips_bf16_without_bf16_units() -> None:
 def test_auto_falls_back_to_fp32_when_every_candidate_fails() -> None:
     fp32 = _load()
     impossible = Thresholds(parent_agreement=1.01)  # no mode but fp32 itself can pass
-    chosen, decision = decide(
-        fp32,
-        _load,
-        [make_memfile(fp32).to_packed()],
-        2,
-        16,
-        thresholds=impossible,
-        host=AMX,
-        log=_quiet,
-    )
+    memory = make_memfile(fp32).to_packed()
+    chosen, decision = decide(fp32, [memory], 2, 16, thresholds=impossible, host=AMX, log=_quiet)
     assert chosen is fp32
     assert decision.chosen == "fp32"
     failed = [c for c in decision.candidates if c.mode != "fp32"]
@@ -71,4 +65,22 @@ def test_auto_falls_back_to_fp32_when_every_candidate_fails() -> None:
 def test_auto_needs_an_fp32_backbone_and_a_memory() -> None:
     fp32 = _load()
     with pytest.raises(AssertionError, match="at least one memory"):
-        decide(fp32, _load, [], log=_quiet)
+        decide(fp32, [], log=_quiet)
+    chosen, _ = decide(fp32, [random_probe_memory(fp32)], 2, 16, host=AVX2, log=_quiet)
+    if chosen is not fp32:
+        with pytest.raises(AssertionError, match="starts from the fp32 backbone"):
+            decide(chosen, [random_probe_memory(fp32)], log=_quiet)
+
+
+def test_a_decision_is_kept_per_backbone_and_host_and_reused(tmp_path: Path) -> None:
+    fp32 = _load()
+    memory = [make_memfile(fp32).to_packed()]
+    first, measured = decide(fp32, memory, 2, 16, host=AVX2, log=_quiet, cache_dir=tmp_path)
+    assert not measured.cached
+    assert len(list((tmp_path / "precision").glob("*.json"))) == 1
+    again, reused = decide(_load(), memory, 2, 16, host=AVX2, log=_quiet, cache_dir=tmp_path)
+    assert reused.cached
+    assert (reused.chosen, again.precision) == (measured.chosen, first.precision)
+    assert reused.candidates == measured.candidates
+    _, other_host = decide(_load(), memory, 2, 16, host=AMX, log=_quiet, cache_dir=tmp_path)
+    assert not other_host.cached, "another CPU decides anew"

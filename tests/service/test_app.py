@@ -115,6 +115,7 @@ def test_auto_measures_at_start_up_and_says_what_it_chose(tmp_path: Path) -> Non
         backbone="roberta-tiny-random",
         registry_dir=tmp_path / "r",
         seed_dir=seeds,
+        cache_dir=tmp_path / "cache",
         port=free_port(),
         threads=1,
     )
@@ -128,6 +129,8 @@ def test_auto_measures_at_start_up_and_says_what_it_chose(tmp_path: Path) -> Non
         assert candidates["fp32"]["reason"] == "reference"
         assert precision["cpu"]
         assert precision["decided_in_s"] is not None
+        assert precision["cached"] is False, "the first start on this host measures"
+        assert list((tmp_path / "cache" / "precision").glob("*.json")), "and keeps its decision"
         assert f'spartan_precision_info{{mode="{precision["mode"]}",setting="auto"}} 1.0' in metrics
         with running.client() as http:
             answer = http.post("/v1/probe/classify", json={"inputs": ["fine"]})

@@ -73,3 +73,42 @@ def test_partial_remainder_is_carried_and_still_answered(roberta_tiny: Backbone)
         engine.stop()
     assert len(results) == 20
     assert engine.stats.batch_sizes == {8: 2, 4: 1}, "two full batches first, the carried 4 rows after"
+
+
+def test_each_row_is_cut_to_its_memory_limit_and_a_row_over_the_backbone_limit_fails_alone(
+    roberta_tiny: Backbone,
+) -> None:
+    short, long = _loaded(roberta_tiny, "a", 1), _loaded(roberta_tiny, "b", 2)
+    meta = long.metadata.model_copy(update={"max_seq_length": 16})
+    clipped = LoadedMemory("c", 1, meta, long.packed, long.nbytes)
+    too_long = LoadedMemory(
+        "d", 1, meta.model_copy(update={"max_seq_length": 4096}), long.packed, long.nbytes
+    )
+    text = "a text that is longer than sixteen tokens once it has been split into word pieces " * 2
+    rows = [
+        RowRequest(text, None, short),
+        RowRequest(text, "and a second sentence", short),
+        RowRequest(text, None, clipped),
+        RowRequest("x", None, too_long),
+    ]
+    engine = Engine(roberta_tiny, max_batch_size=8, max_wait_s=0.01, threads=1)
+    engine.start()
+
+    async def each() -> list[object]:
+        return await asyncio.gather(
+            *(engine.submit([row], time.monotonic() + 60) for row in rows), return_exceptions=True
+        )
+
+    try:
+        outcomes = asyncio.run(each())
+    finally:
+        engine.stop()
+    assert "max_length must be in [8, " in str(outcomes[3]), "the row over the backbone's limit fails"
+    answered = [outcome[0] for outcome in outcomes[:3]]  # type: ignore[index]
+    assert [a.tokens for a in answered][2] == 16, "truncated to its memory's limit"
+    for row, result in zip(rows[:3], answered, strict=True):
+        limit = row.memory.metadata.max_seq_length
+        pairs = [row.pair] if row.pair is not None else None
+        batch = roberta_tiny.tokenize([row.text], pairs, max_length=limit)
+        alone = run_batch(roberta_tiny, batch, [row.memory.packed]).logits[0]
+        torch.testing.assert_close(torch.tensor(result.logits), alone, atol=1e-5, rtol=1e-5)

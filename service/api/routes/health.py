@@ -31,6 +31,7 @@ async def readyz(runtime: RuntimeDep) -> Readiness:
             cpu_flags=decision.cpu_flags,
             torch_capability=decision.torch_capability,
             decided_in_s=decision.seconds,
+            cached=decision.cached,
             candidates=[PrecisionCandidate.model_validate(c) for c in decision.candidates],
         )
     return Readiness(
