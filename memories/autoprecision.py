@@ -13,7 +13,9 @@
 3. **Time** fp32 and every passing candidate on a fixed batch (8 rows of 64 tokens by default:
    the serving shape, kept small so that deciding costs seconds, not tens of seconds, on a
    RoBERTa-base), in interleaved rounds; the check above already warmed every mode up. The
-   fastest wins (the median per-round time); fp32 is the fallback when no candidate passes.
+   fastest wins (the median per-round time) if it beats fp32 by :attr:`Thresholds.min_speedup`
+   (modes within 10% of each other flip with the noise of a shared host, and fp32 is exact);
+   fp32 is the fallback when no candidate passes.
 
 Candidates are deep copies of the fp32 backbone (0.25 s for RoBERTa-base, against 2-4 s to load
 it again), switched to their mode.
@@ -80,6 +82,7 @@ class Thresholds:
     decided_agreement: float = 0.97
     mean_prob_diff: float = 0.05
     parent_agreement: float = 0.90
+    min_speedup: float = 1.10  # a mode must beat fp32 by this much to replace it (no flip for noise)
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ def _measure(
     for mode, seconds in timed.items():
         if mode != "fp32":
             results[mode] = replace(results[mode], seconds_per_batch=seconds, speedup=fp32_seconds / seconds)
-    chosen: Precision = min(timed, key=lambda mode: timed[mode])
+    faster = {m: t for m, t in timed.items() if m == "fp32" or fp32_seconds / t >= thresholds.min_speedup}
+    chosen: Precision = min(faster, key=lambda mode: faster[mode])
     decision = Decision(
         chosen,
         host.model,
