@@ -35,6 +35,7 @@ from memories.lab.host import machine
 from service.cache import LoadedMemory
 from service.client import AsyncSpartanClient
 from service.engine import Engine, RowRequest
+from service.tasks import DEFAULT_TENANT, TaskRef
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def run_http_bench(
     loaded = []
     for i, memfile in enumerate(files):
         packed = memfile.to_packed()
-        loaded.append(LoadedMemory(f"bench-{i}", 1, memfile.metadata, packed, packed.nbytes()))
+        loaded.append(
+            LoadedMemory(TaskRef(DEFAULT_TENANT, f"bench-{i}"), 1, memfile.metadata, packed, packed.nbytes())
+        )
     server_cpus, client_cpus = _cpu_split(options.pin)
     engine = Engine(
         backbone,

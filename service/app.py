@@ -21,7 +21,6 @@ from memories.backbones import default_cache_dir, load_backbone
 from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from service.api import errors
-from service.api.deps import LOCAL_TENANT
 from service.api.routes import classify, health, memories
 from service.auth import KeyRing
 from service.cpu import available_cpus
@@ -33,6 +32,7 @@ from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
 from service.runtime import Runtime
 from service.settings import ServiceSettings
+from service.tasks import DEFAULT_TENANT
 
 log = logging.getLogger("spartan.serve")
 
@@ -92,7 +92,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         runtime = Runtime(settings, model, registry, engine, precision)
         await runtime.start()
         if settings.seed_dir is not None:
-            seeded = await runtime.seed(settings.seed_dir, LOCAL_TENANT)
+            seeded = await runtime.seed(settings.seed_dir, DEFAULT_TENANT)
             log.info(
                 "seeded %d memories from %s: %s", len(seeded), settings.seed_dir, ", ".join(seeded) or "-"
             )

@@ -4,6 +4,10 @@ Keys are random tokens handed to callers once; only their sha256 is stored (a ke
 ``SPARTAN_API_KEYS`` setting). A request presents its key as ``Authorization: Bearer <key>`` or
 ``X-API-Key: <key>``. With no keys configured the service runs open: every caller is the local
 admin, and start-up says so loudly.
+
+A key addresses its tenant's own namespace. An admin key may address any tenant's namespace
+(the ``tenant`` query parameter of every task route); a tenant key that names another tenant is
+refused with 403, whatever that tenant holds, so no answer tells one tenant about another.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from memories.atomic import atomic_write
-from service.errors import ServiceError, UnauthorizedError
-from service.registry.base import VersionInfo
+from service.errors import ForbiddenError, ServiceError, UnauthorizedError, UnknownTenantError
+from service.tasks import DEFAULT_TENANT, TENANT_PATTERN, validate_tenant
 
 Role = Literal["admin", "tenant"]
 KEY_PREFIX = "sk-spartan-"
@@ -31,7 +35,7 @@ class ApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    tenant: str = Field(pattern=TENANT_PATTERN)
     role: Role = "tenant"
 
 
@@ -41,9 +45,6 @@ class Caller:
 
     tenant: str
     admin: bool = False
-
-    def can_see(self, info: VersionInfo) -> bool:
-        return self.admin or info.owner == self.tenant
 
 
 _KEYS = TypeAdapter(list[ApiKey])
@@ -79,6 +80,7 @@ class KeyRing:
 
     def __init__(self, keys: list[ApiKey]) -> None:
         self._by_hash = {k.sha256: k for k in keys}
+        self.tenants = frozenset({DEFAULT_TENANT, *(k.tenant for k in keys)})  # local: seeded memories
 
     @property
     def open(self) -> bool:
@@ -95,3 +97,21 @@ class KeyRing:
         if entry is None:
             raise UnauthorizedError("unknown API key")
         return Caller(entry.tenant, admin=entry.role == "admin")
+
+    def namespace(self, caller: Caller, requested: str | None, upload: bool = False) -> str:
+        """The tenant whose tasks a request addresses: the caller's own, or ``requested`` (admin).
+
+        An admin upload must name a tenant some key names (or ``local``, the owner of seeded
+        memories), so a typo never stores a memory nobody can use; reads and deletes may name
+        any tenant, so memories of a tenant whose keys were removed can still be cleaned up.
+        """
+        if requested is None or requested == caller.tenant:
+            return caller.tenant
+        if not caller.admin:
+            raise ForbiddenError(
+                "the 'tenant' parameter needs an admin key; a tenant key addresses its own tasks only"
+            )
+        validate_tenant(requested)
+        if upload and not self.open and requested not in self.tenants:
+            raise UnknownTenantError(f"unknown tenant {requested!r}: no API key names it")
+        return requested

@@ -1,4 +1,4 @@
-"""The memory cache: loaded, validated memories keyed by (task, version), bounded in bytes.
+"""The memory cache: loaded, validated memories keyed by (tenant/task, version), bounded in bytes.
 
 * LRU over resident bytes (the packed fp32 tensors), not over entry counts;
 * pinned tasks are never evicted (they still count towards the budget);
@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 
 from memories.memfile import MemoryMetadata
 from memories.model import PackedMemory
+from service.tasks import TaskRef
 
-Key = tuple[str, int]
+Key = tuple[TaskRef, int]
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedMemory:
     """A validated memory of one (task, version), ready for the engine."""
 
-    task: str
+    ref: TaskRef
     version: int
     metadata: MemoryMetadata
     packed: PackedMemory
@@ -38,10 +39,10 @@ class LoadedMemory:
 
     @property
     def key(self) -> Key:
-        return (self.task, self.version)
+        return (self.ref, self.version)
 
 
-Loader = Callable[[str, int], Awaitable[LoadedMemory]]
+Loader = Callable[[TaskRef, int], Awaitable[LoadedMemory]]
 
 
 LOAD_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -67,7 +68,7 @@ class CacheStats:
 
 
 class MemoryCache:
-    def __init__(self, capacity_bytes: int, loader: Loader, pinned: Iterable[str] = ()) -> None:
+    def __init__(self, capacity_bytes: int, loader: Loader, pinned: Iterable[TaskRef] = ()) -> None:
         if capacity_bytes < 1:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
@@ -88,9 +89,9 @@ class MemoryCache:
     def __contains__(self, key: Key) -> bool:
         return key in self._entries
 
-    async def get(self, task: str, version: int) -> LoadedMemory:
-        """The memory of (task, version), loading it once if it is not resident."""
-        key = (task, version)
+    async def get(self, ref: TaskRef, version: int) -> LoadedMemory:
+        """The memory of (ref, version), loading it once if it is not resident."""
+        key = (ref, version)
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -104,7 +105,7 @@ class MemoryCache:
         self._inflight[key] = future
         started = time.perf_counter()
         try:
-            entry = await self._loader(task, version)
+            entry = await self._loader(ref, version)
         except BaseException as exc:
             self.stats.load_failures += 1
             future.set_exception(exc)
@@ -137,9 +138,9 @@ class MemoryCache:
         entry = self._entries.pop(key)
         self._resident -= entry.nbytes
 
-    def discard(self, task: str) -> None:
+    def discard(self, ref: TaskRef) -> None:
         """Forget every version of a task (deleted, or replaced on another replica)."""
-        for key in [k for k in self._entries if k[0] == task]:
+        for key in [k for k in self._entries if k[0] == ref]:
             self._drop(key)
 
     def resident(self) -> list[Key]:

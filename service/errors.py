@@ -37,8 +37,20 @@ class InvalidTaskIdError(InvalidRequestError):
     """A task id that does not match the allowed pattern (422)."""
 
 
+class InvalidTenantError(InvalidRequestError):
+    """A tenant name that does not match the allowed pattern (422)."""
+
+
+class ForbiddenError(ServiceError):
+    """A tenant key addressing another tenant's namespace (403); says nothing about its tasks."""
+
+
 class TaskNotFoundError(ServiceError):
-    """No such task, or not visible to the caller (404)."""
+    """No such task in the addressed namespace (404)."""
+
+
+class UnknownTenantError(TaskNotFoundError):
+    """An admin call naming a tenant that no key or quota names (404)."""
 
 
 class VersionConflictError(ServiceError):

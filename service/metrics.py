@@ -43,6 +43,11 @@ class RuntimeCollector(Collector):
             ("engine_busy_seconds", engine.busy_seconds, "time the engine spent running batches"),
             ("engine_tokens", engine.tokens, "real tokens run through the backbone"),
             ("engine_padded_tokens", engine.padded_tokens, "token slots run, padding included"),
+            (
+                "unknown_task_hits",
+                now.unknown_hits,
+                "requests for unknown task ids answered without the registry",
+            ),
         ):
             yield CounterMetricFamily(f"spartan_{name}", doc, value=value)
         for name, value, doc in (
@@ -51,6 +56,7 @@ class RuntimeCollector(Collector):
             ("cache_resident_tasks", now.cache_resident_tasks, "memories held by the cache"),
             ("engine_queue_depth", now.engine_queue_depth, "inputs admitted and waiting for the engine"),
             ("catalog_tasks", now.catalog_tasks, "tasks known to this replica"),
+            ("unknown_task_ids", now.unknown_ids, "task ids remembered as unknown (negative cache)"),
             ("registry_up", int(now.registry_up), "1 when the registry answers"),
         ):
             yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)

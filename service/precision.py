@@ -43,8 +43,9 @@ async def _probe_memories(
     """Up to PROBE_MEMORIES real memories for ``backbone``: the registry's, else the seed folder's."""
     blobs: list[bytes] = []
     try:
-        for info in await registry.list(None, PROBE_MEMORIES):
-            blobs.append(await registry.read(info.task, info.version))
+        versions = await registry.current_versions()
+        for ref in sorted(versions)[:PROBE_MEMORIES]:
+            blobs.append(await registry.read(ref, versions[ref]))
     except RegistryUnavailableError as exc:
         log.warning("precision auto: registry unavailable for the probe (%s)", exc)
     packed = await asyncio.to_thread(_usable, blobs, backbone, max_bytes)

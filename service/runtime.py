@@ -4,6 +4,8 @@ Each route parses its request, makes one call here and renders what comes back
 (:meth:`Runtime.classify`, :meth:`~Runtime.upload`, :meth:`~Runtime.status`, ...); health and
 metrics read :meth:`~Runtime.status` and :meth:`~Runtime.snapshot`. Nothing here knows about HTTP.
 
+* Every call names a :class:`~service.tasks.TaskRef`: routes resolve the caller's namespace
+  first (service.api.deps), so nothing here can reach another tenant's tasks.
 * The *catalog* maps each task to its current :class:`VersionInfo`. It is filled at start-up,
   updated by this replica's own writes at once (so after a PUT returns, new requests here use
   the new version) and by the registry's change events (other replicas), with a periodic full
@@ -11,6 +13,9 @@ metrics read :meth:`~Runtime.status` and :meth:`~Runtime.snapshot`. Nothing here
 * A classify request resolves its task to one version once, then holds that memory object for
   its whole life: a hot swap never changes a request midway. :meth:`Runtime.classify` is the
   only place that resolves and submits, so the rule is held in one function.
+* Ids the registry does not know are remembered for a while (a bounded negative cache), so a
+  stream of random ids costs one registry read each per ``unknown_ttl_s``, not one per request.
+  Every change the catalog learns of (this replica's writes, events, catch-up) removes its id.
 * When the registry is unreachable, tasks already in the catalog and cache keep classifying,
   ``degraded`` says why, and writes fail with RegistryUnavailableError (503).
 """
@@ -25,11 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import TTLCache
+
 from memories.backbone import Backbone
 from memories.errors import SpartanError
 from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
-from service.auth import Caller
 from service.cache import CacheStats, LoadedMemory, MemoryCache
 from service.engine import Engine, EngineStats, RowRequest
 from service.errors import RegistryUnavailableError, TaskNotFoundError
@@ -37,7 +43,7 @@ from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
-from service.tasks import validate_task_id
+from service.tasks import TaskRef
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ class Snapshot:
     engine: EngineStats
     engine_queue_depth: int
     catalog_tasks: int
+    unknown_ids: int
+    unknown_hits: int
     registry_up: bool
     precision: PrecisionChoice
 
@@ -85,20 +93,23 @@ class Runtime:
         self.precision = precision or PrecisionChoice(backbone.precision, backbone.precision)  # type: ignore[arg-type]
         self.registry = registry
         self.engine = engine
-        self.cache = MemoryCache(settings.cache_bytes, self._load, settings.pinned_tasks)
-        self.catalog: dict[str, VersionInfo] = {}
+        self.cache = MemoryCache(settings.cache_bytes, self._load, settings.pinned())
+        self.catalog: dict[TaskRef, VersionInfo] = {}
+        self.unknown: TTLCache[TaskRef, bool] = TTLCache(settings.unknown_cache_size, settings.unknown_ttl_s)
+        self.unknown_hits = 0
         self.registry_error: str | None = None
         self._sync_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.engine.start()
         try:
+            await self.registry.migrate()
             await self._catch_up()
         except RegistryUnavailableError as exc:
             self.registry_error = str(exc)
-        for task in self.settings.pinned_tasks:
+        for ref in self.cache.pinned:
             with contextlib.suppress(TaskNotFoundError, RegistryUnavailableError):
-                await self.memory(task, Caller("", admin=True))
+                await self.memory(ref)
         self._sync_task = asyncio.create_task(self._sync(), name="registry-sync")
 
     async def stop(self) -> None:
@@ -112,16 +123,16 @@ class Runtime:
     # --- classifying ---------------------------------------------------------------------
 
     async def classify(
-        self, task: str, caller: Caller, inputs: Sequence[TextInput], explain: Explain = "none"
+        self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain = "none"
     ) -> Classification:
         """Classify ``inputs`` with the task's current memory; one version serves every input."""
         settings = self.settings
         check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
         deadline = time.monotonic() + settings.request_timeout_s
-        memory = await self.memory(task, caller)
+        memory = await self.memory(ref)
         rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
         results = await self.engine.submit(rows, deadline)
-        return Classification(task, memory.version, [result.prediction for result in results])
+        return Classification(ref.task, memory.version, [result.prediction for result in results])
 
     # --- reading -------------------------------------------------------------------------
 
@@ -161,103 +172,101 @@ class Runtime:
             engine=engine.stats,
             engine_queue_depth=engine.queued,
             catalog_tasks=len(self.catalog),
+            unknown_ids=len(self.unknown),
+            unknown_hits=self.unknown_hits,
             registry_up=self.registry_error is None,
             precision=self.precision,
         )
 
-    async def resolve(self, task: str, caller: Caller) -> VersionInfo:
-        """The task's current version as this replica knows it; TaskNotFoundError if invisible."""
-        validate_task_id(task)
-        info = self.catalog.get(task)
+    async def resolve(self, ref: TaskRef) -> VersionInfo:
+        """The task's current version as this replica knows it; TaskNotFoundError if absent."""
+        info = self.catalog.get(ref)
         if info is None:
-            info = await self.registry.current(task)  # a task another replica just created
-            if info is not None:
-                self.catalog[task] = info
-        if info is None or not caller.can_see(info):
-            raise TaskNotFoundError(f"task {task!r} not found")
+            if ref in self.unknown:
+                self.unknown_hits += 1
+            else:
+                info = await self.registry.current(ref)  # a task another replica just created
+                if info is None:
+                    self.unknown[ref] = True
+                else:
+                    self._apply(ref, info)
+        if info is None:
+            raise TaskNotFoundError(f"task {ref.task!r} not found")
         return info
 
-    async def memory(self, task: str, caller: Caller) -> LoadedMemory:
-        info = await self.resolve(task, caller)
-        return await self.cache.get(task, info.version)
+    async def memory(self, ref: TaskRef) -> LoadedMemory:
+        info = await self.resolve(ref)
+        return await self.cache.get(ref, info.version)
 
-    async def _load(self, task: str, version: int) -> LoadedMemory:
-        data = await self.registry.read(task, version)
-        return await asyncio.to_thread(self._validate, data, task, version)
+    async def _load(self, ref: TaskRef, version: int) -> LoadedMemory:
+        data = await self.registry.read(ref, version)
+        return await asyncio.to_thread(self._validate, data, ref, version)
 
-    def _validate(self, data: bytes, task: str, version: int) -> LoadedMemory:
+    def _validate(self, data: bytes, ref: TaskRef, version: int) -> LoadedMemory:
         """Parse and check a memory file (off the event loop; CPU work)."""
         memfile = parse_memory(data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        return _loaded(task, version, memfile, self.settings.resident_dtype)
+        return _loaded(ref, version, memfile, self.settings.resident_dtype)
 
-    async def page(
-        self, caller: Caller, after: str | None, limit: int
-    ) -> tuple[list[VersionInfo], str | None]:
-        """A page of visible tasks in id order and the cursor of the next page (None: last page)."""
-        items: list[VersionInfo] = []
-        cursor = after
-        while len(items) < limit:
-            page = await self.registry.list(cursor, limit)
-            items.extend(info for info in page if caller.can_see(info))
-            if len(page) < limit:
-                return items[:limit], None
-            cursor = page[-1].task
+    async def page(self, tenant: str, after: str | None, limit: int) -> tuple[list[VersionInfo], str | None]:
+        """A page of the tenant's tasks in id order and the cursor of the next page (None: last)."""
+        items = await self.registry.list(tenant, after, limit + 1)
+        if len(items) <= limit:
+            return items, None
         return items[:limit], items[limit - 1].task
 
     # --- writing -------------------------------------------------------------------------
 
-    async def upload(self, task: str, data: bytes, caller: Caller, if_match: int | None) -> VersionInfo:
+    async def upload(self, ref: TaskRef, data: bytes, if_match: int | None) -> VersionInfo:
         """Validate completely, then store as the next version; the registry is untouched on error."""
-        validate_task_id(task)
         memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        info = await self.registry.put(
-            task, data, memfile.sha256, memfile.metadata.model_dump(), caller.tenant, if_match, caller.admin
-        )
-        self._apply(task, info)
+        info = await self.registry.put(ref, data, memfile.sha256, memfile.metadata.model_dump(), if_match)
+        self._apply(ref, info)
         resident = self.settings.resident_dtype
-        self.cache.prime(await asyncio.to_thread(_loaded, task, info.version, memfile, resident))
+        self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident))
         return info
 
-    async def delete(self, task: str, caller: Caller, if_match: int | None) -> None:
-        await self.resolve(task, caller)
-        await self.registry.delete(task, if_match)
-        self._apply(task, None)
+    async def delete(self, ref: TaskRef, if_match: int | None) -> None:
+        await self.resolve(ref)
+        await self.registry.delete(ref, if_match)
+        self._apply(ref, None)
 
-    async def seed(self, folder: Path, owner: str) -> list[str]:
-        """Upload ``<folder>/<task>.safetensors`` for every task the registry does not have yet."""
+    async def seed(self, folder: Path, tenant: str) -> list[str]:
+        """Upload ``<folder>/<task>.safetensors`` into ``tenant``'s namespace for every task it
+        does not hold yet."""
         seeded = []
         for path in await asyncio.to_thread(lambda: sorted(folder.glob("*.safetensors"))):
-            task = path.name.removesuffix(".safetensors")
-            if await self.registry.current(task) is None:
-                try:
+            try:
+                ref = TaskRef(tenant, path.name.removesuffix(".safetensors"))
+                if await self.registry.current(ref) is None:
                     data = await asyncio.to_thread(path.read_bytes)
-                    await self.upload(task, data, Caller(owner, admin=True), if_match=0)
-                except SpartanError as exc:
-                    log.warning("seed memory %s skipped: %s", path, exc)
-                    continue
-                seeded.append(task)
+                    await self.upload(ref, data, if_match=0)
+                    seeded.append(ref.task)
+            except SpartanError as exc:
+                log.warning("seed memory %s skipped: %s", path, exc)
         return seeded
 
     # --- replicas ------------------------------------------------------------------------
 
-    def _apply(self, task: str, info: VersionInfo | None) -> None:
+    def _apply(self, ref: TaskRef, info: VersionInfo | None) -> None:
         if info is None:
-            self.catalog.pop(task, None)
-            self.cache.discard(task)
-        elif task not in self.catalog or self.catalog[task].version < info.version:
-            self.catalog[task] = info
+            self.catalog.pop(ref, None)
+            self.cache.discard(ref)
+        else:
+            self.unknown.pop(ref, None)
+            if ref not in self.catalog or self.catalog[ref].version < info.version:
+                self.catalog[ref] = info
 
     async def _catch_up(self) -> None:
         """Compare every task's version with the registry and fetch what changed."""
         versions = await self.registry.current_versions()
-        for task in set(self.catalog) - set(versions):
-            self._apply(task, None)
-        for task, version in versions.items():
-            known = self.catalog.get(task)
+        for ref in set(self.catalog) - set(versions):
+            self._apply(ref, None)
+        for ref, version in versions.items():
+            known = self.catalog.get(ref)
             if known is None or known.version != version:
-                self._apply(task, await self.registry.current(task))
+                self._apply(ref, await self.registry.current(ref))
 
     async def _sync(self) -> None:
         """Follow change events and compare all versions every few seconds (missed events)."""
@@ -266,11 +275,11 @@ class Runtime:
             while True:
                 try:
                     async for event in self.registry.events():
-                        known = self.catalog.get(event.task)
+                        known = self.catalog.get(event.ref)
                         if event.version is None:
-                            self._apply(event.task, None)
+                            self._apply(event.ref, None)
                         elif known is None or known.version < event.version:
-                            self._apply(event.task, await self.registry.current(event.task))
+                            self._apply(event.ref, await self.registry.current(event.ref))
                 except RegistryUnavailableError as exc:
                     self.registry_error = str(exc)
                     await asyncio.sleep(1.0)
@@ -287,6 +296,6 @@ class Runtime:
                 self.registry_error = str(exc)
 
 
-def _loaded(task: str, version: int, memfile: MemoryFile, resident: ResidentDType) -> LoadedMemory:
+def _loaded(ref: TaskRef, version: int, memfile: MemoryFile, resident: ResidentDType) -> LoadedMemory:
     packed = memfile.to_packed(resident)
-    return LoadedMemory(task, version, memfile.metadata, packed, packed.nbytes())
+    return LoadedMemory(ref, version, memfile.metadata, packed, packed.nbytes())

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from memories.precision import PrecisionSetting, ResidentDType
 from service.auth import ApiKey
 from service.errors import SettingsError
+from service.tasks import TaskRef
 
 
 class ServiceSettings(BaseSettings):
@@ -42,7 +43,15 @@ class ServiceSettings(BaseSettings):
     cache_bytes: int = Field(
         256 * 1024 * 1024, ge=1024 * 1024, description="resident memory budget of the cache"
     )
-    pinned_tasks: list[str] = Field([], description="tasks never evicted")
+    pinned_tasks: list[str] = Field(
+        [], description="tasks never evicted, as tenant/task (a bare task: the tenant 'local')"
+    )
+    unknown_cache_size: int = Field(
+        10_000, ge=1, description="task ids remembered as unknown, so repeated misses skip the registry"
+    )
+    unknown_ttl_s: float = Field(
+        30.0, gt=0, le=3600, description="how long an id stays known as unknown (a create forgets it at once)"
+    )
     resident_dtype: ResidentDType = Field(
         "auto",
         description="dtype memories are kept in by the cache: auto (as the file stores them), float32, "
@@ -103,11 +112,13 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _pins_are_task_ids(self) -> ServiceSettings:
-        from service.tasks import validate_task_id
-
         for task in self.pinned_tasks:
-            validate_task_id(task)
+            TaskRef.parse(task)
         return self
+
+    def pinned(self) -> list[TaskRef]:
+        """The pinned tasks, each in its tenant's namespace."""
+        return [TaskRef.parse(task) for task in self.pinned_tasks]
 
     def all_api_keys(self) -> list[ApiKey]:
         """Keys from the setting plus the keys file (read now, so a bad file fails start-up)."""

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the runtime and the caller.
+"""FastAPI dependencies: the runtime, the caller and the namespace or task a request addresses.
 
 Both are ``async def`` on purpose: they never block, and FastAPI runs a plain ``def`` dependency
 in its thread pool, which costs two thread hand-offs per request on the hot path.
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Caller, KeyRing
 from service.runtime import Runtime
-
-LOCAL_TENANT = "local"
+from service.tasks import DEFAULT_TENANT, TENANT_PATTERN, TaskRef
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -38,8 +37,32 @@ async def get_caller(
     """The caller named by its API key (401 without a valid one); the local admin in open mode."""
     keyring: KeyRing = request.app.state.keyring
     presented = api_key.strip() if api_key else bearer.credentials.strip() if bearer else None
-    return keyring.caller(presented, LOCAL_TENANT)
+    return keyring.caller(presented, DEFAULT_TENANT)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+TENANT_QUERY = Query(
+    description="admin keys only: the tenant whose tasks to address (default: the key's own tenant)",
+    pattern=TENANT_PATTERN,
+)
+
+
+async def get_namespace(
+    request: Request, caller: CallerDep, tenant: Annotated[str | None, TENANT_QUERY] = None
+) -> str:
+    """The tenant whose namespace the request addresses (403 for a tenant key naming another)."""
+    keyring: KeyRing = request.app.state.keyring
+    return keyring.namespace(caller, tenant, upload=request.method == "PUT")
+
+
+NamespaceDep = Annotated[str, Depends(get_namespace)]
+
+
+async def get_task_ref(task: str, namespace: NamespaceDep) -> TaskRef:
+    """The task named in the path, in the addressed namespace (422 for an invalid id)."""
+    return TaskRef(namespace, task)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
+TaskRefDep = Annotated[TaskRef, Depends(get_task_ref)]

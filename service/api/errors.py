@@ -21,6 +21,7 @@ from memories.errors import (
 )
 from service.errors import (
     DeadlineExceededError,
+    ForbiddenError,
     InvalidRequestError,
     OverloadedError,
     PayloadTooLargeError,
@@ -40,6 +41,7 @@ RETRY_AFTER_SECONDS = 1
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[Exception], int]] = [
     (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (InvalidRequestError, 422),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),

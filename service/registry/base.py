@@ -1,10 +1,16 @@
 """The registry interface: where memory files live, versioned, and how changes are announced.
 
-A registry stores, per task, a sequence of immutable versions (1, 2, 3, ...; numbers are never
-reused, not even after a delete) and one *current* version. Writes are atomic: a reader sees the
-previous current version or the new one, never a partial file. ``put`` takes an optional
-``if_match`` version for compare-and-set. Every change is announced as a :class:`ChangeEvent`;
-a replica that missed events catches up by comparing :meth:`Registry.current_versions`.
+Tasks live in tenant namespaces: every call names a :class:`~service.tasks.TaskRef` (tenant and
+task), and a tenant's calls never reach another tenant's tasks. A registry stores, per task, a
+sequence of immutable versions (1, 2, 3, ...; numbers are never reused, not even after a delete)
+and one *current* version. Writes are atomic: a reader sees the previous current version or the
+new one, never a partial file. ``put`` takes an optional ``if_match`` version for
+compare-and-set. Every change is announced as a :class:`ChangeEvent`; a replica that missed
+events catches up by comparing :meth:`Registry.current_versions`.
+
+Registries written before namespaces existed (one global namespace, each task owned by a tenant)
+are moved into their owners' namespaces by :meth:`Registry.migrate`: idempotent, one task at a
+time, each move atomic, so an interrupted migration is completed by running it again.
 
 Backends: :class:`~service.registry.files.FileRegistry` (a directory, the embedded default) and
 :class:`~service.registry.redis.RedisRegistry` (shared by replicas).
@@ -19,12 +25,14 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.errors import TaskNotFoundError, VersionConflictError
+from service.errors import VersionConflictError
+from service.tasks import TaskRef
 
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """What the registry knows about one stored version (no tensor bytes)."""
+    """What the registry knows about one stored version (no tensor bytes); ``owner`` is the
+    tenant whose namespace holds the task."""
 
     task: str
     version: int
@@ -33,6 +41,10 @@ class VersionInfo:
     owner: str
     created_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.owner, self.task)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -44,9 +56,9 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """Task ``task`` now has current version ``version`` (None: the task was deleted)."""
+    """Task ``ref`` now has current version ``version`` (None: the task was deleted)."""
 
-    task: str
+    ref: TaskRef
     version: int | None
 
 
@@ -55,46 +67,43 @@ class Registry(ABC):
 
     @abstractmethod
     async def put(
-        self,
-        task: str,
-        data: bytes,
-        sha256: str,
-        metadata: dict[str, Any],
-        owner: str,
-        if_match: int | None = None,
-        any_owner: bool = False,
+        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
     ) -> VersionInfo:
         """Store ``data`` as the task's next version and make it current.
 
-        A new task belongs to ``owner``. An existing task owned by someone else is invisible
-        (TaskNotFoundError) unless ``any_owner`` (admin); its owner is kept. ``if_match``: the
-        version the caller believes current (0 = the task must not exist), else
-        VersionConflictError and nothing is stored.
+        ``if_match``: the version the caller believes current (0 = the task must not exist),
+        else VersionConflictError and nothing is stored.
         """
 
     @abstractmethod
-    async def current(self, task: str) -> VersionInfo | None:
+    async def current(self, ref: TaskRef) -> VersionInfo | None:
         """The current version of a task, or None."""
 
     @abstractmethod
-    async def read(self, task: str, version: int) -> bytes:
+    async def read(self, ref: TaskRef, version: int) -> bytes:
         """The bytes of one version; TaskNotFoundError if it is gone."""
 
     @abstractmethod
-    async def list(self, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
-        """Current versions ordered by task id, starting after ``after``."""
+    async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
+        """A tenant's current versions ordered by task id, starting after the task id ``after``."""
 
     @abstractmethod
-    async def delete(self, task: str, if_match: int | None = None) -> None:
+    async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:
         """Remove a task and all its versions; TaskNotFoundError if absent."""
 
     @abstractmethod
-    async def current_versions(self) -> dict[str, int]:
-        """Every task's current version (the catch-up view for replicas that missed events)."""
+    async def current_versions(self) -> dict[TaskRef, int]:
+        """Every tenant's tasks and their current versions (the catch-up view for replicas)."""
 
     @abstractmethod
     def events(self) -> AsyncIterator[ChangeEvent]:
         """Changes made through any client of this registry, as they happen."""
+
+    @abstractmethod
+    async def migrate(self) -> int:
+        """Move tasks of the pre-namespace layout into their owners' namespaces; returns how many
+        moved (0 when there is nothing left to move). Deleted tasks of that layout, which kept
+        only their version counter, are dropped."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -105,37 +114,33 @@ class Registry(ABC):
         """Release connections and stop event delivery."""
 
 
-def check_if_match(task: str, current: VersionInfo | None, if_match: int | None) -> None:
+def check_if_match(ref: TaskRef, current: VersionInfo | None, if_match: int | None) -> None:
     """Compare-and-set: ``if_match`` must name the current version (0 = no current version)."""
     if if_match is None:
         return
     actual = current.version if current is not None else 0
     if actual != if_match:
-        raise VersionConflictError(f"task {task!r} is at version {actual}, not {if_match}")
+        raise VersionConflictError(f"task {ref.task!r} is at version {actual}, not {if_match}")
 
 
 def next_version(
-    task: str,
+    ref: TaskRef,
     current: VersionInfo | None,
     last_issued: int,
     data: bytes,
     sha256: str,
     metadata: dict[str, Any],
-    owner: str,
     if_match: int | None,
-    any_owner: bool,
 ) -> VersionInfo:
-    """The checks every backend makes before a put (the owner, If-Match) and the new version's
-    record; ``last_issued`` is the highest version number ever issued for the task."""
-    if current is not None and current.owner != owner and not any_owner:
-        raise TaskNotFoundError(f"task {task!r} not found")
-    check_if_match(task, current, if_match)
+    """The check every backend makes before a put (If-Match) and the new version's record;
+    ``last_issued`` is the highest version number ever issued for the task."""
+    check_if_match(ref, current, if_match)
     return VersionInfo(
-        task=task,
+        task=ref.task,
         version=last_issued + 1,
         sha256=sha256,
         size=len(data),
-        owner=current.owner if current is not None else owner,
+        owner=ref.tenant,
         created_at=time.time(),
         metadata=metadata,
     )

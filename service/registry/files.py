@@ -1,13 +1,14 @@
 """The file registry: a directory, the embedded default.
 
-Layout under the root, one folder per task named by the hex of its id (task ids never appear raw
-in paths)::
+Layout under the root, one folder per tenant and one per task, each named by the hex of its name
+(names never appear raw in paths)::
 
-    <root>/<hex(task)>/.lock            flock: one writer per task, across processes
-    <root>/<hex(task)>/counter          last version number ever issued (survives deletes)
-    <root>/<hex(task)>/v00000007.bin    the bytes of version 7 (immutable)
-    <root>/<hex(task)>/current.json     VersionInfo of the current version: the commit point
-    <root>/.changed                     a fresh random token after every commit (for watchers)
+    <root>/tenants/<hex(tenant)>/<hex(task)>/.lock          flock: one writer per task, across processes
+    <root>/tenants/<hex(tenant)>/<hex(task)>/counter        last version number ever issued
+    <root>/tenants/<hex(tenant)>/<hex(task)>/v00000007.bin  the bytes of version 7 (immutable)
+    <root>/tenants/<hex(tenant)>/<hex(task)>/current.json   the current VersionInfo: the commit point
+    <root>/.changed                                         a fresh token after every commit (watchers)
+    <root>/.migrate.lock                                    flock: one migration at a time
 
 A put writes the version file, then replaces ``current.json``; both by temp file, fsync and
 rename, so a crash at any moment leaves the previous version current and never exposes a partial
@@ -17,6 +18,9 @@ Events: writes through this object wake :meth:`FileRegistry.events` at once. Oth
 sharing the directory (replicas on one host) are noticed by reading the small ``.changed`` token
 every ``poll_interval`` seconds; only when it changed are all tasks' versions compared, so a
 fast poll stays cheap with thousands of tasks.
+
+The layout before namespaces kept each task at ``<root>/<hex(task)>/``; :meth:`FileRegistry.migrate`
+renames such a folder to ``tenants/<hex(owner)>/<hex(task)>`` (one atomic rename per task).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +39,42 @@ from typing import Any
 from memories.atomic import atomic_write
 from service.errors import TaskNotFoundError
 from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
-from service.tasks import storage_key, task_from_key
+from service.tasks import TaskRef, name_from_key, storage_key
+
+log = logging.getLogger(__name__)
 
 _CURRENT = "current.json"
 _CHANGED = ".changed"
+_TENANTS = "tenants"
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_current(folder: Path) -> VersionInfo | None:
+    try:
+        return VersionInfo.from_json((folder / _CURRENT).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _version_file(folder: Path, version: int) -> Path:
+    return folder / f"v{version:08d}.bin"
+
+
+def _is_hex_name(name: str) -> bool:
+    try:
+        name_from_key(name)
+    except ValueError:
+        return False
+    return True
 
 
 class FileRegistry(Registry):
@@ -46,50 +84,31 @@ class FileRegistry(Registry):
         self.poll_interval = poll_interval
         self._changed = asyncio.Event()
         self._closed = False
-        root.mkdir(parents=True, exist_ok=True)
+        (root / _TENANTS).mkdir(parents=True, exist_ok=True)
 
-    def _dir(self, task: str) -> Path:
-        return self.root / storage_key(task)
+    def _tenant_dir(self, tenant: str) -> Path:
+        return self.root / _TENANTS / storage_key(tenant)
 
-    @staticmethod
-    def _version_file(folder: Path, version: int) -> Path:
-        return folder / f"v{version:08d}.bin"
+    def _dir(self, ref: TaskRef) -> Path:
+        return self._tenant_dir(ref.tenant) / storage_key(ref.task)
 
     @contextmanager
-    def _locked(self, task: str) -> Iterator[Path]:
-        folder = self._dir(task)
+    def _locked(self, ref: TaskRef) -> Iterator[Path]:
+        folder = self._dir(ref)
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield folder
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _read_current(folder: Path) -> VersionInfo | None:
-        try:
-            return VersionInfo.from_json((folder / _CURRENT).read_text())
-        except FileNotFoundError:
-            return None
+        with _flock(folder / ".lock"):
+            yield folder
 
     def _put(
-        self,
-        task: str,
-        data: bytes,
-        sha256: str,
-        metadata: dict[str, Any],
-        owner: str,
-        if_match: int | None,
-        any_owner: bool,
+        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None
     ) -> VersionInfo:
-        with self._locked(task) as folder:
-            current = self._read_current(folder)
+        with self._locked(ref) as folder:
+            current = _read_current(folder)
             counter = folder / "counter"
             issued = int(counter.read_text()) if counter.exists() else 0
-            info = next_version(task, current, issued, data, sha256, metadata, owner, if_match, any_owner)
+            info = next_version(ref, current, issued, data, sha256, metadata, if_match)
             atomic_write(counter, str(info.version).encode())
-            atomic_write(self._version_file(folder, info.version), data)
+            atomic_write(_version_file(folder, info.version), data)
             atomic_write(folder / _CURRENT, info.to_json().encode())
             self._announce()
             for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:
@@ -107,72 +126,101 @@ class FileRegistry(Registry):
             return b""
 
     async def put(
-        self,
-        task: str,
-        data: bytes,
-        sha256: str,
-        metadata: dict[str, Any],
-        owner: str,
-        if_match: int | None = None,
-        any_owner: bool = False,
+        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
     ) -> VersionInfo:
-        info = await asyncio.to_thread(self._put, task, data, sha256, metadata, owner, if_match, any_owner)
+        info = await asyncio.to_thread(self._put, ref, data, sha256, metadata, if_match)
         self._changed.set()
         return info
 
-    async def current(self, task: str) -> VersionInfo | None:
-        return await asyncio.to_thread(self._read_current, self._dir(task))
+    async def current(self, ref: TaskRef) -> VersionInfo | None:
+        return await asyncio.to_thread(_read_current, self._dir(ref))
 
-    def _read(self, task: str, version: int) -> bytes:
+    def _read(self, ref: TaskRef, version: int) -> bytes:
         try:
-            return self._version_file(self._dir(task), version).read_bytes()
+            return _version_file(self._dir(ref), version).read_bytes()
         except FileNotFoundError:
-            raise TaskNotFoundError(f"task {task!r} has no version {version}") from None
+            raise TaskNotFoundError(f"task {ref.task!r} has no version {version}") from None
 
-    async def read(self, task: str, version: int) -> bytes:
-        return await asyncio.to_thread(self._read, task, version)
+    async def read(self, ref: TaskRef, version: int) -> bytes:
+        return await asyncio.to_thread(self._read, ref, version)
 
-    def _list(self, after: str | None, limit: int) -> list[VersionInfo]:
-        tasks = sorted(task_from_key(p.name) for p in self.root.iterdir() if (p / _CURRENT).exists())
+    def _list(self, tenant: str, after: str | None, limit: int) -> list[VersionInfo]:
+        folder = self._tenant_dir(tenant)
+        if not folder.is_dir():
+            return []
+        tasks = sorted(name_from_key(p.name) for p in folder.iterdir() if (p / _CURRENT).exists())
         out = []
         for task in tasks:
             if after is not None and task <= after:
                 continue
-            info = self._read_current(self._dir(task))
+            info = _read_current(self._dir(TaskRef(tenant, task)))
             if info is not None:
                 out.append(info)
             if len(out) == limit:
                 break
         return out
 
-    async def list(self, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
-        return await asyncio.to_thread(self._list, after, limit)
+    async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
+        return await asyncio.to_thread(self._list, tenant, after, limit)
 
-    def _delete(self, task: str, if_match: int | None) -> None:
-        with self._locked(task) as folder:
-            current = self._read_current(folder)
+    def _delete(self, ref: TaskRef, if_match: int | None) -> None:
+        with self._locked(ref) as folder:
+            current = _read_current(folder)
             if current is None:
-                raise TaskNotFoundError(f"task {task!r} not found")
-            check_if_match(task, current, if_match)
+                raise TaskNotFoundError(f"task {ref.task!r} not found")
+            check_if_match(ref, current, if_match)
             (folder / _CURRENT).unlink()
             self._announce()
             for old in folder.glob("v*.bin"):
                 old.unlink(missing_ok=True)
 
-    async def delete(self, task: str, if_match: int | None = None) -> None:
-        await asyncio.to_thread(self._delete, task, if_match)
+    async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:
+        await asyncio.to_thread(self._delete, ref, if_match)
         self._changed.set()
 
-    def _current_versions(self) -> dict[str, int]:
+    def _current_versions(self) -> dict[TaskRef, int]:
         versions = {}
-        for folder in self.root.iterdir():
-            info = self._read_current(folder) if folder.is_dir() else None
-            if info is not None:
-                versions[info.task] = info.version
+        for tenant in (self.root / _TENANTS).iterdir():
+            for folder in tenant.iterdir() if tenant.is_dir() else ():
+                info = _read_current(folder) if folder.is_dir() else None
+                if info is not None:
+                    versions[info.ref] = info.version
         return versions
 
-    async def current_versions(self) -> dict[str, int]:
+    async def current_versions(self) -> dict[TaskRef, int]:
         return await asyncio.to_thread(self._current_versions)
+
+    def _migrate(self) -> int:
+        moved = 0
+        with _flock(self.root / ".migrate.lock"):
+            for folder in sorted(self.root.iterdir()):
+                if folder.name == _TENANTS or not folder.is_dir() or not _is_hex_name(folder.name):
+                    continue
+                with _flock(folder / ".lock"):
+                    info = _read_current(folder)
+                    target = self._dir(info.ref) if info is not None else None
+                    if target is not None and target.exists():
+                        log.error(
+                            "not migrating %s: %s already exists in its namespace; the old folder is kept",
+                            folder,
+                            target,
+                        )
+                    elif target is not None:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        folder.rename(target)  # atomic: the task is in the old place or the new one
+                        moved += 1
+                if info is None:  # a deleted task: only its counter and lock are left
+                    shutil.rmtree(folder)
+            if moved:
+                self._announce()
+        return moved
+
+    async def migrate(self) -> int:
+        moved = await asyncio.to_thread(self._migrate)
+        if moved:
+            log.info("moved %d tasks of the pre-namespace layout into their owners' namespaces", moved)
+            self._changed.set()
+        return moved
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         token = await asyncio.to_thread(self._change_token)
@@ -186,11 +234,11 @@ class FileRegistry(Registry):
             if not woken and token == seen:
                 continue
             now = await self.current_versions()
-            for task, version in sorted(now.items()):
-                if known.get(task) != version:
-                    yield ChangeEvent(task, version)
-            for task in sorted(set(known) - set(now)):
-                yield ChangeEvent(task, None)
+            for ref, version in sorted(now.items()):
+                if known.get(ref) != version:
+                    yield ChangeEvent(ref, version)
+            for ref in sorted(set(known) - set(now)):
+                yield ChangeEvent(ref, None)
             known = now
 
     async def ping(self) -> None:

@@ -1,22 +1,28 @@
 """The Redis registry: shared by every replica.
 
-Keys, with ``k`` the hex of the task id (ids never appear raw in keys) and ``p`` the prefix::
+Keys, with ``t`` and ``k`` the hex of the tenant and the task id (names never appear raw in
+keys) and ``p`` the prefix::
 
-    p:task:k:v:<n>     bytes of version n (immutable; the oldest beyond keep_versions are deleted)
-    p:task:k:counter   last version number issued (survives deletes, so numbers are never reused)
-    p:task:k:current   VersionInfo JSON of the current version
-    p:tasks            sorted set of task ids (listing in id order)
-    p:events           pub/sub channel: {"task": ..., "version": n | null}
+    p:ns:t:k:v:<n>     bytes of version n (immutable; the oldest beyond keep_versions are deleted)
+    p:ns:t:k:counter   last version number issued (survives deletes, so numbers are never reused)
+    p:ns:t:k:current   VersionInfo JSON of the current version
+    p:index            sorted set of "tenant/task" (a tenant's tasks are one range, in id order)
+    p:events           pub/sub channel: {"tenant": ..., "task": ..., "version": n | null}
 
 A put or delete is one MULTI/EXEC transaction under WATCH of the task's current and counter
 keys (redis-py's transaction helper): if another client changed them in between, the
-transaction is retried, so compare-and-set
-(If-Match) and the owner check are exact. The event is published inside the same transaction.
+transaction is retried, so compare-and-set (If-Match) is exact. The event is published inside
+the same transaction.
+
+The layout before namespaces used ``p:task:k:...`` and a sorted set ``p:tasks`` of bare ids;
+:meth:`RedisRegistry.migrate` renames each task's keys into its owner's namespace in one
+transaction per task.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,9 +32,11 @@ from redis.exceptions import RedisError
 
 from service.errors import RegistryUnavailableError, TaskNotFoundError
 from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
-from service.tasks import storage_key
+from service.tasks import TaskRef, storage_key
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class RedisRegistry(Registry):
@@ -40,9 +48,13 @@ class RedisRegistry(Registry):
             url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10
         )
         self.channel = f"{prefix}:events"
+        self.index = f"{prefix}:index"
 
-    def _key(self, task: str, *parts: str) -> str:
-        return ":".join((self.prefix, "task", storage_key(task), *parts))
+    def _key(self, ref: TaskRef, *parts: str) -> str:
+        return ":".join((self.prefix, "ns", storage_key(ref.tenant), storage_key(ref.task), *parts))
+
+    def _event(self, ref: TaskRef, version: int | None) -> str:
+        return json.dumps({"tenant": ref.tenant, "task": ref.task, "version": version})
 
     async def _transaction(self, body: Callable[[Pipeline], Awaitable[T]], *watched: str) -> T:
         """Run ``body`` under WATCH of ``watched`` as one MULTI/EXEC, retried by redis-py whenever
@@ -61,82 +73,119 @@ class RedisRegistry(Registry):
             ) from exc
 
     async def put(
-        self,
-        task: str,
-        data: bytes,
-        sha256: str,
-        metadata: dict[str, Any],
-        owner: str,
-        if_match: int | None = None,
-        any_owner: bool = False,
+        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
     ) -> VersionInfo:
-        current_key, counter_key = self._key(task, "current"), self._key(task, "counter")
+        current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
 
         async def transaction(pipe: Pipeline) -> VersionInfo:
             raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
             current = VersionInfo.from_json(raw) if raw else None
-            info = next_version(
-                task, current, int(issued or 0), data, sha256, metadata, owner, if_match, any_owner
-            )
+            info = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
             pipe.multi()
-            pipe.set(self._key(task, "v", str(info.version)), data)
+            pipe.set(self._key(ref, "v", str(info.version)), data)
             pipe.set(counter_key, info.version)
             pipe.set(current_key, info.to_json())
-            pipe.zadd(f"{self.prefix}:tasks", {task: 0})
+            pipe.zadd(self.index, {str(ref): 0})
             if info.version > self.keep_versions:
-                pipe.delete(self._key(task, "v", str(info.version - self.keep_versions)))
-            pipe.publish(self.channel, json.dumps({"task": task, "version": info.version}))
+                pipe.delete(self._key(ref, "v", str(info.version - self.keep_versions)))
+            pipe.publish(self.channel, self._event(ref, info.version))
             return info
 
         return await self._transaction(transaction, current_key, counter_key)
 
-    async def current(self, task: str) -> VersionInfo | None:
-        raw = await self._call(lambda: self._redis.get(self._key(task, "current")))
+    async def current(self, ref: TaskRef) -> VersionInfo | None:
+        raw = await self._call(lambda: self._redis.get(self._key(ref, "current")))
         return VersionInfo.from_json(raw) if raw else None
 
-    async def read(self, task: str, version: int) -> bytes:
-        data = await self._call(lambda: self._redis.get(self._key(task, "v", str(version))))
+    async def read(self, ref: TaskRef, version: int) -> bytes:
+        data = await self._call(lambda: self._redis.get(self._key(ref, "v", str(version))))
         if not isinstance(data, bytes):
-            raise TaskNotFoundError(f"task {task!r} has no version {version}")
+            raise TaskNotFoundError(f"task {ref.task!r} has no version {version}")
         return data
 
-    async def list(self, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
-        start = f"({after}" if after is not None else "-"
-        tasks = await self._call(
-            lambda: self._redis.zrangebylex(f"{self.prefix}:tasks", start, "+", start=0, num=limit)
+    async def _index_page(self, start: str, stop: str, limit: int) -> list[VersionInfo]:
+        """Current versions of the index members in the lexicographic range (start, stop)."""
+        members = await self._call(
+            lambda: self._redis.zrangebylex(self.index, start, stop, start=0, num=limit)
         )
-        if not tasks:
+        refs = [TaskRef.parse(m.decode() if isinstance(m, bytes) else m) for m in members]
+        if not refs:
             return []
-        names = [t.decode() if isinstance(t, bytes) else t for t in tasks]
-        raws = await self._call(lambda: self._redis.mget([self._key(t, "current") for t in names]))
+        raws = await self._call(lambda: self._redis.mget([self._key(r, "current") for r in refs]))
         return [VersionInfo.from_json(raw) for raw in raws if raw]
 
-    async def delete(self, task: str, if_match: int | None = None) -> None:
-        current_key = self._key(task, "current")
+    async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
+        # "/" sorts just before "0", the lowest character a task id may start with
+        start = f"({tenant}/{after}" if after is not None else f"[{tenant}/"
+        return await self._index_page(start, f"({tenant}0", limit)
+
+    async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:
+        current_key = self._key(ref, "current")
 
         async def transaction(pipe: Pipeline) -> None:
             raw = await pipe.get(current_key)
             if not raw:
-                raise TaskNotFoundError(f"task {task!r} not found")
+                raise TaskNotFoundError(f"task {ref.task!r} not found")
             current = VersionInfo.from_json(raw)
-            check_if_match(task, current, if_match)
+            check_if_match(ref, current, if_match)
             first = max(1, current.version - self.keep_versions + 1)
             pipe.multi()
             pipe.delete(
-                current_key, *(self._key(task, "v", str(v)) for v in range(first, current.version + 1))
+                current_key, *(self._key(ref, "v", str(v)) for v in range(first, current.version + 1))
             )
-            pipe.zrem(f"{self.prefix}:tasks", task)
-            pipe.publish(self.channel, json.dumps({"task": task, "version": None}))
+            pipe.zrem(self.index, str(ref))
+            pipe.publish(self.channel, self._event(ref, None))
 
         await self._transaction(transaction, current_key)
 
-    async def current_versions(self) -> dict[str, int]:
-        versions: dict[str, int] = {}
-        after: str | None = None
-        while page := await self.list(after, 500):
-            versions.update((info.task, info.version) for info in page)
-            after = page[-1].task
+    async def current_versions(self) -> dict[TaskRef, int]:
+        versions: dict[TaskRef, int] = {}
+        start = "-"
+        while page := await self._index_page(start, "+", 500):
+            versions.update((info.ref, info.version) for info in page)
+            start = f"({page[-1].ref}"
         return versions
+
+    async def _migrate_task(self, task_hex: str) -> bool:
+        """Move one task of the old layout into its owner's namespace; False if already gone."""
+        legacy = f"{self.prefix}:task:{task_hex}"
+        current_key, counter_key = f"{legacy}:current", f"{legacy}:counter"
+
+        async def transaction(pipe: Pipeline) -> bool:
+            raw = await pipe.get(current_key)
+            versions = [key async for key in pipe.scan_iter(f"{legacy}:v:*")]
+            if not raw:  # moved by another migrator, or deleted (only the counter is left)
+                pipe.multi()
+                pipe.delete(counter_key)
+                return False
+            info = VersionInfo.from_json(raw)
+            ref = info.ref
+            if await pipe.exists(self._key(ref, "counter")):
+                log.error("not migrating %s: the task already exists in its namespace; kept as it is", ref)
+                return False
+            pipe.multi()
+            for key in versions:
+                version = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
+                pipe.rename(key, self._key(ref, "v", version))
+            pipe.rename(counter_key, self._key(ref, "counter"))
+            pipe.rename(current_key, self._key(ref, "current"))
+            pipe.zadd(self.index, {str(ref): 0})
+            pipe.zrem(f"{self.prefix}:tasks", ref.task)
+            pipe.publish(self.channel, self._event(ref, info.version))
+            return True
+
+        return await self._transaction(transaction, current_key, counter_key)
+
+    async def migrate(self) -> int:
+        pattern = f"{self.prefix}:task:*:counter"
+        counters = await self._call(lambda: _collect(self._redis.scan_iter(pattern, count=500)))
+        moved = 0
+        for key in counters:
+            task_hex = (key.decode() if isinstance(key, bytes) else key).split(":")[-2]
+            moved += await self._migrate_task(task_hex)
+        if moved:
+            log.info("moved %d tasks of the pre-namespace layout into their owners' namespaces", moved)
+        return moved
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -147,7 +196,8 @@ class RedisRegistry(Registry):
                 if message is None or message.get("type") != "message":
                     continue
                 body = json.loads(message["data"])
-                yield ChangeEvent(body["task"], body["version"])
+                if "tenant" in body:  # not an event of the pre-namespace layout
+                    yield ChangeEvent(TaskRef(body["tenant"], body["task"]), body["version"])
         finally:
             await pubsub.aclose()
 
@@ -156,3 +206,7 @@ class RedisRegistry(Registry):
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+async def _collect(items: AsyncIterator[T]) -> list[T]:
+    return [item async for item in items]

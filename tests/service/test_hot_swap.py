@@ -90,3 +90,25 @@ def test_put_on_one_replica_reaches_both_under_load(replicas: list[str]) -> None
         assert late_old == [], f"{url} went back to version 1 after answering with version 2"
     on_writer = [v for start, _, v in seen[replicas[0]] if start > swapped_at]
     assert set(on_writer) == {2}, "requests started after the PUT returned get version 2 on its replica"
+
+
+def test_an_unknown_id_is_forgotten_on_every_replica_once_created(replicas: list[str]) -> None:
+    backbone = load_backbone("roberta-tiny-random")
+    first, second = (httpx.Client(base_url=url, timeout=10) for url in replicas)
+    for _ in range(5):
+        assert first.post("/v1/newcomer/classify", json={"inputs": "x"}).status_code == 404
+    hits = [
+        line
+        for line in first.get("/metrics").text.splitlines()
+        if line.startswith("spartan_unknown_task_hits")
+    ]
+    assert hits == ["spartan_unknown_task_hits_total 4.0"], "four misses answered without the registry"
+    data = make_memfile(backbone).to_bytes()
+    created = second.put(
+        "/v1/memories/newcomer", content=data, headers={"content-type": "application/octet-stream"}
+    )
+    assert created.status_code == 200
+    started = time.monotonic()
+    while first.post("/v1/newcomer/classify", json={"inputs": "x"}).status_code == 404:
+        assert time.monotonic() - started < 2.0, "the create did not reach the other replica's negative cache"
+        time.sleep(0.02)

@@ -1,4 +1,4 @@
-"""The runtime without HTTP: single-flight registry reads, catalog sync between replicas."""
+"""The runtime without HTTP: single-flight registry reads, catalog sync between replicas, unknown ids."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from memories.backbone import Backbone
-from service.auth import Caller
 from service.engine import Engine
+from service.errors import TaskNotFoundError
+from service.registry.base import VersionInfo
 from service.registry.files import FileRegistry
 from service.runtime import Runtime
 from service.settings import ServiceSettings
+from service.tasks import TaskRef
 from tests.conftest import make_memfile
 
-ADMIN = Caller("ops", admin=True)
+T = TaskRef("acme", "t")
 
 
 @pytest.fixture
@@ -25,15 +27,20 @@ def anyio_backend() -> str:
 
 
 class CountingFileRegistry(FileRegistry):
-    """The real file registry, counting version reads."""
+    """The real file registry, counting version reads and lookups of current versions."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, poll_interval=0.05)
         self.reads = 0
+        self.lookups = 0
 
-    async def read(self, task: str, version: int) -> bytes:
+    async def read(self, ref: TaskRef, version: int) -> bytes:
         self.reads += 1
-        return await super().read(task, version)
+        return await super().read(ref, version)
+
+    async def current(self, ref: TaskRef) -> VersionInfo | None:
+        self.lookups += 1
+        return await super().current(ref)
 
 
 async def _runtime(backbone: Backbone, registry: FileRegistry) -> Runtime:
@@ -68,9 +75,9 @@ async def test_concurrent_first_requests_read_the_registry_once(
     pair: tuple[Runtime, Runtime, CountingFileRegistry], roberta_tiny: Backbone
 ) -> None:
     writer, reader, counting = pair
-    await writer.upload("t", make_memfile(roberta_tiny).to_bytes(), ADMIN, None)
-    await _eventually(lambda: "t" in reader.catalog)
-    memories = await asyncio.gather(*(reader.memory("t", ADMIN) for _ in range(20)))
+    await writer.upload(T, make_memfile(roberta_tiny).to_bytes(), None)
+    await _eventually(lambda: T in reader.catalog)
+    memories = await asyncio.gather(*(reader.memory(T) for _ in range(20)))
     assert counting.reads == 1
     assert all(m is memories[0] for m in memories)
     assert (reader.cache.stats.loads, reader.cache.stats.misses) == (1, 20)
@@ -81,13 +88,43 @@ async def test_replicas_follow_each_others_writes_and_deletes(
     pair: tuple[Runtime, Runtime, CountingFileRegistry], roberta_tiny: Backbone
 ) -> None:
     writer, reader, _ = pair
-    await writer.upload("t", make_memfile(roberta_tiny, seed=1).to_bytes(), ADMIN, None)
-    await _eventually(lambda: "t" in reader.catalog)
-    assert (await reader.memory("t", ADMIN)).version == 1
-    await writer.upload("t", make_memfile(roberta_tiny, seed=2).to_bytes(), ADMIN, None)
-    await _eventually(lambda: reader.catalog["t"].version == 2)
-    assert (await reader.memory("t", ADMIN)).version == 2
-    assert reader.cache.resident() == [("t", 2)], "the old version left the cache"
-    await writer.delete("t", ADMIN, None)
-    await _eventually(lambda: "t" not in reader.catalog)
+    await writer.upload(T, make_memfile(roberta_tiny, seed=1).to_bytes(), None)
+    await _eventually(lambda: T in reader.catalog)
+    assert (await reader.memory(T)).version == 1
+    await writer.upload(T, make_memfile(roberta_tiny, seed=2).to_bytes(), None)
+    await _eventually(lambda: reader.catalog[T].version == 2)
+    assert (await reader.memory(T)).version == 2
+    assert reader.cache.resident() == [(T, 2)], "the old version left the cache"
+    await writer.delete(T, None)
+    await _eventually(lambda: T not in reader.catalog)
     assert len(reader.cache) == 0
+
+
+@pytest.mark.anyio
+async def test_unknown_ids_skip_the_registry_until_created_on_another_replica(
+    pair: tuple[Runtime, Runtime, CountingFileRegistry], roberta_tiny: Backbone
+) -> None:
+    writer, reader, counting = pair
+    counting.lookups = 0
+    for _ in range(50):
+        with pytest.raises(TaskNotFoundError):
+            await reader.memory(T)
+    assert counting.lookups == 1, "one registry lookup, then the negative cache answers"
+    assert reader.snapshot().unknown_hits == 49
+    assert reader.snapshot().unknown_ids == 1
+    await writer.upload(T, make_memfile(roberta_tiny).to_bytes(), None)
+    await _eventually(lambda: T not in reader.unknown)
+    assert (await reader.memory(T)).version == 1, "the create on the other replica forgot the miss"
+
+
+@pytest.mark.anyio
+async def test_the_negative_cache_is_bounded(roberta_tiny: Backbone, tmp_path: Path) -> None:
+    registry = CountingFileRegistry(tmp_path)
+    settings = ServiceSettings(backbone=roberta_tiny.name, registry_dir=tmp_path, unknown_cache_size=8)
+    runtime = Runtime(settings, roberta_tiny, registry, Engine(roberta_tiny, threads=1))
+    await runtime.start()
+    for i in range(100):
+        with pytest.raises(TaskNotFoundError):
+            await runtime.resolve(TaskRef("acme", f"random-{i}"))
+    assert len(runtime.unknown) == 8
+    await runtime.stop()

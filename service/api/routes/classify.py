@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import CallerDep, RuntimeDep
+from service.api.deps import RuntimeDep, TaskRefDep
 from service.api.schemas import ClassifyRequest, ClassifyResponse, ErrorBody, JSONModelResponse
 from service.predictions import TextInput
 
 router = APIRouter(tags=["classify"])
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (404, 413, 422, 429, 503, 504)
+    code: {"model": ErrorBody} for code in (403, 404, 413, 422, 429, 503, 504)
 }
 
 
@@ -32,9 +32,7 @@ def _inputs(body: ClassifyRequest) -> list[TextInput]:
     response_class=JSONModelResponse,
     responses=ERRORS,
 )
-async def classify(
-    task: str, body: ClassifyRequest, runtime: RuntimeDep, caller: CallerDep
-) -> JSONModelResponse:
+async def classify(ref: TaskRefDep, body: ClassifyRequest, runtime: RuntimeDep) -> JSONModelResponse:
     """Classify one text, a list of texts or text pairs with the task's current memory."""
-    result = await runtime.classify(task, caller, _inputs(body), body.explain)
+    result = await runtime.classify(ref, _inputs(body), body.explain)
     return JSONModelResponse(ClassifyResponse.model_validate(result, from_attributes=True))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from service.api.deps import CallerDep, RuntimeDep
+from service.api.deps import NamespaceDep, RuntimeDep, TaskRefDep
 from service.api.schemas import ErrorBody, MemoryInfo, MemoryPage
 from service.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.registry.base import VersionInfo
@@ -49,7 +49,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @router.put(
     "/v1/memories/{task}",
     response_model=MemoryInfo,
-    responses={code: {"model": ErrorBody} for code in (404, 409, 412, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (403, 404, 409, 412, 413, 415, 422, 503)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -58,10 +58,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     },
 )
 async def put_memory(
-    task: str,
+    ref: TaskRefDep,
     request: Request,
     runtime: RuntimeDep,
-    caller: CallerDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> MemoryInfo:
     """Upload a memory file (the raw safetensors bytes) as the task's next version."""
@@ -72,38 +71,41 @@ async def put_memory(
         )
     expected = _if_match(if_match)
     data = await _read_body(request, runtime.max_upload_bytes)
-    return _info(await runtime.upload(task, data, caller, expected))
+    return _info(await runtime.upload(ref, data, expected))
 
 
-@router.get("/v1/memories", response_model=MemoryPage)
+@router.get("/v1/memories", response_model=MemoryPage, responses={403: {"model": ErrorBody}})
 async def list_memories(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    namespace: NamespaceDep,
     after: Annotated[str | None, Query(description="task id to start after")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> MemoryPage:
-    """The caller's tasks in id order, ``limit`` at a time."""
-    items, cursor = await runtime.page(caller, after, limit)
+    """The addressed tenant's tasks in id order, ``limit`` at a time."""
+    items, cursor = await runtime.page(namespace, after, limit)
     return MemoryPage(items=[_info(i) for i in items], next=cursor)
 
 
-@router.get("/v1/memories/{task}", response_model=MemoryInfo, responses={404: {"model": ErrorBody}})
-async def get_memory(task: str, runtime: RuntimeDep, caller: CallerDep, response: Response) -> MemoryInfo:
+@router.get(
+    "/v1/memories/{task}", response_model=MemoryInfo, responses={c: {"model": ErrorBody} for c in (403, 404)}
+)
+async def get_memory(ref: TaskRefDep, runtime: RuntimeDep, response: Response) -> MemoryInfo:
     """The task's current version and its metadata (ETag: the version)."""
-    info = await runtime.resolve(task, caller)
+    info = await runtime.resolve(ref)
     response.headers["ETag"] = f'"{info.version}"'
     return _info(info)
 
 
 @router.delete(
-    "/v1/memories/{task}", status_code=204, responses={code: {"model": ErrorBody} for code in (404, 412, 503)}
+    "/v1/memories/{task}",
+    status_code=204,
+    responses={code: {"model": ErrorBody} for code in (403, 404, 412, 503)},
 )
 async def delete_memory(
-    task: str,
+    ref: TaskRefDep,
     runtime: RuntimeDep,
-    caller: CallerDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Remove the task and all its versions."""
-    await runtime.delete(task, caller, _if_match(if_match))
+    await runtime.delete(ref, _if_match(if_match))
     return Response(status_code=204)

@@ -14,6 +14,7 @@ from service.errors import RegistryUnavailableError, TaskNotFoundError, VersionC
 from service.registry.base import ChangeEvent, Registry
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
+from service.tasks import TaskRef
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -47,39 +48,44 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await _purge(prefix)
 
 
-async def _put(reg: Registry, task: str, data: bytes, owner: str = "acme", **kwargs: object) -> int:
-    info = await reg.put(
-        task, data, hashlib.sha256(data).hexdigest(), {"labels": ["a", "b"]}, owner, **kwargs
-    )  # type: ignore[arg-type]
+def ref(task: str, tenant: str = "acme") -> TaskRef:
+    return TaskRef(tenant, task)
+
+
+async def _put(
+    reg: Registry, task: str, data: bytes, tenant: str = "acme", if_match: int | None = None
+) -> int:
+    sha = hashlib.sha256(data).hexdigest()
+    info = await reg.put(ref(task, tenant), data, sha, {"labels": ["a", "b"]}, if_match)
     return info.version
 
 
 @pytest.mark.anyio
 async def test_put_read_list_and_versions(registry: Registry) -> None:
-    assert await registry.current("sst2") is None
+    assert await registry.current(ref("sst2")) is None
     assert await _put(registry, "sst2", b"one") == 1
     assert await _put(registry, "sst2", b"two") == 2
     assert await _put(registry, "bbc", b"news") == 1
-    info = await registry.current("sst2")
+    info = await registry.current(ref("sst2"))
     assert info is not None
     assert (info.version, info.size, info.owner, info.metadata) == (2, 3, "acme", {"labels": ["a", "b"]})
     assert info.sha256 == hashlib.sha256(b"two").hexdigest()
-    assert await registry.read("sst2", 1) == b"one"
-    assert await registry.read("sst2", 2) == b"two"
-    assert [i.task for i in await registry.list()] == ["bbc", "sst2"]
-    assert [i.task for i in await registry.list(after="bbc")] == ["sst2"]
-    assert [i.task for i in await registry.list(limit=1)] == ["bbc"]
-    assert await registry.current_versions() == {"sst2": 2, "bbc": 1}
+    assert await registry.read(ref("sst2"), 1) == b"one"
+    assert await registry.read(ref("sst2"), 2) == b"two"
+    assert [i.task for i in await registry.list("acme")] == ["bbc", "sst2"]
+    assert [i.task for i in await registry.list("acme", after="bbc")] == ["sst2"]
+    assert [i.task for i in await registry.list("acme", limit=1)] == ["bbc"]
+    assert await registry.current_versions() == {ref("sst2"): 2, ref("bbc"): 1}
 
 
 @pytest.mark.anyio
 async def test_old_versions_are_pruned(registry: Registry) -> None:
     for data in (b"1", b"2", b"3"):
         await _put(registry, "t", data)
-    assert await registry.read("t", 3) == b"3"
-    assert await registry.read("t", 2) == b"2"
+    assert await registry.read(ref("t"), 3) == b"3"
+    assert await registry.read(ref("t"), 2) == b"2"
     with pytest.raises(TaskNotFoundError, match="has no version 1"):
-        await registry.read("t", 1)
+        await registry.read(ref("t"), 1)
 
 
 @pytest.mark.anyio
@@ -90,8 +96,8 @@ async def test_if_match_compare_and_set(registry: Registry) -> None:
     assert await _put(registry, "t", b"b", if_match=1) == 2
     with pytest.raises(VersionConflictError, match="at version 2, not 1"):
         await _put(registry, "t", b"c", if_match=1)
-    assert await registry.read("t", 2) == b"b"
-    current = await registry.current("t")
+    assert await registry.read(ref("t"), 2) == b"b"
+    current = await registry.current(ref("t"))
     assert current is not None
     assert current.version == 2
 
@@ -107,14 +113,22 @@ async def test_concurrent_compare_and_set_has_one_winner(registry: Registry) -> 
 
 
 @pytest.mark.anyio
-async def test_other_tenants_tasks_are_invisible_to_put(registry: Registry) -> None:
-    await _put(registry, "t", b"mine", owner="acme")
-    with pytest.raises(TaskNotFoundError, match="task 't' not found"):
-        await _put(registry, "t", b"theirs", owner="globex")
-    assert await _put(registry, "t", b"admin", owner="root", any_owner=True) == 2
-    current = await registry.current("t")
-    assert current is not None
-    assert current.owner == "acme", "an admin upload keeps the owner"
+async def test_each_tenant_has_its_own_namespace(registry: Registry) -> None:
+    assert await _put(registry, "sentiment", b"acme's", tenant="acme") == 1
+    assert await _put(registry, "sentiment", b"globex's", tenant="globex", if_match=0) == 1
+    assert await _put(registry, "sentiment", b"globex's 2", tenant="globex") == 2
+    assert await _put(registry, "other", b"x", tenant="acme0") == 1  # sorts right after "acme/"
+    assert await registry.read(ref("sentiment", "acme"), 1) == b"acme's"
+    assert await registry.read(ref("sentiment", "globex"), 2) == b"globex's 2"
+    mine = await registry.current(ref("sentiment", "acme"))
+    assert mine is not None
+    assert (mine.version, mine.owner) == (1, "acme")
+    assert [(i.owner, i.task) for i in await registry.list("acme")] == [("acme", "sentiment")]
+    assert [(i.owner, i.version) for i in await registry.list("globex")] == [("globex", 2)]
+    assert await registry.list("initech") == []
+    await registry.delete(ref("sentiment", "globex"))
+    assert await registry.current(ref("sentiment", "acme")) is not None, "a delete stays in its namespace"
+    assert await registry.current_versions() == {ref("sentiment", "acme"): 1, ref("other", "acme0"): 1}
 
 
 @pytest.mark.anyio
@@ -122,14 +136,14 @@ async def test_delete_and_numbers_are_never_reused(registry: Registry) -> None:
     await _put(registry, "t", b"1")
     await _put(registry, "t", b"2")
     with pytest.raises(VersionConflictError):
-        await registry.delete("t", if_match=1)
-    await registry.delete("t", if_match=2)
-    assert await registry.current("t") is None
-    assert await registry.list() == []
+        await registry.delete(ref("t"), if_match=1)
+    await registry.delete(ref("t"), if_match=2)
+    assert await registry.current(ref("t")) is None
+    assert await registry.list("acme") == []
     with pytest.raises(TaskNotFoundError):
-        await registry.read("t", 2)
+        await registry.read(ref("t"), 2)
     with pytest.raises(TaskNotFoundError, match="task 't' not found"):
-        await registry.delete("t")
+        await registry.delete(ref("t"))
     assert await _put(registry, "t", b"again") == 3
 
 
@@ -149,9 +163,9 @@ async def test_changes_are_announced(registry: Registry) -> None:
     await asyncio.sleep(0.3)
     await _put(registry, "t", b"2")
     await asyncio.sleep(0.3)
-    await registry.delete("t")
+    await registry.delete(ref("t"))
     await asyncio.wait_for(watcher, 5)
-    assert seen == [ChangeEvent("t", 1), ChangeEvent("t", 2), ChangeEvent("t", None)]
+    assert seen == [ChangeEvent(ref("t"), 1), ChangeEvent(ref("t"), 2), ChangeEvent(ref("t"), None)]
 
 
 @pytest.mark.anyio
@@ -161,7 +175,7 @@ async def test_file_registry_sees_other_processes_writes(tmp_path: Path) -> None
     first = asyncio.ensure_future(events.__anext__())
     await asyncio.sleep(0.1)
     await _put(theirs, "t", b"x")
-    assert await asyncio.wait_for(first, 2) == ChangeEvent("t", 1)
+    assert await asyncio.wait_for(first, 2) == ChangeEvent(ref("t"), 1)
     await events.aclose()
 
 
@@ -170,7 +184,7 @@ async def test_file_registry_watcher_compares_versions_only_after_a_commit(tmp_p
     class Counting(FileRegistry):
         scans = 0
 
-        def _current_versions(self) -> dict[str, int]:
+        def _current_versions(self) -> dict[TaskRef, int]:
             self.scans += 1
             return super()._current_versions()
 
@@ -180,7 +194,7 @@ async def test_file_registry_watcher_compares_versions_only_after_a_commit(tmp_p
     await asyncio.sleep(0.3)  # about 30 polls of an unchanged registry
     assert mine.scans == 1, "an idle poll must read the change token only, not every task"
     await _put(theirs, "t", b"x")
-    assert await asyncio.wait_for(first, 2) == ChangeEvent("t", 1)
+    assert await asyncio.wait_for(first, 2) == ChangeEvent(ref("t"), 1)
     assert mine.scans == 2
     await events.aclose()
 
@@ -189,14 +203,15 @@ async def test_file_registry_watcher_compares_versions_only_after_a_commit(tmp_p
 async def test_file_registry_never_exposes_a_partial_write(tmp_path: Path) -> None:
     reg = FileRegistry(tmp_path)
     await _put(reg, "t", b"good")
-    folder = next(p for p in tmp_path.iterdir() if p.is_dir())
+    folder = next((tmp_path / "tenants").glob("*/*"))
     (folder / ".current.json.123.tmp").write_text('{"half": ')  # a crash mid-write leaves only a temp file
     (folder / "v00000002.bin").write_bytes(b"orphan of a crashed put")
-    current = await reg.current("t")
+    current = await reg.current(ref("t"))
     assert current is not None
     assert current.version == 1
-    assert await reg.read("t", 1) == b"good"
-    assert all(c in "0123456789abcdef" for c in folder.name), "task ids never appear raw in paths"
+    assert await reg.read(ref("t"), 1) == b"good"
+    for name in (folder.name, folder.parent.name):
+        assert all(c in "0123456789abcdef" for c in name), "names never appear raw in paths"
 
 
 @pytest.mark.anyio
