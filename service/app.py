@@ -22,7 +22,6 @@ from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from service.api import errors
 from service.api.routes import classify, health, memories
-from service.auth import KeyRing
 from service.cpu import available_cpus
 from service.engine import Engine
 from service.metrics import HTTPMetrics, RuntimeCollector
@@ -33,6 +32,7 @@ from service.registry.redis import RedisRegistry
 from service.runtime import Runtime
 from service.settings import ServiceSettings
 from service.tasks import DEFAULT_TENANT
+from service.tenancy import Tenancy
 
 log = logging.getLogger("spartan.serve")
 
@@ -48,12 +48,13 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keyring = KeyRing(await asyncio.to_thread(settings.all_api_keys))  # a bad keys file fails first
-        if keyring.open:
+        # a bad keys file fails start-up before anything is loaded
+        tenancy = await asyncio.to_thread(Tenancy, settings.api_keys, settings.api_keys_file)
+        if tenancy.keyring.open:
             log.warning(
                 "no API keys configured: the service is open to every caller (local development mode)"
             )
-        app.state.keyring = keyring
+        app.state.tenancy = tenancy
         registry = make_registry(settings)
         model = backbone
         if model is None:
@@ -89,7 +90,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             threads,
             buckets=buckets,
         )
-        runtime = Runtime(settings, model, registry, engine, precision)
+        runtime = Runtime(settings, model, registry, engine, tenancy, precision)
         await runtime.start()
         if settings.seed_dir is not None:
             seeded = await runtime.seed(settings.seed_dir, DEFAULT_TENANT)
@@ -107,9 +108,11 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         )
         app.state.runtime = runtime
         metrics_registry.register(RuntimeCollector(runtime))
+        watcher = asyncio.create_task(tenancy.watch(settings.keys_reload_s), name="keys-file-watch")
         try:
             yield
         finally:
+            watcher.cancel()
             await runtime.stop()
 
     app = FastAPI(

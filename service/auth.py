@@ -1,9 +1,9 @@
 """API keys: hashed at rest, each mapping to a tenant and a role.
 
-Keys are random tokens handed to callers once; only their sha256 is stored (a keys file or the
-``SPARTAN_API_KEYS`` setting). A request presents its key as ``Authorization: Bearer <key>`` or
-``X-API-Key: <key>``. With no keys configured the service runs open: every caller is the local
-admin, and start-up says so loudly.
+Keys are random tokens handed to callers once; only their sha256 is stored (the keys file,
+service.keysfile, or the ``SPARTAN_API_KEYS`` setting). A request presents its key as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. With no keys configured the service
+runs open: every caller is the local admin, and start-up says so loudly.
 
 A key addresses its tenant's own namespace. An admin key may address any tenant's namespace
 (the ``tenant`` query parameter of every task route); a tenant key that names another tenant is
@@ -13,20 +13,16 @@ refused with 403, whatever that tenant holds, so no answer tells one tenant abou
 from __future__ import annotations
 
 import hashlib
-import json
-import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
-from memories.atomic import atomic_write
-from service.errors import ForbiddenError, ServiceError, UnauthorizedError, UnknownTenantError
+from service.errors import ForbiddenError, UnauthorizedError, UnknownTenantError
 from service.tasks import DEFAULT_TENANT, TENANT_PATTERN, validate_tenant
 
 Role = Literal["admin", "tenant"]
-KEY_PREFIX = "sk-spartan-"
 
 
 class ApiKey(BaseModel):
@@ -47,40 +43,18 @@ class Caller:
     admin: bool = False
 
 
-_KEYS = TypeAdapter(list[ApiKey])
-
-
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def read_keys(path: Path) -> list[ApiKey]:
-    """The keys file: a JSON list of {"sha256", "tenant", "role"}; raises ServiceError if malformed."""
-    try:
-        return _KEYS.validate_json(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ServiceError(f"cannot read API keys from {path}: {exc}") from None
-
-
-def add_key(path: Path, tenant: str, role: Role) -> str:
-    """Create a key for ``tenant``, store its hash in the keys file, return the key (shown once)."""
-    keys = read_keys(path) if path.exists() else []
-    key = new_key()
-    keys.append(ApiKey(sha256=hash_key(key), tenant=tenant, role=role))
-    atomic_write(path, json.dumps([k.model_dump() for k in keys], indent=2).encode() + b"\n")
-    return key
-
-
 class KeyRing:
-    """Looks up callers by key hash; empty = open mode."""
+    """Looks up callers by key hash; empty = open mode. ``tenants``: names known besides the keys'
+    (those with quotas)."""
 
-    def __init__(self, keys: list[ApiKey]) -> None:
+    def __init__(self, keys: list[ApiKey], tenants: Iterable[str] = ()) -> None:
         self._by_hash = {k.sha256: k for k in keys}
-        self.tenants = frozenset({DEFAULT_TENANT, *(k.tenant for k in keys)})  # local: seeded memories
+        # local: the owner of seeded memories
+        self.tenants = frozenset({DEFAULT_TENANT, *tenants, *(k.tenant for k in keys)})
 
     @property
     def open(self) -> bool:
@@ -113,5 +87,5 @@ class KeyRing:
             )
         validate_tenant(requested)
         if upload and not self.open and requested not in self.tenants:
-            raise UnknownTenantError(f"unknown tenant {requested!r}: no API key names it")
+            raise UnknownTenantError(f"unknown tenant {requested!r}: no API key or quota names it")
         return requested

@@ -62,7 +62,19 @@ class RegistryUnavailableError(ServiceError):
 
 
 class OverloadedError(ServiceError):
-    """The engine queue is full (429 with Retry-After)."""
+    """The engine queue, or the tenant's share of it, is full (429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(OverloadedError):
+    """The tenant is over its rate quota (429; Retry-After says when its bucket has the tokens)."""
+
+
+class StorageQuotaError(ServiceError):
+    """An upload would take the tenant over its task count or stored bytes (403); nothing is stored."""
 
 
 class DeadlineExceededError(ServiceError):

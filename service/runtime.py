@@ -44,6 +44,7 @@ from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
 from service.tasks import TaskRef
+from service.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ class Runtime:
         backbone: Backbone,
         registry: Registry,
         engine: Engine,
+        tenancy: Tenancy,
         precision: PrecisionChoice | None = None,
     ) -> None:
         self.settings = settings
+        self.tenancy = tenancy
         self.backbone = backbone
         self.precision = precision or PrecisionChoice(backbone.precision, backbone.precision)  # type: ignore[arg-type]
         self.registry = registry
@@ -130,6 +133,7 @@ class Runtime:
         check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
         deadline = time.monotonic() + settings.request_timeout_s
         memory = await self.memory(ref)
+        self.tenancy.limiter.admit(ref.tenant, len(inputs))
         rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
         results = await self.engine.submit(rows, deadline)
         return Classification(ref.task, memory.version, [result.prediction for result in results])
@@ -152,6 +156,10 @@ class Runtime:
             degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
         if self.registry_error and registry_up:
             degraded.append(f"registry events: {self.registry_error}")
+        if self.tenancy.reload_error:
+            degraded.append(
+                f"keys file: {self.tenancy.reload_error}; the previous keys and quotas are in force"
+            )
         return Status(
             self.backbone.name,
             self.precision,
@@ -221,7 +229,10 @@ class Runtime:
         """Validate completely, then store as the next version; the registry is untouched on error."""
         memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        info = await self.registry.put(ref, data, memfile.sha256, memfile.metadata.model_dump(), if_match)
+        quota = self.tenancy.quota(ref.tenant)
+        info = await self.registry.put(
+            ref, data, memfile.sha256, memfile.metadata.model_dump(), if_match, quota
+        )
         self._apply(ref, info)
         resident = self.settings.resident_dtype
         self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident))

@@ -88,8 +88,13 @@ class ServiceSettings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest memory file accepted")
 
-    api_keys_file: Path | None = Field(None, description="JSON list of hashed keys (spartan keys add)")
+    api_keys_file: Path | None = Field(
+        None, description="hashed keys and tenant quotas (spartan keys add / quota); reloaded when it changes"
+    )
     api_keys: list[ApiKey] = Field([], description="hashed keys as JSON, besides the file")
+    keys_reload_s: float = Field(
+        2.0, gt=0, le=3600, description="how often the keys file is checked for changes"
+    )
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
@@ -119,13 +124,6 @@ class ServiceSettings(BaseSettings):
     def pinned(self) -> list[TaskRef]:
         """The pinned tasks, each in its tenant's namespace."""
         return [TaskRef.parse(task) for task in self.pinned_tasks]
-
-    def all_api_keys(self) -> list[ApiKey]:
-        """Keys from the setting plus the keys file (read now, so a bad file fails start-up)."""
-        from service.auth import read_keys
-
-        from_file = read_keys(self.api_keys_file) if self.api_keys_file is not None else []
-        return [*self.api_keys, *from_file]
 
 
 def load_settings(cli_source: Any = None) -> ServiceSettings:

@@ -1,8 +1,9 @@
-"""Service commands: ``serve`` (every ServiceSettings field is a flag) and ``keys add``."""
+"""Service commands: ``serve`` (every ServiceSettings field is a flag), ``keys add``, ``keys quota``."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_add(args: argparse.Namespace) -> int:
-    from service.auth import add_key
+    from service.keysfile import add_key
 
     key = add_key(args.file, args.tenant, args.role)
     log(f"added a {args.role} key for tenant {args.tenant!r} to {args.file} (only its hash is stored)")
     print(key)
     return 0
+
+
+_UNITS = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def _limit(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
+    """An argparse type: a number, or ``none`` to remove the limit; sizes may end in KiB, MiB, GiB."""
+
+    def parse(text: str) -> int | float | None:
+        lowered = text.strip().lower()
+        if lowered == "none":
+            return None
+        unit = next((u for u in _UNITS if lowered.endswith(u)), None)
+        scale = _UNITS[unit] if unit else 1
+        number = lowered.removesuffix(unit) if unit else lowered
+        try:
+            return kind(float(number) * scale) if unit else kind(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+    return parse
+
+
+QUOTA_FLAGS = {
+    "max_tasks": (int, "tasks the tenant may hold"),
+    "max_bytes": (int, "sum of its current memory files, e.g. 512MiB"),
+    "rows_per_second": (float, "texts per second per replica (token bucket)"),
+    "burst_rows": (int, "texts it may send at once (default: one second's worth)"),
+    "weight": (float, "its share of the engine when tenants compete (default 1)"),
+}
+
+
+def cmd_keys_quota(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from memories.errors import ConfigError
+    from service.keysfile import set_quota
+    from service.quotas import Quota
+    from service.tasks import validate_tenant
+
+    if args.tenant is not None:
+        validate_tenant(args.tenant)
+    given = {name: getattr(args, name) for name in QUOTA_FLAGS if getattr(args, name) is not _UNSET}
+    try:
+        quota = Quota(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid quota, the keys file is unchanged: {problems}") from None
+    content = set_quota(args.file, args.tenant, quota)
+    shown = content.quotas.of(args.tenant) if args.tenant else content.quotas.default
+    who = f"tenant {args.tenant!r}" if args.tenant else "every tenant without its own entry"
+    log(f"quota of {who} in {args.file}: {shown.model_dump()}")
+    return 0
+
+
+_UNSET: Any = object()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,3 +114,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys_add.add_argument("--tenant", required=True)
     keys_add.add_argument("--role", choices=("tenant", "admin"), default="tenant")
     keys_add.set_defaults(func=cmd_keys_add)
+    quota = keys.add_parser(
+        "quota",
+        help="set a tenant's quota (or the default) in the keys file",
+        description="Set limits in the keys file; a running service applies them within seconds. "
+        "Flags not given keep their value; 'none' removes a limit.",
+    )
+    quota.add_argument("--file", type=Path, required=True, help="keys file (SPARTAN_API_KEYS_FILE)")
+    who = quota.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tenant", help="the tenant whose quota to set")
+    who.add_argument("--default", dest="tenant", action="store_const", const=None, help="the default quota")
+    for name, (kind, help_text) in QUOTA_FLAGS.items():
+        quota.add_argument(f"--{name.replace('_', '-')}", type=_limit(kind), default=_UNSET, help=help_text)
+    quota.set_defaults(func=cmd_keys_quota)

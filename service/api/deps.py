@@ -13,9 +13,10 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.auth import Caller, KeyRing
+from service.auth import Caller
 from service.runtime import Runtime
 from service.tasks import DEFAULT_TENANT, TENANT_PATTERN, TaskRef
+from service.tenancy import Tenancy
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -35,9 +36,9 @@ async def get_caller(
     api_key: Annotated[str | None, Depends(API_KEY_HEADER)],
 ) -> Caller:
     """The caller named by its API key (401 without a valid one); the local admin in open mode."""
-    keyring: KeyRing = request.app.state.keyring
+    tenancy: Tenancy = request.app.state.tenancy
     presented = api_key.strip() if api_key else bearer.credentials.strip() if bearer else None
-    return keyring.caller(presented, DEFAULT_TENANT)
+    return tenancy.keyring.caller(presented, DEFAULT_TENANT)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -52,8 +53,8 @@ async def get_namespace(
     request: Request, caller: CallerDep, tenant: Annotated[str | None, TENANT_QUERY] = None
 ) -> str:
     """The tenant whose namespace the request addresses (403 for a tenant key naming another)."""
-    keyring: KeyRing = request.app.state.keyring
-    return keyring.namespace(caller, tenant, upload=request.method == "PUT")
+    tenancy: Tenancy = request.app.state.tenancy
+    return tenancy.keyring.namespace(caller, tenant, upload=request.method == "PUT")
 
 
 NamespaceDep = Annotated[str, Depends(get_namespace)]

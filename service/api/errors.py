@@ -7,6 +7,7 @@ generic message and are logged with their traceback, which never reaches the cli
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +29,7 @@ from service.errors import (
     RegistryUnavailableError,
     ServiceError,
     ShuttingDownError,
+    StorageQuotaError,
     TaskNotFoundError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
@@ -37,11 +39,13 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+"""Retry-After of a 503 (the registry or the service going away): a short, fixed pause."""
 
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[Exception], int]] = [
     (UnauthorizedError, 401),
     (ForbiddenError, 403),
+    (StorageQuotaError, 403),
     (InvalidRequestError, 422),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
@@ -71,7 +75,9 @@ def _body(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
 async def _known(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     headers = None
-    if status in (429, 503):
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     elif status == 401:
         headers = {"WWW-Authenticate": "Bearer"}

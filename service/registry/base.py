@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.errors import VersionConflictError
+from service.errors import StorageQuotaError, VersionConflictError
+from service.quotas import Quota
 from service.tasks import TaskRef
 
 
@@ -67,12 +68,19 @@ class Registry(ABC):
 
     @abstractmethod
     async def put(
-        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        if_match: int | None = None,
+        quota: Quota | None = None,
     ) -> VersionInfo:
         """Store ``data`` as the task's next version and make it current.
 
         ``if_match``: the version the caller believes current (0 = the task must not exist),
-        else VersionConflictError and nothing is stored.
+        else VersionConflictError and nothing is stored. ``quota``: the tenant's storage limits,
+        checked (:func:`check_storage`) atomically with the write, else StorageQuotaError.
         """
 
     @abstractmethod
@@ -144,3 +152,26 @@ def next_version(
         created_at=time.time(),
         metadata=metadata,
     )
+
+
+def limits_storage(quota: Quota | None) -> bool:
+    return quota is not None and (quota.max_tasks is not None or quota.max_bytes is not None)
+
+
+def check_storage(ref: TaskRef, tenant_tasks: list[VersionInfo], size: int, quota: Quota | None) -> None:
+    """Would storing ``size`` bytes as ``ref``'s new version keep its tenant within ``quota``?
+    ``tenant_tasks``: the current versions of every task of the tenant."""
+    if quota is None:
+        return
+    others = [info for info in tenant_tasks if info.task != ref.task]
+    if quota.max_tasks is not None and len(others) + 1 > quota.max_tasks:
+        raise StorageQuotaError(
+            f"tenant {ref.tenant!r} holds {len(others)} tasks, its quota (max_tasks); delete one "
+            "or ask the operator to raise it. Nothing was stored"
+        )
+    total = sum(info.size for info in others) + size
+    if quota.max_bytes is not None and total > quota.max_bytes:
+        raise StorageQuotaError(
+            f"storing {size} bytes would take tenant {ref.tenant!r} to {total} bytes of memories, over its "
+            f"quota of {quota.max_bytes} (max_bytes). Nothing was stored"
+        )

@@ -38,7 +38,16 @@ from typing import Any
 
 from memories.atomic import atomic_write
 from service.errors import TaskNotFoundError
-from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
+from service.quotas import Quota
+from service.registry.base import (
+    ChangeEvent,
+    Registry,
+    VersionInfo,
+    check_if_match,
+    check_storage,
+    limits_storage,
+    next_version,
+)
 from service.tasks import TaskRef, name_from_key, storage_key
 
 log = logging.getLogger(__name__)
@@ -100,6 +109,23 @@ class FileRegistry(Registry):
             yield folder
 
     def _put(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        if_match: int | None,
+        quota: Quota | None,
+    ) -> VersionInfo:
+        if not limits_storage(quota):
+            return self._put_task(ref, data, sha256, metadata, if_match)
+        tenant = self._tenant_dir(ref.tenant)
+        tenant.mkdir(parents=True, exist_ok=True)
+        with _flock(tenant / ".lock"):  # every write of the tenant waits: the usage cannot change meanwhile
+            check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
+            return self._put_task(ref, data, sha256, metadata, if_match)
+
+    def _put_task(
         self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None
     ) -> VersionInfo:
         with self._locked(ref) as folder:
@@ -126,9 +152,15 @@ class FileRegistry(Registry):
             return b""
 
     async def put(
-        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        if_match: int | None = None,
+        quota: Quota | None = None,
     ) -> VersionInfo:
-        info = await asyncio.to_thread(self._put, ref, data, sha256, metadata, if_match)
+        info = await asyncio.to_thread(self._put, ref, data, sha256, metadata, if_match, quota)
         self._changed.set()
         return info
 
@@ -144,7 +176,7 @@ class FileRegistry(Registry):
     async def read(self, ref: TaskRef, version: int) -> bytes:
         return await asyncio.to_thread(self._read, ref, version)
 
-    def _list(self, tenant: str, after: str | None, limit: int) -> list[VersionInfo]:
+    def _list(self, tenant: str, after: str | None, limit: int | None) -> list[VersionInfo]:
         folder = self._tenant_dir(tenant)
         if not folder.is_dir():
             return []

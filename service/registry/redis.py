@@ -7,11 +7,14 @@ keys) and ``p`` the prefix::
     p:ns:t:k:counter   last version number issued (survives deletes, so numbers are never reused)
     p:ns:t:k:current   VersionInfo JSON of the current version
     p:index            sorted set of "tenant/task" (a tenant's tasks are one range, in id order)
+    p:gen:t            bumped by every put and delete of the tenant (watched by quota checks)
     p:events           pub/sub channel: {"tenant": ..., "task": ..., "version": n | null}
 
 A put or delete is one MULTI/EXEC transaction under WATCH of the task's current and counter
 keys (redis-py's transaction helper): if another client changed them in between, the
-transaction is retried, so compare-and-set (If-Match) is exact. The event is published inside
+transaction is retried, so compare-and-set (If-Match) is exact. A put with storage limits also
+watches the tenant's ``gen`` key and reads its tasks' sizes in the same transaction, so two
+replicas uploading at once cannot take a tenant over its quota. The event is published inside
 the same transaction.
 
 The layout before namespaces used ``p:task:k:...`` and a sorted set ``p:tasks`` of bare ids;
@@ -31,7 +34,16 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.errors import RegistryUnavailableError, TaskNotFoundError
-from service.registry.base import ChangeEvent, Registry, VersionInfo, check_if_match, next_version
+from service.quotas import Quota
+from service.registry.base import (
+    ChangeEvent,
+    Registry,
+    VersionInfo,
+    check_if_match,
+    check_storage,
+    limits_storage,
+    next_version,
+)
 from service.tasks import TaskRef, storage_key
 
 T = TypeVar("T")
@@ -72,16 +84,31 @@ class RedisRegistry(Registry):
                 f"the Redis registry is unavailable ({type(exc).__name__})"
             ) from exc
 
+    def _gen(self, tenant: str) -> str:
+        return f"{self.prefix}:gen:{storage_key(tenant)}"
+
     async def put(
-        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None = None
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        if_match: int | None = None,
+        quota: Quota | None = None,
     ) -> VersionInfo:
         current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
+        watched = [current_key, counter_key]
+        if limits_storage(quota):
+            watched.append(self._gen(ref.tenant))
 
         async def transaction(pipe: Pipeline) -> VersionInfo:
             raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
             current = VersionInfo.from_json(raw) if raw else None
             info = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
+            if limits_storage(quota):
+                check_storage(ref, await self._tenant_tasks(pipe, ref.tenant), len(data), quota)
             pipe.multi()
+            pipe.incr(self._gen(ref.tenant))
             pipe.set(self._key(ref, "v", str(info.version)), data)
             pipe.set(counter_key, info.version)
             pipe.set(current_key, info.to_json())
@@ -91,7 +118,7 @@ class RedisRegistry(Registry):
             pipe.publish(self.channel, self._event(ref, info.version))
             return info
 
-        return await self._transaction(transaction, current_key, counter_key)
+        return await self._transaction(transaction, *watched)
 
     async def current(self, ref: TaskRef) -> VersionInfo | None:
         raw = await self._call(lambda: self._redis.get(self._key(ref, "current")))
@@ -114,6 +141,15 @@ class RedisRegistry(Registry):
         raws = await self._call(lambda: self._redis.mget([self._key(r, "current") for r in refs]))
         return [VersionInfo.from_json(raw) for raw in raws if raw]
 
+    async def _tenant_tasks(self, pipe: Pipeline, tenant: str) -> list[VersionInfo]:
+        """Every current version of the tenant, read through ``pipe`` (inside a transaction)."""
+        members = await pipe.zrangebylex(self.index, f"[{tenant}/", f"({tenant}0")
+        if not members:
+            return []
+        refs = [TaskRef.parse(m.decode() if isinstance(m, bytes) else m) for m in members]
+        raws = await pipe.mget([self._key(r, "current") for r in refs])
+        return [VersionInfo.from_json(raw) for raw in raws if raw]
+
     async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
         # "/" sorts just before "0", the lowest character a task id may start with
         start = f"({tenant}/{after}" if after is not None else f"[{tenant}/"
@@ -130,6 +166,7 @@ class RedisRegistry(Registry):
             check_if_match(ref, current, if_match)
             first = max(1, current.version - self.keep_versions + 1)
             pipe.multi()
+            pipe.incr(self._gen(ref.tenant))
             pipe.delete(
                 current_key, *(self._key(ref, "v", str(v)) for v in range(first, current.version + 1))
             )

@@ -16,6 +16,7 @@ from service.registry.files import FileRegistry
 from service.runtime import Runtime
 from service.settings import ServiceSettings
 from service.tasks import TaskRef
+from service.tenancy import Tenancy
 from tests.conftest import make_memfile
 
 T = TaskRef("acme", "t")
@@ -45,7 +46,7 @@ class CountingFileRegistry(FileRegistry):
 
 async def _runtime(backbone: Backbone, registry: FileRegistry) -> Runtime:
     settings = ServiceSettings(backbone=backbone.name, registry_dir=registry.root)
-    runtime = Runtime(settings, backbone, registry, Engine(backbone, threads=1))
+    runtime = Runtime(settings, backbone, registry, Engine(backbone, threads=1), Tenancy([], None))
     await runtime.start()
     return runtime
 
@@ -121,7 +122,7 @@ async def test_unknown_ids_skip_the_registry_until_created_on_another_replica(
 async def test_the_negative_cache_is_bounded(roberta_tiny: Backbone, tmp_path: Path) -> None:
     registry = CountingFileRegistry(tmp_path)
     settings = ServiceSettings(backbone=roberta_tiny.name, registry_dir=tmp_path, unknown_cache_size=8)
-    runtime = Runtime(settings, roberta_tiny, registry, Engine(roberta_tiny, threads=1))
+    runtime = Runtime(settings, roberta_tiny, registry, Engine(roberta_tiny, threads=1), Tenancy([], None))
     await runtime.start()
     for i in range(100):
         with pytest.raises(TaskNotFoundError):

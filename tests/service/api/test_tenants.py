@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from memories.backbone import Backbone
-from service.auth import ApiKey, hash_key, read_keys
+from service.auth import ApiKey, hash_key
+from service.keysfile import read_keys_file
 from spartan_cli.main import main
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService
@@ -49,7 +50,9 @@ def test_keys_file_stores_only_hashes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert key.startswith("sk-spartan-")
     text = (tmp_path / "keys.json").read_text()
     assert key not in text
-    assert read_keys(tmp_path / "keys.json") == [ApiKey(sha256=hash_key(key), tenant="acme", role="tenant")]
+    assert read_keys_file(tmp_path / "keys.json").keys == [
+        ApiKey(sha256=hash_key(key), tenant="acme", role="tenant")
+    ]
 
 
 def test_missing_and_unknown_keys_are_refused(keyed: tuple[RunningService, dict[str, str]]) -> None:
@@ -154,7 +157,7 @@ def test_admin_addresses_any_tenant_explicitly(
     unknown = ops.put("/v1/memories/sentiment", params={"tenant": "nobody"}, content=data, headers=OCTET)
     assert (unknown.status_code, unknown.json()["detail"]) == (
         404,
-        "unknown tenant 'nobody': no API key names it",
+        "unknown tenant 'nobody': no API key or quota names it",
     )
     assert ops.get("/v1/memories", params={"tenant": "Bad Name"}).status_code == 422
     assert ops.delete("/v1/memories/sentiment", params={"tenant": "acme"}).status_code == 204

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import RegistryUnavailableError, TaskNotFoundError, VersionConflictError
-from service.registry.base import ChangeEvent, Registry
+from service.errors import (
+    RegistryUnavailableError,
+    StorageQuotaError,
+    TaskNotFoundError,
+    VersionConflictError,
+)
+from service.quotas import Quota
+from service.registry.base import ChangeEvent, Registry, VersionInfo
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
 from service.tasks import TaskRef
@@ -222,3 +228,32 @@ async def test_redis_down_is_reported_as_unavailable() -> None:
     with pytest.raises(RegistryUnavailableError):
         await _put(reg, "t", b"x")
     await reg.close()
+
+
+@pytest.mark.anyio
+async def test_storage_quota_is_checked_with_the_write(registry: Registry) -> None:
+    quota = Quota(max_tasks=3, max_bytes=40)
+    sha = "0" * 64
+    results = await asyncio.gather(
+        *(registry.put(ref(f"t{i}"), b"x" * 10, sha, {}, None, quota) for i in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, VersionInfo) for r in results) == 3, "concurrent uploads cannot overshoot"
+    assert all(isinstance(r, VersionInfo | StorageQuotaError) for r in results)
+    assert len(await registry.list("acme")) == 3
+    stored = sorted(i.task for i in await registry.list("acme"))
+    assert (await registry.put(ref(stored[0]), b"y" * 20, sha, {}, None, quota)).version == 2, (
+        "replacing: fine"
+    )
+    with pytest.raises(
+        StorageQuotaError, match=r"to 60 bytes of memories, over its quota of 40 \(max_bytes\)"
+    ):
+        await registry.put(ref(stored[1]), b"z" * 30, sha, {}, None, quota)
+    with pytest.raises(StorageQuotaError, match=r"holds 3 tasks, its quota \(max_tasks\)"):
+        await registry.put(ref("one-more"), b"", sha, {}, None, quota)
+    assert await registry.current(ref("one-more")) is None
+    assert (await registry.put(ref("one-more", "globex"), b"x", sha, {}, None, quota)).version == 1, (
+        "per tenant"
+    )
+    await registry.delete(ref(stored[0]))
+    assert (await registry.put(ref("one-more"), b"x" * 10, sha, {}, None, quota)).version == 1

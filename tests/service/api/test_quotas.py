@@ -1,0 +1,107 @@
+"""Tenant quotas on a real server: storage (tasks, bytes), rate (429 + Retry-After), live reload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from memories.backbone import Backbone
+from spartan_cli.main import main
+from tests.conftest import make_memfile
+from tests.service.api.test_tenants import OCTET, _as, _key
+from tests.service.conftest import RunningService
+
+
+def _quota(keys: Path, *args: str) -> None:
+    assert main(["keys", "quota", "--file", str(keys), *args]) == 0
+
+
+@pytest.fixture
+def tenants(
+    service_factory: Callable[..., RunningService], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[RunningService, dict[str, httpx.Client], Path]:
+    names = [("acme", "tenant"), ("globex", "tenant"), ("ops", "admin")]
+    keys = {name: _key(tmp_path, name, role, capsys) for name, role in names}
+    path = tmp_path / "keys.json"
+    service = service_factory(api_keys_file=path, keys_reload_s=0.1)
+    return service, {name: _as(service, key) for name, key in keys.items()}, path
+
+
+def _eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_storage_quotas_refuse_and_store_nothing(
+    tenants: tuple[RunningService, dict[str, httpx.Client], Path], roberta_tiny: Backbone
+) -> None:
+    _, clients, keys = tenants
+    acme, globex, ops = clients["acme"], clients["globex"], clients["ops"]
+    data = make_memfile(roberta_tiny).to_bytes()
+    _quota(keys, "--default", "--max-tasks", "2")
+    _quota(keys, "--tenant", "globex", "--max-bytes", str(len(data) + 100))
+    time.sleep(0.5)  # the server reloads the keys file within its 0.1 s interval
+    for task in ("one", "two"):
+        assert acme.put(f"/v1/memories/{task}", content=data, headers=OCTET).status_code == 200
+    refused = acme.put("/v1/memories/three", content=data, headers=OCTET)
+    assert refused.status_code == 403
+    assert "holds 2 tasks, its quota (max_tasks)" in refused.json()["detail"]
+    assert acme.get("/v1/memories/three").status_code == 404, "nothing was stored"
+    assert acme.put("/v1/memories/two", content=data, headers=OCTET).json()["version"] == 2, (
+        "a new version: fine"
+    )
+    over = ops.put("/v1/memories/three", params={"tenant": "acme"}, content=data, headers=OCTET)
+    assert over.status_code == 403, "an admin upload counts against the tenant's quota"
+
+    assert globex.put("/v1/memories/first", content=data, headers=OCTET).status_code == 200
+    big = globex.put("/v1/memories/second", content=data, headers=OCTET)
+    assert big.status_code == 403
+    assert f"over its quota of {len(data) + 100} (max_bytes)" in big.json()["detail"]
+    assert [i["task"] for i in globex.get("/v1/memories").json()["items"]] == ["first"]
+
+    _quota(keys, "--default", "--max-tasks", "none")
+    _eventually(lambda: acme.put("/v1/memories/three", content=data, headers=OCTET).status_code == 200)
+
+
+def test_rate_quota_answers_429_with_retry_after_and_spares_others(
+    tenants: tuple[RunningService, dict[str, httpx.Client], Path], roberta_tiny: Backbone
+) -> None:
+    _, clients, keys = tenants
+    acme, globex = clients["acme"], clients["globex"]
+    data = make_memfile(roberta_tiny).to_bytes()
+    for client in (acme, globex):
+        assert client.put("/v1/memories/t", content=data, headers=OCTET).status_code == 200
+    _quota(keys, "--tenant", "acme", "--rows-per-second", "0.5", "--burst-rows", "4")
+    _eventually(lambda: acme.post("/v1/t/classify", json={"inputs": ["a"] * 5}).status_code == 413)
+    too_many = acme.post("/v1/t/classify", json={"inputs": ["a"] * 5})
+    assert "may send at most 4 at once (its burst_rows quota)" in too_many.json()["detail"]
+
+    statuses = [acme.post("/v1/t/classify", json={"inputs": ["a", "b"]}) for _ in range(3)]
+    assert [r.status_code for r in statuses[:2]] == [200, 200], "the burst of 4 texts"
+    limited = statuses[2]
+    assert limited.status_code == 429
+    assert "over its rate quota of 0.5 texts per second (burst 4)" in limited.json()["detail"]
+    assert int(limited.headers["retry-after"]) == 4, "2 texts at 0.5 per second"
+    assert all(
+        globex.post("/v1/t/classify", json={"inputs": ["a", "b"]}).status_code == 200 for _ in range(5)
+    )
+
+
+def test_a_broken_keys_file_keeps_the_previous_one_in_force(
+    tenants: tuple[RunningService, dict[str, httpx.Client], Path],
+) -> None:
+    service, clients, keys = tenants
+    good = keys.read_text()
+    keys.write_text('{"keys": [], "quotas": {"default": {"max_tasks": -1}}}')
+    _eventually(lambda: bool(service.client().get("/readyz").json()["degraded"]))
+    degraded = service.client().get("/readyz").json()["degraded"]
+    assert any("keys file" in d and "previous keys and quotas are in force" in d for d in degraded)
+    assert clients["acme"].get("/v1/memories").status_code == 200, "the old keys still work"
+    keys.write_text(good + " ")
+    _eventually(lambda: not service.client().get("/readyz").json()["degraded"])
