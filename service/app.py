@@ -89,6 +89,8 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             settings.queue_size,
             threads,
             buckets=buckets,
+            tenant_queue_rows=settings.tenant_queue(),
+            weight=tenancy.weight,
         )
         runtime = Runtime(settings, model, registry, engine, tenancy, precision)
         await runtime.start()

@@ -1,14 +1,24 @@
 """The engine: one thread that owns torch and runs dynamic, mixed-task micro-batches.
 
 The event loop never runs model code. A request becomes rows (one per text); :meth:`Engine.submit`
-admits all of a request's rows into a bounded queue or none of them (``OverloadedError`` -> 429).
-The engine thread takes the first waiting row, waits up to ``max_wait`` for more, takes what is
-queued (up to ``bucket_factor`` batches' worth), sorts it by token length and runs it in batches
-of at most ``max_batch_size`` rows, so rows of similar length share a batch and padding stays
-small. When more than one batch's worth was queued, only full batches run; the latest arrivals
-of the remainder are carried to the next round (first in line, waiting at most ``max_wait``
-again) instead of running as a small batch: under load, batches stay full. Rows of different
-tasks share a batch (per-row memories, see memories.model.run_batch).
+admits all of a request's rows into the bounded queue or none of them (``OverloadedError`` ->
+429). The engine thread takes the first waiting row, waits up to ``max_wait`` for more, takes
+what is queued (up to ``bucket_factor`` batches' worth), sorts it by token length and runs it in
+batches of at most ``max_batch_size`` rows, so rows of similar length share a batch and padding
+stays small. When more than one batch's worth was queued, only full batches run; the latest
+arrivals of the remainder are carried to the next round (first in line, waiting at most
+``max_wait`` again) instead of running as a small batch: under load, batches stay full. Rows of
+different tasks and tenants share a batch (per-row memories, see memories.model.run_batch).
+
+Tenants share the engine fairly. The queue keeps one FIFO per tenant, each bounded by
+``tenant_queue_rows``, and hands rows out by weighted deficit round robin (service.fairqueue),
+so one tenant's flood never stands in front of another tenant's request. And a light tenant
+waits for little more than the batch that is running: a round runs the rows of light tenants
+(under a batch's worth in the round) in its first batch, filled up with the heavy tenants'
+shortest rows, and when a tenant whose rows have all run has new rows waiting, the round's
+batches not yet run go back to the front of their queues. Heavy rows still share batches by
+length, so fairness costs little padding.
+
 Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
 Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
 (service.predictions), so the event loop only hands out finished answers.
@@ -24,10 +34,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +46,8 @@ from memories.backbone import Backbone
 from memories.compiled import Buckets
 from memories.model import run_batch
 from service.cache import LoadedMemory
-from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
+from service.errors import DeadlineExceededError, ShuttingDownError
+from service.fairqueue import FairQueue
 from service.predictions import Explain, Prediction, predict
 
 log = logging.getLogger(__name__)
@@ -69,6 +80,10 @@ class _Row:
     future: asyncio.Future[RowResult]
     encoding: dict[str, list[int]] = field(default_factory=dict)
 
+    @property
+    def tenant(self) -> str:
+        return self.request.memory.ref.tenant
+
 
 @dataclass
 class EngineStats:
@@ -95,6 +110,8 @@ class Engine:
         bucket_factor: int = 4,
         cpus: set[int] | None = None,
         buckets: Buckets | None = None,
+        tenant_queue_rows: int | None = None,
+        weight: Callable[[str], float] = lambda tenant: 1.0,
     ) -> None:
         self.backbone = backbone
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
@@ -105,7 +122,7 @@ class Engine:
         self.bucket_factor = bucket_factor
         self.cpus = cpus
         self.stats = EngineStats()
-        self._queue: queue.Queue[_Row] = queue.Queue(maxsize=queue_size)
+        self._queue: FairQueue[_Row] = FairQueue(queue_size, tenant_queue_rows or queue_size, weight)
         self._admission = threading.Lock()
         self._accepting = False
         self._thread = threading.Thread(target=self._run, name="spartan-engine", daemon=True)
@@ -128,13 +145,12 @@ class Engine:
         """Classify the rows (all admitted or none); ``deadline`` is a time.monotonic() value."""
         loop = asyncio.get_running_loop()
         items = [_Row(r, deadline, loop, loop.create_future()) for r in rows]
+        tenants = {r.memory.ref.tenant for r in rows}
+        assert len(tenants) == 1, f"a request's rows belong to one tenant, got {sorted(tenants)}"
         with self._admission:
             if not self._accepting:
                 raise ShuttingDownError("the service is shutting down")
-            if self._queue.qsize() + len(items) > self.queue_size:
-                raise OverloadedError(f"the queue is full ({self.queue_size} rows); retry later")
-            for item in items:
-                self._queue.put_nowait(item)
+            self._queue.put_all(tenants.pop(), items)
         try:
             return await asyncio.wait_for(
                 asyncio.gather(*(i.future for i in items)), max(0.0, deadline - time.monotonic())
@@ -151,20 +167,17 @@ class Engine:
             if carried:
                 rows, carried = carried, []
             else:
-                try:
-                    rows = [self._queue.get(timeout=0.05)]
-                except queue.Empty:
+                first = self._queue.get(timeout=0.05)
+                if first is None:
                     if not self._accepting:
                         return
                     continue
+                rows = [first]
             if len(rows) + self._queue.qsize() < self.max_batch_size:
                 time.sleep(self.max_wait_s)  # one wake-up for the whole window, not one per arriving row
             limit = self.max_batch_size * self.bucket_factor
-            while len(rows) < limit:
-                try:
-                    rows.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            while len(rows) < limit and (row := self._queue.get_nowait()) is not None:
+                rows.append(row)
             full = len(rows) - len(rows) % self.max_batch_size
             if full and full < len(rows):
                 rows, carried = rows[:full], rows[full:]  # run full batches; the rest waits for company
@@ -181,15 +194,30 @@ class Engine:
                 continue
             try:
                 meta = row.request.memory.metadata
-                row.encoding = self.backbone.encode(row.request.text, row.request.pair, meta.max_seq_length)
+                if not row.encoding:  # rows put back by a previous round are encoded already
+                    row.encoding = self.backbone.encode(
+                        row.request.text, row.request.pair, meta.max_seq_length
+                    )
             except Exception as exc:
                 self.stats.failed += 1
                 _resolve_all([(row, exc)])
                 continue
             live.append(row)
-        live.sort(key=lambda r: len(r.encoding["input_ids"]))
-        for start in range(0, len(live), self.max_batch_size):
-            self._run_batch(live[start : start + self.max_batch_size])
+        size = self.max_batch_size
+        share = Counter(row.tenant for row in live)
+        # light tenants' rows (under a batch's worth in this round) first, each group by length: the
+        # first batch holds them, filled up with the heavy tenants' shortest rows, so it is quick
+        live.sort(key=lambda r: (share[r.tenant] >= size, len(r.encoding["input_ids"])))
+        batches = [live[start : start + size] for start in range(0, len(live), size)]
+        for i, batch in enumerate(batches):
+            rest_tenants = {row.tenant for b in batches[i:] for row in b}
+            if i and self._queue.others_waiting(rest_tenants):  # someone else's turn before the rest
+                rest = sorted(
+                    (r for b in batches[i:] for r in b), key=lambda r: r.deadline
+                )  # = arrival order
+                self._queue.put_back([(row.tenant, row) for row in rest])
+                return
+            self._run_batch(batch)
 
     def _run_batch(self, rows: list[_Row]) -> None:
         tick = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Prometheus metrics: HTTP traffic, cache, engine and registry health, one registry per app.
+"""Prometheus metrics: HTTP traffic, tenants' usage, cache, engine and registry health, one registry per app.
 
 HTTP counters are recorded by :class:`HTTPMetrics` (a pure ASGI middleware, labelled by route
 template, never by raw path). Cache and engine numbers are read from their stats objects at
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LOAD_BUCKETS
 from service.runtime import Runtime
+from service.usage import LATENCY_BUCKETS, UsageMeter
 
 
 class RuntimeCollector(Collector):
@@ -88,6 +89,42 @@ class RuntimeCollector(Collector):
         yield HistogramMetricFamily(
             "spartan_engine_batch_size", "rows per engine batch", buckets=buckets, sum_value=total_rows
         )
+        yield from _usage(now.usage)
+
+
+def _usage(usage: UsageMeter) -> Iterator[Metric]:
+    """Per tenant: requests, texts, tokens, 429s, errors and latency; the same counts per task."""
+    fields = (
+        ("requests", "classify requests"),
+        ("rows", "texts classified"),
+        ("tokens", "real tokens classified"),
+        ("rejected", "classify requests refused with 429 (rate quota, queue share, full queue)"),
+        ("errors", "classify requests that failed otherwise"),
+    )
+    for name, doc in fields:
+        family = CounterMetricFamily(f"spartan_tenant_{name}", f"{doc}, per tenant", labels=["tenant"])
+        for tenant, counts in sorted(usage.tenants.items()):
+            family.add_metric([tenant], getattr(counts, name))
+        yield family
+    for name, doc in fields:
+        family = CounterMetricFamily(
+            f"spartan_task_{name}",
+            f"{doc}, per task (capped: later tasks sum as _other)",
+            labels=["tenant", "task"],
+        )
+        for (tenant, task), task_counts in sorted(usage.tasks.items()):
+            family.add_metric([tenant, task], getattr(task_counts, name))
+        yield family
+    latency = HistogramMetricFamily(
+        "spartan_tenant_latency_seconds",
+        "latency of answered classify requests, per tenant",
+        labels=["tenant"],
+    )
+    for tenant, counts in sorted(usage.tenants.items()):
+        answered = counts.requests - counts.rejected - counts.errors
+        buckets = [(str(b), n) for b, n in zip(LATENCY_BUCKETS, counts.latency_histogram, strict=True)]
+        latency.add_metric([tenant], [*buckets, ("+Inf", answered)], counts.latency_sum)
+    yield latency
 
 
 class HTTPMetrics:

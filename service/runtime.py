@@ -38,13 +38,14 @@ from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
 from service.cache import CacheStats, LoadedMemory, MemoryCache
 from service.engine import Engine, EngineStats, RowRequest
-from service.errors import RegistryUnavailableError, TaskNotFoundError
+from service.errors import OverloadedError, RegistryUnavailableError, TaskNotFoundError
 from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
 from service.tasks import TaskRef
 from service.tenancy import Tenancy
+from service.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Snapshot:
     unknown_hits: int
     registry_up: bool
     precision: PrecisionChoice
+    usage: UsageMeter
 
 
 class Runtime:
@@ -100,6 +102,7 @@ class Runtime:
         self.catalog: dict[TaskRef, VersionInfo] = {}
         self.unknown: TTLCache[TaskRef, bool] = TTLCache(settings.unknown_cache_size, settings.unknown_ttl_s)
         self.unknown_hits = 0
+        self.usage = UsageMeter(settings.metrics_max_task_series)
         self.registry_error: str | None = None
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -128,7 +131,26 @@ class Runtime:
     async def classify(
         self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain = "none"
     ) -> Classification:
-        """Classify ``inputs`` with the task's current memory; one version serves every input."""
+        """Classify ``inputs`` with the task's current memory; one version serves every input.
+        Every call is recorded in :attr:`usage` with its outcome."""
+        started = time.perf_counter()
+        try:
+            answer, tokens = await self._classify(ref, inputs, explain)
+        except OverloadedError:
+            self.usage.record(ref, "rejected", len(inputs), 0, time.perf_counter() - started)
+            raise
+        except TaskNotFoundError:
+            self.usage.record(ref, "error", len(inputs), 0, time.perf_counter() - started, known=False)
+            raise
+        except Exception:
+            self.usage.record(ref, "error", len(inputs), 0, time.perf_counter() - started)
+            raise
+        self.usage.record(ref, "ok", len(inputs), tokens, time.perf_counter() - started)
+        return answer
+
+    async def _classify(
+        self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain
+    ) -> tuple[Classification, int]:
         settings = self.settings
         check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
         deadline = time.monotonic() + settings.request_timeout_s
@@ -136,7 +158,8 @@ class Runtime:
         self.tenancy.limiter.admit(ref.tenant, len(inputs))
         rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
         results = await self.engine.submit(rows, deadline)
-        return Classification(ref.task, memory.version, [result.prediction for result in results])
+        answer = Classification(ref.task, memory.version, [result.prediction for result in results])
+        return answer, sum(result.tokens for result in results)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -184,6 +207,7 @@ class Runtime:
             unknown_hits=self.unknown_hits,
             registry_up=self.registry_error is None,
             precision=self.precision,
+            usage=self.usage,
         )
 
     async def resolve(self, ref: TaskRef) -> VersionInfo:

@@ -60,7 +60,13 @@ class ServiceSettings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=512, description="rows per engine batch")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
-    queue_size: int = Field(1024, ge=1, description="admitted requests waiting for the engine")
+    queue_size: int = Field(1024, ge=1, description="texts admitted and waiting for the engine, all tenants")
+    tenant_queue_rows: int | None = Field(
+        None,
+        ge=1,
+        description="texts one tenant may have waiting (default: half of queue_size, at least "
+        "max_batch_size); beyond it that tenant gets 429 while others are still admitted",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
     precision: PrecisionSetting = Field(
@@ -98,6 +104,9 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    metrics_max_task_series: int = Field(
+        1000, ge=0, le=100_000, description="tasks with their own /metrics series; later ones sum as _other"
+    )
     access_log: bool = Field(
         False, description="log every request (uvicorn access log); /metrics counts traffic either way"
     )
@@ -120,6 +129,12 @@ class ServiceSettings(BaseSettings):
         for task in self.pinned_tasks:
             TaskRef.parse(task)
         return self
+
+    def tenant_queue(self) -> int:
+        """Texts one tenant may have waiting for the engine."""
+        if self.tenant_queue_rows is not None:
+            return min(self.tenant_queue_rows, self.queue_size)
+        return min(self.queue_size, max(self.queue_size // 2, self.max_batch_size))
 
     def pinned(self) -> list[TaskRef]:
         """The pinned tasks, each in its tenant's namespace."""

@@ -185,6 +185,21 @@ def cmd_startup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_noisy_neighbour(args: argparse.Namespace) -> int:
+    from loadtest.neighbours import NeighbourOptions, plot_neighbours, run_noisy_neighbour
+
+    options = options_from(
+        args, NeighbourOptions, server_settings=tuple(_setting(item) for item in args.server_setting)
+    )
+    report, samples = run_noisy_neighbour(options, args.command_line, log)
+    _emit(report, args.json, args.command_line)
+    if args.json is not None:
+        plot_neighbours(samples, f"noisy neighbour, {args.backbone}", args.json.with_suffix(".png"))
+        log(f"wrote {args.json.with_suffix('.png')}")
+    log(f"target: {report['target']}")
+    return 0 if report["server_exit"] is None else 1
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -329,6 +344,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     startup.add_argument("--seed-dir", type=Path, help="memories the server seeds (auto probes with them)")
     startup.add_argument("--json", type=Path, help="write the report here (default: stdout)")
     startup.set_defaults(func=cmd_startup)
+
+    neighbour = commands.add_parser(
+        "noisy-neighbour",
+        help="one tenant floods, another sends a light stream: the light tenant's latency alone vs flooded",
+    )
+    neighbour.add_argument("--data", type=Path, required=True, help="data root; dev texts are sent")
+    neighbour.add_argument("--texts", default="sst2", help="data set whose texts are sent")
+    neighbour.add_argument("--backbone", default="minilm")
+    neighbour.add_argument(
+        "--duration", dest="duration_s", type=float, default=30.0, help="seconds per phase"
+    )
+    neighbour.add_argument("--flood-clients", type=int, default=48, help="the flooding tenant's closed loop")
+    neighbour.add_argument("--flood-texts", type=int, default=8, help="texts per flood request")
+    neighbour.add_argument("--light-rate", type=float, default=4.0, help="light tenant's requests per second")
+    neighbour.add_argument("--max-seq-length", type=int, default=64)
+    neighbour.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    neighbour.add_argument(
+        "--server-setting", action="append", default=[], metavar="NAME=VALUE", help="a SPARTAN_* setting"
+    )
+    neighbour.add_argument("--seed", type=int, default=0)
+    neighbour.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
+    neighbour.set_defaults(func=cmd_noisy_neighbour)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(func=cmd_scenarios)

@@ -1,4 +1,4 @@
-"""The engine thread: length bucketing, mixed tasks in one batch, admission all-or-nothing."""
+"""The engine thread: length bucketing, mixed tasks in one batch, admission all-or-nothing, fair share."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from memories.model import run_batch
 from service.cache import LoadedMemory
 from service.engine import Engine, RowRequest
 from service.errors import OverloadedError, ShuttingDownError
+from service.tasks import TaskRef
 from tests.conftest import make_memfile
 
 
-def _loaded(backbone: Backbone, task: str, seed: int) -> LoadedMemory:
+def _loaded(backbone: Backbone, task: str, seed: int, tenant: str = "acme") -> LoadedMemory:
     memfile = make_memfile(backbone, seed=seed)
     packed = memfile.to_packed()
-    return LoadedMemory(task, 1, memfile.metadata, packed, packed.nbytes())
+    return LoadedMemory(TaskRef(tenant, task), 1, memfile.metadata, packed, packed.nbytes())
 
 
 def test_bucketing_groups_rows_by_length_and_answers_match_single_runs(roberta_tiny: Backbone) -> None:
@@ -47,7 +48,7 @@ def test_admission_is_all_or_nothing_and_stops_at_shutdown(roberta_tiny: Backbon
     engine.start()
 
     async def scenario() -> None:
-        with pytest.raises(OverloadedError, match=r"queue is full \(3 rows\)"):
+        with pytest.raises(OverloadedError, match=r"queue is full \(3 texts\)"):
             await engine.submit([RowRequest("x", None, memory)] * 4, time.monotonic() + 5)
         assert engine.queued == 0, "a refused request leaves nothing queued"
         assert len(await engine.submit([RowRequest("x", None, memory)] * 3, time.monotonic() + 5)) == 3
@@ -80,9 +81,9 @@ def test_each_row_is_cut_to_its_memory_limit_and_a_row_over_the_backbone_limit_f
 ) -> None:
     short, long = _loaded(roberta_tiny, "a", 1), _loaded(roberta_tiny, "b", 2)
     meta = long.metadata.model_copy(update={"max_seq_length": 16})
-    clipped = LoadedMemory("c", 1, meta, long.packed, long.nbytes)
+    clipped = LoadedMemory(TaskRef("acme", "c"), 1, meta, long.packed, long.nbytes)
     too_long = LoadedMemory(
-        "d", 1, meta.model_copy(update={"max_seq_length": 4096}), long.packed, long.nbytes
+        TaskRef("acme", "d"), 1, meta.model_copy(update={"max_seq_length": 4096}), long.packed, long.nbytes
     )
     text = "a text that is longer than sixteen tokens once it has been split into word pieces " * 2
     rows = [
@@ -112,3 +113,36 @@ def test_each_row_is_cut_to_its_memory_limit_and_a_row_over_the_backbone_limit_f
         batch = roberta_tiny.tokenize([row.text], pairs, max_length=limit)
         alone = run_batch(roberta_tiny, batch, [row.memory.packed]).logits[0]
         torch.testing.assert_close(torch.tensor(result.logits), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_light_tenant_waits_for_one_batch_at_most_while_another_floods(roberta_tiny: Backbone) -> None:
+    heavy, light = _loaded(roberta_tiny, "a", 1, "flood"), _loaded(roberta_tiny, "b", 2, "light")
+    engine = Engine(roberta_tiny, max_batch_size=8, max_wait_s=0.0, threads=1, bucket_factor=4)
+    engine.start()
+    waited: list[int] = []
+    flooding: list[bool] = []  # was the flood still queued when the light request came?
+    texts = ["short", "a somewhat longer flood text " * 3, "the longest flood text of them all " * 6]
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 120
+        flood = [
+            asyncio.ensure_future(
+                engine.submit([RowRequest(texts[i % 3], None, heavy) for i in range(40)], deadline)
+            )
+            for _ in range(8)
+        ]
+        for i in range(12):
+            await asyncio.sleep(0.003 * (i % 4))  # into the flood, at different points of a round
+            submitted = engine.stats.batches
+            flooding.append(not all(f.done() for f in flood))
+            await engine.submit([RowRequest(texts[i % 3], None, light)], deadline)
+            waited.append(engine.stats.batches - submitted)
+        await asyncio.gather(*flood)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert engine.stats.rows == 332
+    assert max(waited) <= 2, f"batches finished between submit and answer: {waited}"
+    assert all(flooding), "the flood must outlast the light requests: make it larger"

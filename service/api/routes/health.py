@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import RuntimeDep
-from service.api.schemas import Health, PrecisionCandidate, PrecisionStatus, Readiness
+from service.api.deps import CallerDep, RuntimeDep
+from service.api.schemas import ErrorBody, Health, PrecisionCandidate, PrecisionStatus, Readiness
+from service.errors import ForbiddenError
 
 router = APIRouter(tags=["health"])
 
@@ -45,7 +46,18 @@ async def readyz(runtime: RuntimeDep) -> Readiness:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request) -> Response:
-    """Prometheus text format: HTTP, cache, engine and registry metrics of this replica."""
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody},
+    },
+)
+async def metrics(request: Request, caller: CallerDep) -> Response:
+    """Prometheus text format: HTTP, tenants' usage, cache, engine and registry metrics of this
+    replica. Needs an admin key when keys are configured (it names every tenant)."""
+    if not caller.admin:
+        raise ForbiddenError("the metrics name every tenant: they need an admin key")
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

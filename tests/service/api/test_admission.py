@@ -42,6 +42,7 @@ def busy_service(
             "threads": 1,
             "max_inputs": 32,
             "queue_size": 40,
+            "tenant_queue_rows": 40,  # one tenant here: the whole queue is its share
             "request_timeout_s": 600.0,  # admitted requests must never time out here, however slow the host
         }
         fields.update(overrides)
@@ -97,7 +98,7 @@ def test_full_queue_answers_429_with_retry_after(busy_service: Callable[..., Run
         third = http.post("/v1/t/classify", json={"inputs": [LONG] * 32})
         assert third.status_code == 429
         assert third.headers["retry-after"] == "1"
-        assert "the queue is full (40 rows)" in third.json()["detail"]
+        assert "the queue is full (40 texts)" in third.json()["detail"]
     worker.join(120)
     queued.join(120)
     assert first[0].status_code == 200

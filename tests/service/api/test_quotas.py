@@ -105,3 +105,53 @@ def test_a_broken_keys_file_keeps_the_previous_one_in_force(
     assert clients["acme"].get("/v1/memories").status_code == 200, "the old keys still work"
     keys.write_text(good + " ")
     _eventually(lambda: not service.client().get("/readyz").json()["degraded"])
+
+
+def _series(text: str, prefix: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_usage_per_tenant_and_task_in_the_admin_only_metrics(
+    tenants: tuple[RunningService, dict[str, httpx.Client], Path], roberta_tiny: Backbone
+) -> None:
+    service, clients, keys = tenants
+    acme, globex, ops = clients["acme"], clients["globex"], clients["ops"]
+    data = make_memfile(roberta_tiny).to_bytes()
+    for task in ("a", "b"):
+        assert acme.put(f"/v1/memories/{task}", content=data, headers=OCTET).status_code == 200
+    assert globex.put("/v1/memories/a", content=data, headers=OCTET).status_code == 200
+    _quota(keys, "--tenant", "acme", "--rows-per-second", "0.01", "--burst-rows", "5")
+    _eventually(lambda: acme.post("/v1/a/classify", json={"inputs": ["x"] * 6}).status_code == 413)
+    before = _series(ops.get("/metrics").text, "spartan_t")
+    assert acme.post("/v1/a/classify", json={"inputs": ["one", "two", "three"]}).status_code == 200
+    assert acme.post("/v1/b/classify", json={"inputs": ["four", "five"]}).status_code == 200
+    assert acme.post("/v1/b/classify", json={"inputs": ["six"]}).status_code == 429
+    assert acme.post("/v1/nope/classify", json={"inputs": ["x"]}).status_code == 404
+    assert globex.post("/v1/a/classify", json={"inputs": "seven"}).status_code == 200
+
+    assert service.client().get("/metrics").status_code == 401
+    refused = acme.get("/metrics")
+    assert (refused.status_code, refused.json()["detail"]) == (
+        403,
+        "the metrics name every tenant: they need an admin key",
+    )
+    after = _series(ops.get("/metrics").text, "spartan_t")
+
+    def grew(series: str) -> float:
+        return after[series] - before.get(series, 0.0)
+
+    assert grew('spartan_tenant_rows_total{tenant="acme"}') == 5
+    assert grew('spartan_tenant_rows_total{tenant="globex"}') == 1
+    assert grew('spartan_tenant_requests_total{tenant="acme"}') == 4
+    assert grew('spartan_tenant_rejected_total{tenant="acme"}') == 1
+    assert grew('spartan_tenant_errors_total{tenant="acme"}') == 1, "the unknown task"
+    assert grew('spartan_tenant_latency_seconds_count{tenant="acme"}') == 2
+    assert grew('spartan_tenant_tokens_total{tenant="acme"}') >= 5
+    assert grew('spartan_task_rows_total{task="a",tenant="acme"}') == 3
+    assert grew('spartan_task_rows_total{task="b",tenant="acme"}') == 2
+    assert grew('spartan_task_rows_total{task="a",tenant="globex"}') == 1
+    assert not [k for k in after if 'task="nope"' in k], "unknown tasks get no series of their own"
