@@ -21,7 +21,7 @@ from memories.backbones import default_cache_dir, load_backbone
 from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from service.api import errors
-from service.api.routes import classify, health, memories
+from service.api.routes import classify, health, memories, usage
 from service.cpu import available_cpus
 from service.engine import Engine
 from service.metrics import HTTPMetrics, RuntimeCollector
@@ -91,6 +91,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             buckets=buckets,
             tenant_queue_rows=settings.tenant_queue(),
             weight=tenancy.weight,
+            max_batch_tokens=settings.max_batch_tokens,
         )
         runtime = Runtime(settings, model, registry, engine, tenancy, precision)
         await runtime.start()
@@ -129,5 +130,6 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
     errors.install(app)
     app.include_router(classify.router)
     app.include_router(memories.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     return app

@@ -4,20 +4,21 @@ The event loop never runs model code. A request becomes rows (one per text); :me
 admits all of a request's rows into the bounded queue or none of them (``OverloadedError`` ->
 429). The engine thread takes the first waiting row, waits up to ``max_wait`` for more, takes
 what is queued (up to ``bucket_factor`` batches' worth), sorts it by token length and runs it in
-batches of at most ``max_batch_size`` rows, so rows of similar length share a batch and padding
-stays small. When more than one batch's worth was queued, only full batches run; the latest
-arrivals of the remainder are carried to the next round (first in line, waiting at most
-``max_wait`` again) instead of running as a small batch: under load, batches stay full. Rows of
-different tasks and tenants share a batch (per-row memories, see memories.model.run_batch).
+batches of at most ``max_batch_size`` rows (and ``max_batch_tokens`` token slots, padding
+included, when set), so rows of similar length share a batch and padding stays small. When more
+than one batch's worth was queued, only full batches run; the latest arrivals of the remainder
+are carried to the next round (first in line, waiting at most ``max_wait`` again) instead of
+running as a small batch: under load, batches stay full. Rows of different tasks and tenants
+share a batch (per-row memories, see memories.model.run_batch).
 
 Tenants share the engine fairly. The queue keeps one FIFO per tenant, each bounded by
 ``tenant_queue_rows``, and hands rows out by weighted deficit round robin (service.fairqueue),
 so one tenant's flood never stands in front of another tenant's request. And a light tenant
 waits for little more than the batch that is running: a round runs the rows of light tenants
-(under a batch's worth in the round) in its first batch, filled up with the heavy tenants'
-shortest rows, and when a tenant whose rows have all run has new rows waiting, the round's
-batches not yet run go back to the front of their queues. Heavy rows still share batches by
-length, so fairness costs little padding.
+(under a batch's worth in the round) first, in batches of their own (small and quick, at a small
+cost in batching to the heavy tenant), and when a tenant whose rows have all run has new rows
+waiting, the round's batches not yet run go back to the front of their queues. The other
+batches run oldest row first, so rows handed back never starve.
 
 Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
 Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
@@ -112,10 +113,12 @@ class Engine:
         buckets: Buckets | None = None,
         tenant_queue_rows: int | None = None,
         weight: Callable[[str], float] = lambda tenant: 1.0,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self.backbone = backbone
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens or 1 << 62  # token slots per batch (None: no limit)
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self.threads = threads
@@ -203,21 +206,39 @@ class Engine:
                 _resolve_all([(row, exc)])
                 continue
             live.append(row)
-        size = self.max_batch_size
+        live.sort(key=lambda r: len(r.encoding["input_ids"]))
         share = Counter(row.tenant for row in live)
-        # light tenants' rows (under a batch's worth in this round) first, each group by length: the
-        # first batch holds them, filled up with the heavy tenants' shortest rows, so it is quick
-        live.sort(key=lambda r: (share[r.tenant] >= size, len(r.encoding["input_ids"])))
-        batches = [live[start : start + size] for start in range(0, len(live), size)]
+        # light tenants' rows (under a batch's worth in this round) run first, in batches of their own
+        light = [r for r in live if share[r.tenant] < self.max_batch_size]
+        heavy = [r for r in live if share[r.tenant] >= self.max_batch_size]
+        first, others = (
+            (self._split(light), self._split(heavy)) if light and heavy else ([], self._split(live))
+        )
+        # then the batch holding the oldest row, so rows put back by earlier rounds never starve
+        batches = first + sorted(others, key=lambda batch: min(row.deadline for row in batch))
         for i, batch in enumerate(batches):
-            rest_tenants = {row.tenant for b in batches[i:] for row in b}
-            if i and self._queue.others_waiting(rest_tenants):  # someone else's turn before the rest
-                rest = sorted(
-                    (r for b in batches[i:] for r in b), key=lambda r: r.deadline
-                )  # = arrival order
-                self._queue.put_back([(row.tenant, row) for row in rest])
+            unrun = [row for later in batches[i:] for row in later]
+            if i and self._queue.others_waiting({row.tenant for row in unrun}):  # another tenant's turn
+                unrun.sort(key=lambda row: row.deadline)  # deadline order = arrival order
+                self._queue.put_back([(row.tenant, row) for row in unrun])
                 return
             self._run_batch(batch)
+
+    def _split(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Consecutive batches of at most ``max_batch_size`` rows and ``max_batch_tokens`` token
+        slots (rows x the longest row, padding included), so no batch runs much longer than the rest."""
+        batches: list[list[_Row]] = [[]]
+        longest = 0
+        for row in rows:
+            length = len(row.encoding["input_ids"])
+            current = batches[-1]
+            slots = (len(current) + 1) * max(longest, length)
+            if current and (len(current) == self.max_batch_size or slots > self.max_batch_tokens):
+                current, longest = [], 0
+                batches.append(current)
+            current.append(row)
+            longest = max(longest, length)
+        return [batch for batch in batches if batch]
 
     def _run_batch(self, rows: list[_Row]) -> None:
         tick = time.perf_counter()

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cachetools import TTLCache
@@ -45,7 +46,7 @@ from service.registry.base import Registry, VersionInfo
 from service.settings import ServiceSettings
 from service.tasks import TaskRef
 from service.tenancy import Tenancy
-from service.usage import UsageMeter
+from service.usage import UsageMeter, UsagePeriod, hours_between, period
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Runtime:
         self.usage = UsageMeter(settings.metrics_max_task_series)
         self.registry_error: str | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.engine.start()
@@ -117,14 +119,40 @@ class Runtime:
             with contextlib.suppress(TaskNotFoundError, RegistryUnavailableError):
                 await self.memory(ref)
         self._sync_task = asyncio.create_task(self._sync(), name="registry-sync")
+        self._flush_task = asyncio.create_task(self._flush_usage_every(), name="usage-flush")
 
     async def stop(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        for task in (self._sync_task, self._flush_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.to_thread(self.engine.stop)
+        await self.flush_usage()
         await self.registry.close()
+
+    async def flush_usage(self) -> None:
+        """Add the usage gathered since the last flush to the registry's ledger (kept if it fails)."""
+        records = self.usage.take()
+        if not records:
+            return
+        try:
+            await self.registry.add_usage(records)
+        except RegistryUnavailableError as exc:
+            log.warning("usage not written yet (%s); it goes with the next flush", exc)
+            self.usage.give_back(records)
+
+    async def _flush_usage_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.usage_flush_s)
+            await self.flush_usage()
+
+    async def usage_period(self, tenant: str, since: datetime | None, until: datetime | None) -> UsagePeriod:
+        """The tenant's ledger over the whole clock hours from ``since`` to ``until`` (all replicas,
+        this one's unflushed counts included)."""
+        first, last = hours_between(since, until)
+        await self.flush_usage()
+        return period(tenant, first, last, await self.registry.usage(tenant, first, last))
 
     # --- classifying ---------------------------------------------------------------------
 

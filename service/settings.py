@@ -59,6 +59,12 @@ class ServiceSettings(BaseSettings):
     )
 
     max_batch_size: int = Field(32, ge=1, le=512, description="rows per engine batch")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="token slots per engine batch, padding included (rows x longest row); long rows then "
+        "run in smaller batches, so batch times, and what other tenants wait for, stay even",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(1024, ge=1, description="texts admitted and waiting for the engine, all tenants")
     tenant_queue_rows: int | None = Field(
@@ -104,6 +110,12 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    usage_flush_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="how often answered requests are added to the registry's usage ledger",
+    )
     metrics_max_task_series: int = Field(
         1000, ge=0, le=100_000, description="tasks with their own /metrics series; later ones sum as _other"
     )

@@ -12,14 +12,24 @@ first ``max_task_series`` (tenant, task) pairs seen get their own series; later 
 under the task name ``_other`` of their tenant, so a tenant with random task ids cannot blow up
 the metrics. Counters only grow; they are per replica (Prometheus sums replicas).
 
+Answered requests also go to the usage ledger that billing reads: :meth:`UsageMeter.take`
+hands the counts gathered since the last flush (per tenant, task and clock hour; real task
+names, never capped: only tasks that exist answer) to the runtime, which adds them to the
+registry every ``usage_flush_s``; counts that could not be written are given back and go with
+the next flush.
+
 Used from the event loop only; no locks.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from service.errors import InvalidRequestError
+from service.registry.base import UsageRecord, sum_usage
 from service.tasks import TaskRef
 
 Outcome = Literal["ok", "rejected", "error"]
@@ -28,6 +38,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Upper bounds (seconds) of the per-tenant latency histogram."""
 
 OTHER_TASKS = "_other"
+
+HOUR_S = 3600
+MAX_PERIOD = timedelta(days=366)
 
 
 @dataclass
@@ -50,6 +63,7 @@ class UsageMeter:
         self.max_task_series = max_task_series
         self.tenants: dict[str, TenantUsage] = {}
         self.tasks: dict[tuple[str, str], Counts] = {}
+        self._pending: list[UsageRecord] = []  # answered requests not yet in the ledger
 
     def record(
         self, ref: TaskRef, outcome: Outcome, rows: int, tokens: int, seconds: float, known: bool = True
@@ -74,3 +88,68 @@ class UsageMeter:
             for i, bound in enumerate(LATENCY_BUCKETS):
                 if seconds <= bound:
                     tenant.latency_histogram[i] += 1
+            self._pending.append(UsageRecord(ref.tenant, ref.task, int(time.time() // 3600), 1, rows, tokens))
+            if len(self._pending) > 4096:  # keep it compact between flushes
+                self._pending = sum_usage(self._pending)
+
+    def take(self) -> list[UsageRecord]:
+        """The ledger counts since the last take, one record per tenant, task and hour."""
+        pending, self._pending = sum_usage(self._pending), []
+        return pending
+
+    def give_back(self, records: list[UsageRecord]) -> None:
+        """Counts a flush could not write: they go with the next one."""
+        self._pending.extend(records)
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    task: str
+    requests: int
+    rows: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class UsageHour(UsageTotal):
+    hour: datetime
+
+
+@dataclass(frozen=True)
+class UsagePeriod:
+    """A tenant's ledger over whole clock hours: per task in total and hour by hour."""
+
+    tenant: str
+    since: datetime
+    until: datetime
+    totals: list[UsageTotal]
+    hours: list[UsageHour]
+
+
+def hours_between(since: datetime | None, until: datetime | None) -> tuple[int, int]:
+    """The first and last clock hour (Unix time // 3600) a period touches; default: the last 24 h.
+    InvalidRequestError for a period without a time zone, reversed or longer than MAX_PERIOD."""
+    end = until or datetime.now(UTC)
+    start = since or end - timedelta(days=1)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidRequestError("give since and until with a time zone, e.g. 2026-12-03T00:00:00Z")
+    if not start < end or end - start > MAX_PERIOD:
+        raise InvalidRequestError(f"since must be before until, at most {MAX_PERIOD.days} days apart")
+    return int(start.timestamp() // HOUR_S), int((end - timedelta(microseconds=1)).timestamp() // HOUR_S)
+
+
+def period(tenant: str, first_hour: int, last_hour: int, records: list[UsageRecord]) -> UsagePeriod:
+    def at(hour: int) -> datetime:
+        return datetime.fromtimestamp(hour * HOUR_S, UTC)
+
+    totals: dict[str, list[int]] = {}
+    for r in records:
+        counts = totals.setdefault(r.task, [0, 0, 0])
+        counts[0], counts[1], counts[2] = counts[0] + r.requests, counts[1] + r.rows, counts[2] + r.tokens
+    return UsagePeriod(
+        tenant,
+        at(first_hour),
+        at(last_hour + 1),
+        [UsageTotal(task, *totals[task]) for task in sorted(totals)],
+        [UsageHour(r.task, r.requests, r.rows, r.tokens, at(r.hour)) for r in records],
+    )

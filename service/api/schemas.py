@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,3 +140,36 @@ class JSONModelResponse(JSONResponse):
         if isinstance(content, BaseModel):
             return content.model_dump_json().encode()
         return super().render(content)
+
+
+class UsageHour(BaseModel):
+    """Answered classify requests of one task in one clock hour, summed over replicas."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    task: str
+    hour: datetime = Field(description="start of the hour (UTC)")
+    requests: int
+    rows: int = Field(description="texts classified")
+    tokens: int = Field(description="real tokens classified (padding excluded)")
+
+
+class UsageTotal(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    task: str
+    requests: int
+    rows: int
+    tokens: int
+
+
+class UsageReport(BaseModel):
+    """What a tenant used over whole clock hours: per task in total, and hour by hour."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    tenant: str
+    since: datetime = Field(description="start of the first hour counted (UTC)")
+    until: datetime = Field(description="end of the last hour counted (UTC)")
+    totals: list[UsageTotal]
+    hours: list[UsageHour]

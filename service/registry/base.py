@@ -12,16 +12,21 @@ Registries written before namespaces existed (one global namespace, each task ow
 are moved into their owners' namespaces by :meth:`Registry.migrate`: idempotent, one task at a
 time, each move atomic, so an interrupted migration is completed by running it again.
 
+The registry also keeps the usage ledger that billing reads (:meth:`Registry.add_usage`,
+:meth:`Registry.usage`): answered requests, texts and tokens per tenant, task and hour, added by
+every replica and summed on read.
+
 Backends: :class:`~service.registry.files.FileRegistry` (a directory, the embedded default) and
 :class:`~service.registry.redis.RedisRegistry` (shared by replicas).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,6 +58,18 @@ class VersionInfo:
     @classmethod
     def from_json(cls, raw: str | bytes) -> VersionInfo:
         return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """Answered classify requests of one task in one clock hour (``hour``: Unix time // 3600)."""
+
+    tenant: str
+    task: str
+    hour: int
+    requests: int
+    rows: int
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,15 @@ class Registry(ABC):
         """Move tasks of the pre-namespace layout into their owners' namespaces; returns how many
         moved (0 when there is nothing left to move). Deleted tasks of that layout, which kept
         only their version counter, are dropped."""
+
+    @abstractmethod
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Add these counts to the usage ledger (every replica adds its own; they sum)."""
+
+    @abstractmethod
+    async def usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:
+        """The tenant's ledger from ``first_hour`` to ``last_hour`` (inclusive), summed over
+        replicas: one record per task and hour, ordered by hour then task."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -175,3 +201,15 @@ def check_storage(ref: TaskRef, tenant_tasks: list[VersionInfo], size: int, quot
             f"storing {size} bytes would take tenant {ref.tenant!r} to {total} bytes of memories, over its "
             f"quota of {quota.max_bytes} (max_bytes). Nothing was stored"
         )
+
+
+def sum_usage(records: list[UsageRecord]) -> list[UsageRecord]:
+    """One record per (tenant, task, hour), ordered by hour then task."""
+    totals: dict[tuple[str, str, int], list[int]] = {}
+    for r in records:
+        counts = totals.setdefault((r.tenant, r.task, r.hour), [0, 0, 0])
+        counts[0] += r.requests
+        counts[1] += r.rows
+        counts[2] += r.tokens
+    ordered = sorted(totals.items(), key=lambda item: (item[0][2], item[0][1]))
+    return [UsageRecord(tenant, task, hour, *counts) for (tenant, task, hour), counts in ordered]

@@ -7,6 +7,7 @@ Layout under the root, one folder per tenant and one per task, each named by the
     <root>/tenants/<hex(tenant)>/<hex(task)>/counter        last version number ever issued
     <root>/tenants/<hex(tenant)>/<hex(task)>/v00000007.bin  the bytes of version 7 (immutable)
     <root>/tenants/<hex(tenant)>/<hex(task)>/current.json   the current VersionInfo: the commit point
+    <root>/usage/<hex(tenant)>/<hour>.<replica>.jsonl        usage lines appended by one replica
     <root>/.changed                                         a fresh token after every commit (watchers)
     <root>/.migrate.lock                                    flock: one migration at a time
 
@@ -26,12 +27,15 @@ renames such a folder to ``tenants/<hex(owner)>/<hex(task)>`` (one atomic rename
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
+import json
 import logging
+import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,11 +46,13 @@ from service.quotas import Quota
 from service.registry.base import (
     ChangeEvent,
     Registry,
+    UsageRecord,
     VersionInfo,
     check_if_match,
     check_storage,
     limits_storage,
     next_version,
+    sum_usage,
 )
 from service.tasks import TaskRef, name_from_key, storage_key
 
@@ -93,6 +99,7 @@ class FileRegistry(Registry):
         self.poll_interval = poll_interval
         self._changed = asyncio.Event()
         self._closed = False
+        self._replica = secrets.token_hex(6)  # names this process's usage files
         (root / _TENANTS).mkdir(parents=True, exist_ok=True)
 
     def _tenant_dir(self, tenant: str) -> Path:
@@ -253,6 +260,53 @@ class FileRegistry(Registry):
             log.info("moved %d tasks of the pre-namespace layout into their owners' namespaces", moved)
             self._changed.set()
         return moved
+
+    def _add_usage(self, records: Sequence[UsageRecord]) -> None:
+        for record in records:
+            folder = self.root / "usage" / storage_key(record.tenant)
+            folder.mkdir(parents=True, exist_ok=True)
+            line = json.dumps(
+                {
+                    "task": record.task,
+                    "requests": record.requests,
+                    "rows": record.rows,
+                    "tokens": record.tokens,
+                }
+            )
+            # one file per replica and hour, appended with O_APPEND: no other writer, no lock
+            fd = os.open(
+                folder / f"{record.hour}.{self._replica}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            )
+            try:
+                os.write(fd, line.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        await asyncio.to_thread(self._add_usage, records)
+
+    def _usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:
+        folder = self.root / "usage" / storage_key(tenant)
+        records = []
+        for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
+            hour = int(path.name.split(".", 1)[0])
+            if not first_hour <= hour <= last_hour:
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # the torn last line of a crash mid-append: never counted
+                    continue
+                records.append(
+                    UsageRecord(
+                        tenant, entry["task"], hour, entry["requests"], entry["rows"], entry["tokens"]
+                    )
+                )
+        return sum_usage(records)
+
+    async def usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:
+        return await asyncio.to_thread(self._usage, tenant, first_hour, last_hour)
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         token = await asyncio.to_thread(self._change_token)

@@ -8,6 +8,7 @@ keys) and ``p`` the prefix::
     p:ns:t:k:current   VersionInfo JSON of the current version
     p:index            sorted set of "tenant/task" (a tenant's tasks are one range, in id order)
     p:gen:t            bumped by every put and delete of the tenant (watched by quota checks)
+    p:usage:t:<hour>   hash "<task>|requests|rows|tokens" -> count, added to by every replica
     p:events           pub/sub channel: {"tenant": ..., "task": ..., "version": n | null}
 
 A put or delete is one MULTI/EXEC transaction under WATCH of the task's current and counter
@@ -24,9 +25,10 @@ transaction per task.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
@@ -38,11 +40,13 @@ from service.quotas import Quota
 from service.registry.base import (
     ChangeEvent,
     Registry,
+    UsageRecord,
     VersionInfo,
     check_if_match,
     check_storage,
     limits_storage,
     next_version,
+    sum_usage,
 )
 from service.tasks import TaskRef, storage_key
 
@@ -237,6 +241,42 @@ class RedisRegistry(Registry):
                     yield ChangeEvent(TaskRef(body["tenant"], body["task"]), body["version"])
         finally:
             await pubsub.aclose()
+
+    def _usage_key(self, tenant: str, hour: int) -> str:
+        return f"{self.prefix}:usage:{storage_key(tenant)}:{hour}"
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        async def add() -> None:
+            pipe = self._redis.pipeline(transaction=True)  # all of one flush, or none
+            for r in records:
+                key = self._usage_key(r.tenant, r.hour)
+                for name in ("requests", "rows", "tokens"):
+                    pipe.hincrby(key, f"{r.task}|{name}", getattr(r, name))
+            await pipe.execute()
+
+        await self._call(add)
+
+    async def usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:
+        hours = list(range(first_hour, last_hour + 1))
+
+        async def read() -> builtins.list[dict[bytes, bytes]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for hour in hours:
+                pipe.hgetall(self._usage_key(tenant, hour))
+            result: builtins.list[dict[bytes, bytes]] = await pipe.execute()
+            return result
+
+        records = []
+        for hour, fields in zip(hours, await self._call(read), strict=True):
+            counts: dict[str, dict[str, int]] = {}
+            for field, value in fields.items():
+                task, name = field.decode().rsplit("|", 1)
+                counts.setdefault(task, {})[name] = int(value)
+            records += [
+                UsageRecord(tenant, task, hour, c.get("requests", 0), c.get("rows", 0), c.get("tokens", 0))
+                for task, c in counts.items()
+            ]
+        return sum_usage(records)
 
     async def ping(self) -> None:
         await self._call(self._redis.ping)

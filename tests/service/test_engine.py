@@ -146,3 +146,20 @@ def test_a_light_tenant_waits_for_one_batch_at_most_while_another_floods(roberta
     assert engine.stats.rows == 332
     assert max(waited) <= 2, f"batches finished between submit and answer: {waited}"
     assert all(flooding), "the flood must outlast the light requests: make it larger"
+
+
+def test_max_batch_tokens_splits_long_rows_into_smaller_batches(roberta_tiny: Backbone) -> None:
+    memory = _loaded(roberta_tiny, "a", 1)
+    texts = ["short"] * 8 + ["a long text of many words that pads to many tokens " * 3] * 8
+    engine = Engine(roberta_tiny, max_batch_size=8, max_wait_s=0.05, threads=1, max_batch_tokens=200)
+    engine.start()
+    try:
+        rows = [RowRequest(text, None, memory) for text in texts]
+        results = asyncio.run(engine.submit(rows, time.monotonic() + 60))
+    finally:
+        engine.stop()
+    long_tokens = results[-1].tokens
+    assert long_tokens * 4 > 200, "the long rows must not fit 4 to a batch"
+    assert engine.stats.batch_sizes[8] == 1, "the short rows fit one batch of 8"
+    assert max(size for size in engine.stats.batch_sizes if size != 8) * long_tokens <= 200
+    assert engine.stats.rows == 16

@@ -155,3 +155,47 @@ def test_usage_per_tenant_and_task_in_the_admin_only_metrics(
     assert grew('spartan_task_rows_total{task="b",tenant="acme"}') == 2
     assert grew('spartan_task_rows_total{task="a",tenant="globex"}') == 1
     assert not [k for k in after if 'task="nope"' in k], "unknown tasks get no series of their own"
+
+
+def test_usage_endpoint_bills_per_task_and_survives_a_restart(
+    service_factory: Callable[..., RunningService],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    roberta_tiny: Backbone,
+) -> None:
+    keys = {
+        n: _key(tmp_path, n, r, capsys)
+        for n, r in [("acme", "tenant"), ("globex", "tenant"), ("ops", "admin")]
+    }
+    settings = {"api_keys_file": tmp_path / "keys.json", "registry_dir": tmp_path / "shared-registry"}
+    first = service_factory(**settings)
+    acme, globex = _as(first, keys["acme"]), _as(first, keys["globex"])
+    data = make_memfile(roberta_tiny).to_bytes()
+    for task in ("a", "b"):
+        assert acme.put(f"/v1/memories/{task}", content=data, headers=OCTET).status_code == 200
+    assert acme.post("/v1/a/classify", json={"inputs": ["one", "two", "three"]}).status_code == 200
+    assert acme.post("/v1/b/classify", json={"inputs": "four"}).status_code == 200
+    assert acme.post("/v1/nope/classify", json={"inputs": "not billed"}).status_code == 404
+    first.server.should_exit = True  # a clean stop flushes what is not in the ledger yet
+
+    second = service_factory(**settings)
+    acme, globex, ops = (_as(second, keys[n]) for n in ("acme", "globex", "ops"))
+    assert acme.post("/v1/a/classify", json={"inputs": ["five", "six"]}).status_code == 200
+    _eventually(lambda: len(acme.get("/v1/usage").json()["totals"]) == 2)  # until the first one's flush
+    report = acme.get("/v1/usage").json()
+    assert report["tenant"] == "acme"
+    totals = {t["task"]: (t["requests"], t["rows"]) for t in report["totals"]}
+    assert totals == {"a": (2, 5), "b": (1, 1)}, "both server lives, unknown tasks not billed"
+    assert all(t["tokens"] > 0 for t in report["totals"])
+    assert {h["task"] for h in report["hours"]} == {"a", "b"}
+    assert report["since"].endswith("Z") or "+00:00" in report["since"]
+    assert globex.get("/v1/usage").json()["totals"] == [], "a tenant sees only its own usage"
+    assert globex.get("/v1/usage", params={"tenant": "acme"}).status_code == 403
+    assert ops.get("/v1/usage", params={"tenant": "acme"}).json()["totals"] == report["totals"]
+    bad = acme.get("/v1/usage", params={"since": "2026-12-03T10:00:00Z", "until": "2026-12-01T10:00:00Z"})
+    assert (bad.status_code, bad.json()["detail"]) == (
+        422,
+        "since must be before until, at most 366 days apart",
+    )
+    naive = acme.get("/v1/usage", params={"since": "2026-12-01T10:00:00"})
+    assert naive.status_code == 422

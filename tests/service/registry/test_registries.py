@@ -17,7 +17,7 @@ from service.errors import (
     VersionConflictError,
 )
 from service.quotas import Quota
-from service.registry.base import ChangeEvent, Registry, VersionInfo
+from service.registry.base import ChangeEvent, Registry, UsageRecord, VersionInfo
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
 from service.tasks import TaskRef
@@ -257,3 +257,35 @@ async def test_storage_quota_is_checked_with_the_write(registry: Registry) -> No
     )
     await registry.delete(ref(stored[0]))
     assert (await registry.put(ref("one-more"), b"x" * 10, sha, {}, None, quota)).version == 1
+
+
+@pytest.mark.anyio
+async def test_usage_ledger_sums_replicas_and_hours(registry: Registry) -> None:
+    other = (
+        FileRegistry(registry.root)
+        if isinstance(registry, FileRegistry)
+        else RedisRegistry(REDIS_URL, registry.prefix)
+    )  # a second replica on the same storage
+    await registry.add_usage(
+        [UsageRecord("acme", "a", 100, 2, 5, 50), UsageRecord("acme", "b", 100, 1, 1, 7)]
+    )
+    await other.add_usage([UsageRecord("acme", "a", 100, 1, 3, 30), UsageRecord("acme", "a", 101, 1, 1, 9)])
+    await other.add_usage([UsageRecord("globex", "a", 100, 9, 9, 99)])
+    assert await registry.usage("acme", 100, 101) == [
+        UsageRecord("acme", "a", 100, 3, 8, 80),
+        UsageRecord("acme", "b", 100, 1, 1, 7),
+        UsageRecord("acme", "a", 101, 1, 1, 9),
+    ]
+    assert await registry.usage("acme", 101, 200) == [UsageRecord("acme", "a", 101, 1, 1, 9)]
+    assert await registry.usage("initech", 0, 200) == []
+    await other.close()
+
+
+@pytest.mark.anyio
+async def test_a_torn_usage_line_is_never_counted(tmp_path: Path) -> None:
+    reg = FileRegistry(tmp_path)
+    await reg.add_usage([UsageRecord("acme", "a", 7, 1, 2, 3)])
+    ledger = next((tmp_path / "usage").glob("*/7.*.jsonl"))
+    with ledger.open("a") as out:
+        out.write('{"task": "a", "requests": 1, "ro')  # a crash in the middle of an append
+    assert await reg.usage("acme", 7, 7) == [UsageRecord("acme", "a", 7, 1, 2, 3)]
