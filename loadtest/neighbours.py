@@ -150,7 +150,11 @@ def run_noisy_neighbour(
         finally:
             exit_reason = server.exit_reason()
             server.stop()
-    batch_s = engine["busy_seconds"] / engine["batches"] if engine["batches"] else None
+    batches, rows, busy = engine["batches"], engine["rows"], engine["busy_seconds"]
+    mean_batch_s = busy / batches if batches else None
+    # a full batch's time at that load: the flood's batches are full, the light tenant's own small
+    # batches (the fair share at work) would pull a plain mean down
+    full_batch_s = busy / rows * int(settings.get("max_batch_size", "32")) if rows else None
     phases = {
         "alone": {"light": tenant_summary(alone["light"], alone_s)},
         "flooded": {name: tenant_summary(s, flooded_s) for name, s in flooded.items()},
@@ -158,14 +162,15 @@ def run_noisy_neighbour(
     report: dict[str, object] = {
         "phases": phases,
         "engine_under_flood": {
-            "batches": int(engine["batches"]),
-            "mean_batch_rows": round(engine["rows"] / engine["batches"], 1) if engine["batches"] else None,
-            "mean_batch_seconds": round(batch_s, 4) if batch_s is not None else None,
+            "batches": int(batches),
+            "mean_batch_rows": round(rows / batches, 1) if batches else None,
+            "mean_batch_seconds": round(mean_batch_s, 4) if mean_batch_s is not None else None,
+            "full_batch_seconds": round(full_batch_s, 4) if full_batch_s is not None else None,
             "server_mean_latency_s": {
                 tenant: round(engine[f"{tenant}_server_mean_s"], 4) for tenant in ("light", "flood")
             },
         },
-        "target": _target(phases, batch_s),
+        "target": _target(phases, full_batch_s, mean_batch_s),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         "server_settings": {k: v for k, v in settings.items() if k not in ("api_keys_file", "registry_dir")},
         "server_exit": exit_reason,
@@ -175,19 +180,27 @@ def run_noisy_neighbour(
     return report, {"alone": alone, "flooded": flooded}
 
 
-def _target(phases: dict[str, dict[str, dict[str, object]]], batch_s: float | None) -> dict[str, object]:
+def _target(
+    phases: dict[str, dict[str, dict[str, object]]], full_batch_s: float | None, mean_batch_s: float | None
+) -> dict[str, object]:
+    """The light tenant's p95 under the flood against its p95 alone plus two batch times, with the
+    batch time read two ways: a full batch's, and the plain mean over every batch run."""
     alone, flooded = phases["alone"]["light"], phases["flooded"]["light"]
     p95_alone = alone["latency_s"]["p95"]  # type: ignore[index]
     p95_flooded = flooded["latency_s"]["p95"]  # type: ignore[index]
-    bound = p95_alone + 2 * batch_s if p95_alone is not None and batch_s is not None else None
     shed = flooded["statuses"].get("429", 0)  # type: ignore[attr-defined]
-    return {
+    target: dict[str, object] = {
         "light_p95_alone_s": p95_alone,
         "light_p95_flooded_s": p95_flooded,
-        "bound_s": round(bound, 4) if bound is not None else None,
         "light_429": shed,
-        "met": bound is not None and p95_flooded is not None and p95_flooded <= bound and shed == 0,
     }
+    for name, batch_s in (("full_batch", full_batch_s), ("mean_batch", mean_batch_s)):
+        bound = p95_alone + 2 * batch_s if p95_alone is not None and batch_s is not None else None
+        target[f"bound_{name}_s"] = round(bound, 4) if bound is not None else None
+        target[f"met_{name}"] = (
+            bound is not None and p95_flooded is not None and p95_flooded <= bound and not shed
+        )
+    return target
 
 
 def plot_neighbours(samples: dict[str, dict[str, list[Sample]]], title: str, path: Path) -> None:
