@@ -7,12 +7,15 @@ the server's message and, for 429/503, the Retry-After seconds.
     with SpartanClient("http://127.0.0.1:8000", api_key=key) as client:
         client.put_memory("sentiment", Path("sst2.safetensors").read_bytes())
         print(client.classify("sentiment", ["a gorgeous film"]).predictions[0].label)
+
+An admin key reaches another tenant's tasks with ``tenant=`` (sent as ``?tenant=`` on every call).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -25,6 +28,7 @@ from service.api.schemas import (
     MemoryPage,
     PairInput,
     Readiness,
+    UsageReport,
 )
 from service.predictions import Explain
 
@@ -100,11 +104,24 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def _params(tenant: str | None) -> dict[str, str]:
+    return {"tenant": tenant} if tenant else {}
+
+
+def _usage(since: datetime | None, until: datetime | None) -> _Request:
+    params = {name: value.isoformat() for name, value in (("since", since), ("until", until)) if value}
+    return _Request("GET", "/v1/usage", params=params)
+
+
 class SpartanClient:
     """Blocking client."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout)
+    def __init__(
+        self, base_url: str, api_key: str | None = None, timeout: float = 60.0, tenant: str | None = None
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url, headers=_headers(api_key), params=_params(tenant), timeout=timeout
+        )
 
     def __enter__(self) -> SpartanClient:
         return self
@@ -147,6 +164,9 @@ class SpartanClient:
                 return
             after = page.next
 
+    def usage(self, since: datetime | None = None, until: datetime | None = None) -> UsageReport:
+        return _required(self._send(_usage(since, until), UsageReport))
+
     def ready(self) -> Readiness:
         return _required(self._send(_Request("GET", "/readyz"), Readiness))
 
@@ -165,11 +185,13 @@ class AsyncSpartanClient:
         api_key: str | None = None,
         timeout: float = 60.0,
         max_connections: int | None = 100,
+        tenant: str | None = None,
     ) -> None:
         """``max_connections`` caps concurrent connections (None: one per request in flight)."""
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers=_headers(api_key),
+            params=_params(tenant),
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
@@ -215,6 +237,9 @@ class AsyncSpartanClient:
             if page.next is None:
                 return
             after = page.next
+
+    async def usage(self, since: datetime | None = None, until: datetime | None = None) -> UsageReport:
+        return _required(await self._send(_usage(since, until), UsageReport))
 
     async def ready(self) -> Readiness:
         return _required(await self._send(_Request("GET", "/readyz"), Readiness))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from memories.backbone import Backbone
+from service.client import ServiceHTTPError, SpartanClient
 from spartan_cli.main import main
 from tests.conftest import make_memfile
 from tests.service.api.test_tenants import OCTET, _as, _key
@@ -199,3 +201,26 @@ def test_usage_endpoint_bills_per_task_and_survives_a_restart(
     )
     naive = acme.get("/v1/usage", params={"since": "2026-12-01T10:00:00"})
     assert naive.status_code == 422
+
+
+def test_the_client_addresses_a_tenant_for_an_admin_and_reads_usage(
+    service_factory: Callable[..., RunningService],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    roberta_tiny: Backbone,
+) -> None:
+    keys = {n: _key(tmp_path, n, r, capsys) for n, r in [("acme", "tenant"), ("ops", "admin")]}
+    service = service_factory(api_keys_file=tmp_path / "keys.json")
+    data = make_memfile(roberta_tiny).to_bytes()
+    with SpartanClient(service.url, keys["ops"], tenant="acme") as admin:
+        assert admin.put_memory("sentiment", data).owner == "acme"
+        assert admin.classify("sentiment", ["x", "y"]).version == 1
+        assert [m.task for m in admin.list_memories()] == ["sentiment"]
+    with SpartanClient(service.url, keys["acme"]) as acme:
+        usage = acme.usage(since=datetime.now(UTC) - timedelta(hours=2))
+        assert [(t.task, t.requests, t.rows) for t in usage.totals] == [("sentiment", 1, 2)]
+    with (
+        SpartanClient(service.url, keys["acme"], tenant="ops") as wrong,
+        pytest.raises(ServiceHTTPError, match="403"),
+    ):
+        wrong.classify("sentiment", "x")
