@@ -38,9 +38,10 @@ log = logging.getLogger("spartan.serve")
 
 
 def make_registry(settings: ServiceSettings) -> Registry:
+    retention = settings.usage_retention_days
     if settings.registry == "redis":
-        return RedisRegistry(settings.redis_url, settings.redis_prefix, settings.keep_versions)
-    return FileRegistry(settings.registry_dir, settings.keep_versions)
+        return RedisRegistry(settings.redis_url, settings.redis_prefix, settings.keep_versions, retention)
+    return FileRegistry(settings.registry_dir, settings.keep_versions, usage_retention_days=retention)
 
 
 def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> FastAPI:

@@ -116,6 +116,9 @@ class ServiceSettings(BaseSettings):
         le=3600,
         description="how often answered requests are added to the registry's usage ledger",
     )
+    usage_retention_days: int = Field(
+        400, ge=1, le=3650, description="days of hourly usage the registry keeps for billing (GET /v1/usage)"
+    )
     metrics_max_task_series: int = Field(
         1000, ge=0, le=100_000, description="tasks with their own /metrics series; later ones sum as _other"
     )

@@ -132,7 +132,8 @@ class Registry(ABC):
 
     @abstractmethod
     async def add_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Add these counts to the usage ledger (every replica adds its own; they sum)."""
+        """Add these counts to the usage ledger (every replica adds its own; they sum). Hours
+        older than the registry's ``usage_retention_days`` are dropped from the ledger."""
 
     @abstractmethod
     async def usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:

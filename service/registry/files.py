@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,9 +94,12 @@ def _is_hex_name(name: str) -> bool:
 
 
 class FileRegistry(Registry):
-    def __init__(self, root: Path, keep_versions: int = 3, poll_interval: float = 0.05) -> None:
+    def __init__(
+        self, root: Path, keep_versions: int = 3, poll_interval: float = 0.05, usage_retention_days: int = 400
+    ) -> None:
         self.root = root
         self.keep_versions = keep_versions
+        self.usage_retention_days = usage_retention_days
         self.poll_interval = poll_interval
         self._changed = asyncio.Event()
         self._closed = False
@@ -262,6 +266,11 @@ class FileRegistry(Registry):
         return moved
 
     def _add_usage(self, records: Sequence[UsageRecord]) -> None:
+        oldest = int(time.time() // 3600) - 24 * self.usage_retention_days
+        for tenant in {record.tenant for record in records}:  # the retention: drop expired hours
+            for path in (self.root / "usage" / storage_key(tenant)).glob("*.jsonl"):
+                if int(path.name.split(".", 1)[0]) < oldest:
+                    path.unlink(missing_ok=True)
         for record in records:
             folder = self.root / "usage" / storage_key(record.tenant)
             folder.mkdir(parents=True, exist_ok=True)

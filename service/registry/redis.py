@@ -9,6 +9,7 @@ keys) and ``p`` the prefix::
     p:index            sorted set of "tenant/task" (a tenant's tasks are one range, in id order)
     p:gen:t            bumped by every put and delete of the tenant (watched by quota checks)
     p:usage:t:<hour>   hash "<task>|requests|rows|tokens" -> count, added to by every replica
+                       (expires usage_retention_days after its hour)
     p:events           pub/sub channel: {"tenant": ..., "task": ..., "version": n | null}
 
 A put or delete is one MULTI/EXEC transaction under WATCH of the task's current and counter
@@ -56,10 +57,13 @@ log = logging.getLogger(__name__)
 
 
 class RedisRegistry(Registry):
-    def __init__(self, url: str, prefix: str = "spartan", keep_versions: int = 3) -> None:
+    def __init__(
+        self, url: str, prefix: str = "spartan", keep_versions: int = 3, usage_retention_days: int = 400
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.keep_versions = keep_versions
+        self.usage_retention_days = usage_retention_days
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10
         )
@@ -252,6 +256,7 @@ class RedisRegistry(Registry):
                 key = self._usage_key(r.tenant, r.hour)
                 for name in ("requests", "rows", "tokens"):
                     pipe.hincrby(key, f"{r.task}|{name}", getattr(r, name))
+                pipe.expireat(key, (r.hour + 1) * 3600 + 86400 * self.usage_retention_days)
             await pipe.execute()
 
         await self._call(add)

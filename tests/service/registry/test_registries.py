@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -261,31 +262,41 @@ async def test_storage_quota_is_checked_with_the_write(registry: Registry) -> No
 
 @pytest.mark.anyio
 async def test_usage_ledger_sums_replicas_and_hours(registry: Registry) -> None:
-    other = (
-        FileRegistry(registry.root)
-        if isinstance(registry, FileRegistry)
-        else RedisRegistry(REDIS_URL, registry.prefix)
-    )  # a second replica on the same storage
-    await registry.add_usage(
-        [UsageRecord("acme", "a", 100, 2, 5, 50), UsageRecord("acme", "b", 100, 1, 1, 7)]
-    )
-    await other.add_usage([UsageRecord("acme", "a", 100, 1, 3, 30), UsageRecord("acme", "a", 101, 1, 1, 9)])
-    await other.add_usage([UsageRecord("globex", "a", 100, 9, 9, 99)])
-    assert await registry.usage("acme", 100, 101) == [
-        UsageRecord("acme", "a", 100, 3, 8, 80),
-        UsageRecord("acme", "b", 100, 1, 1, 7),
-        UsageRecord("acme", "a", 101, 1, 1, 9),
+    other: Registry  # a second replica on the same storage
+    if isinstance(registry, FileRegistry):
+        other = FileRegistry(registry.root)
+    else:
+        assert isinstance(registry, RedisRegistry)
+        other = RedisRegistry(REDIS_URL, registry.prefix)
+    h = int(time.time() // 3600) - 1
+    await registry.add_usage([UsageRecord("acme", "a", h, 2, 5, 50), UsageRecord("acme", "b", h, 1, 1, 7)])
+    await other.add_usage([UsageRecord("acme", "a", h, 1, 3, 30), UsageRecord("acme", "a", h + 1, 1, 1, 9)])
+    await other.add_usage([UsageRecord("globex", "a", h, 9, 9, 99)])
+    assert await registry.usage("acme", h, h + 1) == [
+        UsageRecord("acme", "a", h, 3, 8, 80),
+        UsageRecord("acme", "b", h, 1, 1, 7),
+        UsageRecord("acme", "a", h + 1, 1, 1, 9),
     ]
-    assert await registry.usage("acme", 101, 200) == [UsageRecord("acme", "a", 101, 1, 1, 9)]
-    assert await registry.usage("initech", 0, 200) == []
+    assert await registry.usage("acme", h + 1, h + 100) == [UsageRecord("acme", "a", h + 1, 1, 1, 9)]
+    assert await registry.usage("initech", 0, h + 100) == []
     await other.close()
+
+
+@pytest.mark.anyio
+async def test_usage_older_than_the_retention_is_dropped(tmp_path: Path) -> None:
+    reg = FileRegistry(tmp_path, usage_retention_days=2)
+    now = int(time.time() // 3600)
+    await reg.add_usage([UsageRecord("acme", "a", now - 72, 1, 1, 1)])
+    await reg.add_usage([UsageRecord("acme", "a", now, 1, 2, 3)])
+    assert await reg.usage("acme", 0, now) == [UsageRecord("acme", "a", now, 1, 2, 3)]
 
 
 @pytest.mark.anyio
 async def test_a_torn_usage_line_is_never_counted(tmp_path: Path) -> None:
     reg = FileRegistry(tmp_path)
-    await reg.add_usage([UsageRecord("acme", "a", 7, 1, 2, 3)])
-    ledger = next((tmp_path / "usage").glob("*/7.*.jsonl"))
+    hour = int(time.time() // 3600)
+    await reg.add_usage([UsageRecord("acme", "a", hour, 1, 2, 3)])
+    ledger = next((tmp_path / "usage").glob(f"*/{hour}.*.jsonl"))
     with ledger.open("a") as out:
         out.write('{"task": "a", "requests": 1, "ro')  # a crash in the middle of an append
-    assert await reg.usage("acme", 7, 7) == [UsageRecord("acme", "a", 7, 1, 2, 3)]
+    assert await reg.usage("acme", hour, hour) == [UsageRecord("acme", "a", hour, 1, 2, 3)]
