@@ -1,4 +1,4 @@
-"""Service commands: ``serve`` (every ServiceSettings field is a flag), ``keys add``, ``keys quota``."""
+"""Service commands: ``serve`` (every ServiceSettings field is a flag), ``keys``, ``registry migrate``."""
 
 from __future__ import annotations
 
@@ -99,6 +99,31 @@ def cmd_keys_quota(args: argparse.Namespace) -> int:
 _UNSET: Any = object()
 
 
+def cmd_registry_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.app import make_registry
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        registry=args.registry,
+        registry_dir=args.registry_dir,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+    )
+
+    async def migrate() -> int:
+        registry = make_registry(settings)
+        try:
+            return await registry.migrate()
+        finally:
+            await registry.close()
+
+    moved = asyncio.run(migrate())
+    log(f"moved {moved} tasks into their owners' namespaces" if moved else "nothing to migrate")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
@@ -127,3 +152,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, (kind, help_text) in QUOTA_FLAGS.items():
         quota.add_argument(f"--{name.replace('_', '-')}", type=_limit(kind), default=_UNSET, help=help_text)
     quota.set_defaults(func=cmd_keys_quota)
+
+    registry = sub.add_parser("registry", help="registry maintenance").add_subparsers(
+        dest="registry_command", required=True
+    )
+    migrate = registry.add_parser(
+        "migrate",
+        help="move old-layout tasks into their owners' namespaces (serve also does it at start-up)",
+        description="Idempotent; an interrupted run is completed by running it again. Stop or upgrade "
+        "every replica first: one of the previous version does not see migrated tasks.",
+    )
+    migrate.add_argument("--registry", choices=("file", "redis"), default="file")
+    migrate.add_argument(
+        "--registry-dir", type=Path, default=Path("registry"), help="the file registry's root"
+    )
+    migrate.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    migrate.add_argument("--redis-prefix", default="spartan")
+    migrate.set_defaults(func=cmd_registry_migrate)

@@ -26,6 +26,7 @@ from service.registry.base import Registry
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
 from service.tasks import TaskRef
+from spartan_cli.main import main
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "registry-v1"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -224,3 +225,15 @@ async def test_redis_migration_killed_midway_is_completed_by_a_rerun() -> None:
     keys = await redis_keys(prefix)
     assert [k for k in keys if k.startswith(f"{prefix}:task:")] == []
     assert_copies_held(versions, lambda ref, version: blobs[ref, version])
+
+
+def test_spartan_registry_migrate_moves_an_old_file_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_file_fixture(tmp_path / "reg")
+    assert main(["registry", "migrate", "--registry-dir", str(root)]) == 0
+    assert "moved 3 tasks" in capsys.readouterr().err
+    assert main(["registry", "migrate", "--registry-dir", str(root)]) == 0
+    assert "nothing to migrate" in capsys.readouterr().err
+    reg = FileRegistry(root)
+    assert reg._current_versions() == {ref: versions[-1] for ref, versions in HELD.items()}
