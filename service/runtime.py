@@ -138,7 +138,7 @@ class Runtime:
             return
         try:
             await self.registry.add_usage(records)
-        except RegistryUnavailableError as exc:
+        except (RegistryUnavailableError, OSError) as exc:  # OSError: the file registry's disk
             log.warning("usage not written yet (%s); it goes with the next flush", exc)
             self.usage.give_back(records)
 

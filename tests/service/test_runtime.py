@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from memories.backbone import Backbone
 from service.engine import Engine
 from service.errors import TaskNotFoundError
+from service.predictions import TextInput
 from service.registry.base import VersionInfo
 from service.registry.files import FileRegistry
 from service.runtime import Runtime
@@ -128,4 +130,25 @@ async def test_the_negative_cache_is_bounded(roberta_tiny: Backbone, tmp_path: P
         with pytest.raises(TaskNotFoundError):
             await runtime.resolve(TaskRef("acme", f"random-{i}"))
     assert len(runtime.unknown) == 8
+    await runtime.stop()
+
+
+@pytest.mark.anyio
+async def test_usage_that_cannot_be_written_waits_for_the_next_flush(
+    roberta_tiny: Backbone, tmp_path: Path
+) -> None:
+    registry = CountingFileRegistry(tmp_path / "reg")
+    settings = ServiceSettings(backbone=roberta_tiny.name, registry_dir=registry.root)
+    runtime = Runtime(settings, roberta_tiny, registry, Engine(roberta_tiny, threads=1), Tenancy([], None))
+    await runtime.start()
+    await runtime.upload(T, make_memfile(roberta_tiny).to_bytes(), None)
+    await runtime.classify(T, [TextInput("one"), TextInput("two")])
+    (tmp_path / "reg" / "usage").write_text("not a folder")  # every ledger write now fails
+    await runtime.flush_usage()
+    (tmp_path / "reg" / "usage").unlink()
+    await runtime.classify(T, [TextInput("three")])
+    await runtime.flush_usage()
+    now = datetime.now(UTC)
+    ledger = await runtime.usage_period("acme", now - timedelta(hours=1), now + timedelta(hours=1))
+    assert [(t.task, t.requests, t.rows) for t in ledger.totals] == [("t", 2, 3)], "nothing lost"
     await runtime.stop()
