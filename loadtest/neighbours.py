@@ -23,7 +23,7 @@ from pathlib import Path
 
 from loadtest.generator import LoadGenerator, LoadOptions, Sample
 from loadtest.launcher import start_server
-from loadtest.report import percentile, scrape
+from loadtest.report import latency_summary, percentile, scrape
 from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
 from memories.atomic import write_figure
@@ -56,10 +56,7 @@ def tenant_summary(samples: list[Sample], seconds: float) -> dict[str, object]:
     return {
         "requests": len(samples),
         "inst_per_min": round(60 * sum(s.inputs for s in ok) / seconds, 1) if seconds else 0.0,
-        "latency_s": {
-            name: None if (v := percentile(latencies, q)) is None else round(v, 4)
-            for name, q in (("p50", 50), ("p95", 95), ("p99", 99))
-        },
+        "latency_s": latency_summary(latencies, with_max=False),
         "statuses": dict(sorted(Counter(str(s.status) for s in samples).items())),
     }
 

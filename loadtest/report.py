@@ -33,6 +33,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+def latency_summary(sorted_latencies: Sequence[float], with_max: bool = True) -> dict[str, float | None]:
+    """p50, p95, p99 (and max) of already sorted latencies, rounded to 0.1 ms; None when empty."""
+    points = (("p50", 50), ("p95", 95), ("p99", 99), *((("max", 100),) if with_max else ()))
+    return {
+        name: None if (v := percentile(sorted_latencies, q)) is None else round(v, 4) for name, q in points
+    }
+
+
 def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, object]:
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
@@ -77,10 +85,7 @@ def summarise(
         "ok": len(ok),
         "instances": instances,
         "inst_per_min": round(60 * instances / seconds, 1) if seconds else 0.0,
-        "latency_s": {
-            name: None if (v := percentile(latencies, q)) is None else round(v, 4)
-            for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
-        },
+        "latency_s": latency_summary(latencies),
         "errors": dict(sorted(statuses.items())),
         "versions_seen": sorted({s.version for s in ok if s.version is not None}),
         "server": _server_side(before, after),

@@ -118,7 +118,7 @@ class Engine:
         self.backbone = backbone
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens or 1 << 62  # token slots per batch (None: no limit)
+        self.max_batch_tokens = max_batch_tokens  # token slots per batch (None: no limit)
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self.threads = threads
@@ -233,7 +233,8 @@ class Engine:
             length = len(row.encoding["input_ids"])
             current = batches[-1]
             slots = (len(current) + 1) * max(longest, length)
-            if current and (len(current) == self.max_batch_size or slots > self.max_batch_tokens):
+            too_many = self.max_batch_tokens is not None and slots > self.max_batch_tokens
+            if current and (len(current) == self.max_batch_size or too_many):
                 current, longest = [], 0
                 batches.append(current)
             current.append(row)

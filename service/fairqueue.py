@@ -70,11 +70,7 @@ class FairQueue(Generic[T]):
                 )
             if self._size + len(items) > self.capacity:
                 raise OverloadedError(f"the queue is full ({self.capacity} texts); retry later")
-            queue = self._queues.get(tenant)
-            if queue is None:
-                queue = self._queues[tenant] = deque()
-                self._credit[tenant] = 0.0
-            queue.extend(items)
+            self._queue_of(tenant).extend(items)
             self._size += len(items)
             self._ready.notify()
 
@@ -83,13 +79,17 @@ class FairQueue(Generic[T]):
         admitted once, so no limit applies)."""
         with self._ready:
             for tenant, item in reversed(tenant_items):
-                queue = self._queues.get(tenant)
-                if queue is None:
-                    queue = self._queues[tenant] = deque()
-                    self._credit[tenant] = 0.0
-                queue.appendleft(item)
+                self._queue_of(tenant).appendleft(item)
                 self._size += 1
             self._ready.notify()
+
+    def _queue_of(self, tenant: str) -> deque[T]:
+        """The tenant's queue; a tenant with nothing waiting joins at the end of the turn order."""
+        queue = self._queues.get(tenant)
+        if queue is None:
+            queue = self._queues[tenant] = deque()
+            self._credit[tenant] = 0.0
+        return queue
 
     def get(self, timeout: float) -> T | None:
         """The next row in round-robin order, waiting up to ``timeout`` seconds; None if none came."""

@@ -84,7 +84,7 @@ class RateLimiter:
     """Token buckets, one per tenant with a rate; thread-safe, bounded by the configured tenants."""
 
     def __init__(self, quotas: Quotas, clock: Callable[[], float] = time.monotonic) -> None:
-        self._quotas = quotas
+        self.quotas = quotas  # the quotas in force; replaced by update()
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -92,13 +92,13 @@ class RateLimiter:
     def update(self, quotas: Quotas) -> None:
         """New quotas (a reloaded keys file); buckets of changed tenants start full again."""
         with self._lock:
-            old, self._quotas = self._quotas, quotas
+            old, self.quotas = self.quotas, quotas
             for tenant in [t for t in self._buckets if old.of(t) != quotas.of(t)]:
                 del self._buckets[tenant]
 
     def admit(self, tenant: str, rows: int) -> None:
         """Charge ``rows`` tokens or raise RateLimitedError (429, with when to retry)."""
-        quota = self._quotas.of(tenant)
+        quota = self.quotas.of(tenant)
         if quota.rows_per_second is None:
             return
         if rows > quota.burst:

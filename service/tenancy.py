@@ -16,7 +16,7 @@ from pathlib import Path
 from service.auth import ApiKey, KeyRing
 from service.errors import ServiceError
 from service.keysfile import KeysFile, read_keys_file
-from service.quotas import Quota, Quotas, RateLimiter
+from service.quotas import Quota, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ class Tenancy:
         self.reload_error: str | None = None
         self._stamp: tuple[int, int] | None = None
         content = self._read()
-        self.keyring, self.quotas = self._build(content)
-        self.limiter = RateLimiter(self.quotas)
+        self.keyring = self._keyring(content)
+        self.limiter = RateLimiter(content.quotas)  # holds the quotas in force
 
     def _read(self) -> KeysFile:
         if self.path is None:
@@ -39,15 +39,14 @@ class Tenancy:
         self._stamp = (stat.st_mtime_ns, stat.st_size) if stat is not None else None
         return content
 
-    def _build(self, content: KeysFile) -> tuple[KeyRing, Quotas]:
-        keys = [*self._setting_keys, *content.keys]
-        return KeyRing(keys, content.quotas.tenants), content.quotas
+    def _keyring(self, content: KeysFile) -> KeyRing:
+        return KeyRing([*self._setting_keys, *content.keys], content.quotas.tenants)
 
     def quota(self, tenant: str) -> Quota:
-        return self.quotas.of(tenant)
+        return self.limiter.quotas.of(tenant)
 
     def weight(self, tenant: str) -> float:
-        return self.quotas.of(tenant).weight
+        return self.quota(tenant).weight
 
     def _changed(self) -> bool:
         if self.path is None:
@@ -69,11 +68,13 @@ class Tenancy:
                 log.error("keys file not reloaded, the previous keys and quotas stay in force: %s", exc)
             self.reload_error = str(exc)
             return False
-        self.keyring, self.quotas = self._build(content)
-        self.limiter.update(self.quotas)
+        self.keyring = self._keyring(content)
+        self.limiter.update(content.quotas)
         self.reload_error = None
         log.info(
-            "keys file reloaded: %d keys, quotas for %d tenants", len(content.keys), len(self.quotas.tenants)
+            "keys file reloaded: %d keys, quotas for %d tenants",
+            len(content.keys),
+            len(content.quotas.tenants),
         )
         return True
 

@@ -23,13 +23,12 @@ Used from the event loop only; no locks.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from service.errors import InvalidRequestError
-from service.registry.base import UsageRecord, sum_usage
+from service.registry.base import HOUR_S, UsageRecord, clock_hour, sum_usage
 from service.tasks import TaskRef
 
 Outcome = Literal["ok", "rejected", "error"]
@@ -39,7 +38,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 OTHER_TASKS = "_other"
 
-HOUR_S = 3600
 MAX_PERIOD = timedelta(days=366)
 
 
@@ -88,7 +86,7 @@ class UsageMeter:
             for i, bound in enumerate(LATENCY_BUCKETS):
                 if seconds <= bound:
                     tenant.latency_histogram[i] += 1
-            self._pending.append(UsageRecord(ref.tenant, ref.task, int(time.time() // 3600), 1, rows, tokens))
+            self._pending.append(UsageRecord(ref.tenant, ref.task, clock_hour(), 1, rows, tokens))
             if len(self._pending) > 4096:  # keep it compact between flushes
                 self._pending = sum_usage(self._pending)
 
@@ -127,7 +125,7 @@ class UsagePeriod:
 
 
 def hours_between(since: datetime | None, until: datetime | None) -> tuple[int, int]:
-    """The first and last clock hour (Unix time // 3600) a period touches; default: the last 24 h.
+    """The first and last clock hour (:func:`clock_hour`) a period touches; default: the last 24 h.
     InvalidRequestError for a period without a time zone, reversed or longer than MAX_PERIOD."""
     end = until or datetime.now(UTC)
     start = since or end - timedelta(days=1)
@@ -135,21 +133,18 @@ def hours_between(since: datetime | None, until: datetime | None) -> tuple[int, 
         raise InvalidRequestError("give since and until with a time zone, e.g. 2026-12-03T00:00:00Z")
     if not start < end or end - start > MAX_PERIOD:
         raise InvalidRequestError(f"since must be before until, at most {MAX_PERIOD.days} days apart")
-    return int(start.timestamp() // HOUR_S), int((end - timedelta(microseconds=1)).timestamp() // HOUR_S)
+    return clock_hour(start.timestamp()), clock_hour((end - timedelta(microseconds=1)).timestamp())
 
 
 def period(tenant: str, first_hour: int, last_hour: int, records: list[UsageRecord]) -> UsagePeriod:
     def at(hour: int) -> datetime:
         return datetime.fromtimestamp(hour * HOUR_S, UTC)
 
-    totals: dict[str, list[int]] = {}
-    for r in records:
-        counts = totals.setdefault(r.task, [0, 0, 0])
-        counts[0], counts[1], counts[2] = counts[0] + r.requests, counts[1] + r.rows, counts[2] + r.tokens
+    per_task = sorted(sum_usage([replace(r, hour=first_hour) for r in records]), key=lambda r: r.task)
     return UsagePeriod(
         tenant,
         at(first_hour),
         at(last_hour + 1),
-        [UsageTotal(task, *totals[task]) for task in sorted(totals)],
+        [UsageTotal(r.task, r.requests, r.rows, r.tokens) for r in per_task],
         [UsageHour(r.task, r.requests, r.rows, r.tokens, at(r.hour)) for r in records],
     )

@@ -60,9 +60,18 @@ class VersionInfo:
         return cls(**json.loads(raw))
 
 
+HOUR_S = 3600
+"""The usage ledger's unit of time: clock hours, numbered as Unix time // HOUR_S."""
+
+
+def clock_hour(timestamp: float | None = None) -> int:
+    """The number of the clock hour holding ``timestamp`` (Unix time; default: now)."""
+    return int((time.time() if timestamp is None else timestamp) // HOUR_S)
+
+
 @dataclass(frozen=True)
 class UsageRecord:
-    """Answered classify requests of one task in one clock hour (``hour``: Unix time // 3600)."""
+    """Answered classify requests of one task in one clock hour (``hour``: :func:`clock_hour`)."""
 
     tenant: str
     task: str

@@ -35,7 +35,6 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +50,7 @@ from service.registry.base import (
     VersionInfo,
     check_if_match,
     check_storage,
+    clock_hour,
     limits_storage,
     next_version,
     sum_usage,
@@ -265,14 +265,17 @@ class FileRegistry(Registry):
             self._changed.set()
         return moved
 
+    def _usage_dir(self, tenant: str) -> Path:
+        return self.root / "usage" / storage_key(tenant)
+
     def _add_usage(self, records: Sequence[UsageRecord]) -> None:
-        oldest = int(time.time() // 3600) - 24 * self.usage_retention_days
+        oldest = clock_hour() - 24 * self.usage_retention_days
         for tenant in {record.tenant for record in records}:  # the retention: drop expired hours
-            for path in (self.root / "usage" / storage_key(tenant)).glob("*.jsonl"):
+            for path in self._usage_dir(tenant).glob("*.jsonl"):
                 if int(path.name.split(".", 1)[0]) < oldest:
                     path.unlink(missing_ok=True)
         for record in records:
-            folder = self.root / "usage" / storage_key(record.tenant)
+            folder = self._usage_dir(record.tenant)
             folder.mkdir(parents=True, exist_ok=True)
             line = json.dumps(
                 {
@@ -296,7 +299,7 @@ class FileRegistry(Registry):
         await asyncio.to_thread(self._add_usage, records)
 
     def _usage(self, tenant: str, first_hour: int, last_hour: int) -> builtins.list[UsageRecord]:
-        folder = self.root / "usage" / storage_key(tenant)
+        folder = self._usage_dir(tenant)
         records = []
         for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
             hour = int(path.name.split(".", 1)[0])

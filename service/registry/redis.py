@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from service.errors import RegistryUnavailableError, TaskNotFoundError
 from service.quotas import Quota
 from service.registry.base import (
+    HOUR_S,
     ChangeEvent,
     Registry,
     UsageRecord,
@@ -114,7 +115,8 @@ class RedisRegistry(Registry):
             current = VersionInfo.from_json(raw) if raw else None
             info = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
             if limits_storage(quota):
-                check_storage(ref, await self._tenant_tasks(pipe, ref.tenant), len(data), quota)
+                tenant_tasks = await self._read_index(pipe, *self._tenant_range(ref.tenant))
+                check_storage(ref, tenant_tasks, len(data), quota)
             pipe.multi()
             pipe.incr(self._gen(ref.tenant))
             pipe.set(self._key(ref, "v", str(info.version)), data)
@@ -138,30 +140,30 @@ class RedisRegistry(Registry):
             raise TaskNotFoundError(f"task {ref.task!r} has no version {version}")
         return data
 
-    async def _index_page(self, start: str, stop: str, limit: int) -> list[VersionInfo]:
-        """Current versions of the index members in the lexicographic range (start, stop)."""
-        members = await self._call(
-            lambda: self._redis.zrangebylex(self.index, start, stop, start=0, num=limit)
-        )
-        refs = [TaskRef.parse(m.decode() if isinstance(m, bytes) else m) for m in members]
-        if not refs:
-            return []
-        raws = await self._call(lambda: self._redis.mget([self._key(r, "current") for r in refs]))
-        return [VersionInfo.from_json(raw) for raw in raws if raw]
-
-    async def _tenant_tasks(self, pipe: Pipeline, tenant: str) -> list[VersionInfo]:
-        """Every current version of the tenant, read through ``pipe`` (inside a transaction)."""
-        members = await pipe.zrangebylex(self.index, f"[{tenant}/", f"({tenant}0")
+    async def _read_index(
+        self, client: aioredis.Redis | Pipeline, start: str, stop: str, limit: int | None = None
+    ) -> list[VersionInfo]:
+        """Current versions of the index members in the lexicographic range (start, stop), read
+        through ``client``: the connection, or a pipeline inside a transaction."""
+        page = {"start": 0, "num": limit} if limit is not None else {}
+        members = await client.zrangebylex(self.index, start, stop, **page)
         if not members:
             return []
-        refs = [TaskRef.parse(m.decode() if isinstance(m, bytes) else m) for m in members]
-        raws = await pipe.mget([self._key(r, "current") for r in refs])
+        refs = [TaskRef.parse(_text(m)) for m in members]
+        raws = await client.mget([self._key(r, "current") for r in refs])
         return [VersionInfo.from_json(raw) for raw in raws if raw]
 
+    async def _index_page(self, start: str, stop: str, limit: int) -> list[VersionInfo]:
+        return await self._call(lambda: self._read_index(self._redis, start, stop, limit))
+
+    @staticmethod
+    def _tenant_range(tenant: str, after: str | None = None) -> tuple[str, str]:
+        """The index range of a tenant's tasks (after the task id ``after``); "/" sorts just
+        before "0", the lowest character a task id may start with."""
+        return (f"({tenant}/{after}" if after is not None else f"[{tenant}/"), f"({tenant}0"
+
     async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
-        # "/" sorts just before "0", the lowest character a task id may start with
-        start = f"({tenant}/{after}" if after is not None else f"[{tenant}/"
-        return await self._index_page(start, f"({tenant}0", limit)
+        return await self._index_page(*self._tenant_range(tenant, after), limit)
 
     async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:
         current_key = self._key(ref, "current")
@@ -210,7 +212,7 @@ class RedisRegistry(Registry):
                 return False
             pipe.multi()
             for key in versions:
-                version = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
+                version = _text(key).rsplit(":", 1)[1]
                 pipe.rename(key, self._key(ref, "v", version))
             pipe.rename(counter_key, self._key(ref, "counter"))
             pipe.rename(current_key, self._key(ref, "current"))
@@ -226,7 +228,7 @@ class RedisRegistry(Registry):
         counters = await self._call(lambda: _collect(self._redis.scan_iter(pattern, count=500)))
         moved = 0
         for key in counters:
-            task_hex = (key.decode() if isinstance(key, bytes) else key).split(":")[-2]
+            task_hex = _text(key).split(":")[-2]
             moved += await self._migrate_task(task_hex)
         if moved:
             log.info("moved %d tasks of the pre-namespace layout into their owners' namespaces", moved)
@@ -256,7 +258,7 @@ class RedisRegistry(Registry):
                 key = self._usage_key(r.tenant, r.hour)
                 for name in ("requests", "rows", "tokens"):
                     pipe.hincrby(key, f"{r.task}|{name}", getattr(r, name))
-                pipe.expireat(key, (r.hour + 1) * 3600 + 86400 * self.usage_retention_days)
+                pipe.expireat(key, (r.hour + 1) * HOUR_S + 86400 * self.usage_retention_days)
             await pipe.execute()
 
         await self._call(add)
@@ -292,3 +294,8 @@ class RedisRegistry(Registry):
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
+
+
+def _text(value: bytes | str) -> str:
+    """A key or member as text (the connection returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,14 @@ from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from service.app import create_app
 from service.settings import ServiceSettings
+
+
+def eventually(check: Callable[[], bool], what: str, seconds: float = 5.0, poll: float = 0.05) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(poll)
 
 
 @dataclass

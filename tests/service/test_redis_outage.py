@@ -17,7 +17,7 @@ import pytest
 from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from tests.conftest import make_memfile
-from tests.service.conftest import RunningService
+from tests.service.conftest import RunningService, eventually
 
 OCTET = {"content-type": "application/octet-stream"}
 
@@ -67,13 +67,6 @@ class RedisServer:
         self.process.wait(10)
 
 
-def _eventually(check: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
@@ -103,10 +96,14 @@ def test_outage_keeps_cached_tasks_serving_and_loses_nothing(
     ready = http.get("/readyz").json()
     assert ready["registry"] == "unavailable"
     assert ready["degraded"]
-    _eventually(lambda: "spartan_registry_up 0.0" in http.get("/metrics").text, "metrics show the outage")
+    eventually(
+        lambda: "spartan_registry_up 0.0" in http.get("/metrics").text, "metrics show the outage", 15.0, 0.1
+    )
 
     redis_server.start()
-    _eventually(lambda: http.get("/readyz").json()["degraded"] == [], "the service notices Redis is back")
+    eventually(
+        lambda: http.get("/readyz").json()["degraded"] == [], "the service notices Redis is back", 15.0, 0.1
+    )
     assert "spartan_registry_up 1.0" in http.get("/metrics").text
     assert http.get("/v1/memories/t").json()["version"] == 1, "the stored version survived the outage"
     again = http.put("/v1/memories/t", content=make_memfile(roberta_tiny, seed=2).to_bytes(), headers=OCTET)

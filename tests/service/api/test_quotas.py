@@ -15,7 +15,7 @@ from service.client import ServiceHTTPError, SpartanClient
 from spartan_cli.main import main
 from tests.conftest import make_memfile
 from tests.service.api.test_tenants import OCTET, _as, _key
-from tests.service.conftest import RunningService
+from tests.service.conftest import RunningService, eventually
 
 
 def _quota(keys: Path, *args: str) -> None:
@@ -31,13 +31,6 @@ def tenants(
     path = tmp_path / "keys.json"
     service = service_factory(api_keys_file=path, keys_reload_s=0.1)
     return service, {name: _as(service, key) for name, key in keys.items()}, path
-
-
-def _eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_storage_quotas_refuse_and_store_nothing(
@@ -68,7 +61,10 @@ def test_storage_quotas_refuse_and_store_nothing(
     assert [i["task"] for i in globex.get("/v1/memories").json()["items"]] == ["first"]
 
     _quota(keys, "--default", "--max-tasks", "none")
-    _eventually(lambda: acme.put("/v1/memories/three", content=data, headers=OCTET).status_code == 200)
+    eventually(
+        lambda: acme.put("/v1/memories/three", content=data, headers=OCTET).status_code == 200,
+        "the lifted task quota applies",
+    )
 
 
 def test_rate_quota_answers_429_with_retry_after_and_spares_others(
@@ -80,7 +76,10 @@ def test_rate_quota_answers_429_with_retry_after_and_spares_others(
     for client in (acme, globex):
         assert client.put("/v1/memories/t", content=data, headers=OCTET).status_code == 200
     _quota(keys, "--tenant", "acme", "--rows-per-second", "0.5", "--burst-rows", "4")
-    _eventually(lambda: acme.post("/v1/t/classify", json={"inputs": ["a"] * 5}).status_code == 413)
+    eventually(
+        lambda: acme.post("/v1/t/classify", json={"inputs": ["a"] * 5}).status_code == 413,
+        "the rate quota applies",
+    )
     too_many = acme.post("/v1/t/classify", json={"inputs": ["a"] * 5})
     assert "may send at most 4 at once (its burst_rows quota)" in too_many.json()["detail"]
 
@@ -101,12 +100,14 @@ def test_a_broken_keys_file_keeps_the_previous_one_in_force(
     service, clients, keys = tenants
     good = keys.read_text()
     keys.write_text('{"keys": [], "quotas": {"default": {"max_tasks": -1}}}')
-    _eventually(lambda: bool(service.client().get("/readyz").json()["degraded"]))
+    eventually(
+        lambda: bool(service.client().get("/readyz").json()["degraded"]), "readiness shows the bad file"
+    )
     degraded = service.client().get("/readyz").json()["degraded"]
     assert any("keys file" in d and "previous keys and quotas are in force" in d for d in degraded)
     assert clients["acme"].get("/v1/memories").status_code == 200, "the old keys still work"
     keys.write_text(good + " ")
-    _eventually(lambda: not service.client().get("/readyz").json()["degraded"])
+    eventually(lambda: not service.client().get("/readyz").json()["degraded"], "readiness clears")
 
 
 def _series(text: str, prefix: str) -> dict[str, float]:
@@ -127,7 +128,10 @@ def test_usage_per_tenant_and_task_in_the_admin_only_metrics(
         assert acme.put(f"/v1/memories/{task}", content=data, headers=OCTET).status_code == 200
     assert globex.put("/v1/memories/a", content=data, headers=OCTET).status_code == 200
     _quota(keys, "--tenant", "acme", "--rows-per-second", "0.01", "--burst-rows", "5")
-    _eventually(lambda: acme.post("/v1/a/classify", json={"inputs": ["x"] * 6}).status_code == 413)
+    eventually(
+        lambda: acme.post("/v1/a/classify", json={"inputs": ["x"] * 6}).status_code == 413,
+        "the rate quota applies",
+    )
     before = _series(ops.get("/metrics").text, "spartan_t")
     assert acme.post("/v1/a/classify", json={"inputs": ["one", "two", "three"]}).status_code == 200
     assert acme.post("/v1/b/classify", json={"inputs": ["four", "five"]}).status_code == 200
@@ -183,7 +187,9 @@ def test_usage_endpoint_bills_per_task_and_survives_a_restart(
     second = service_factory(**settings)
     acme, globex, ops = (_as(second, keys[n]) for n in ("acme", "globex", "ops"))
     assert acme.post("/v1/a/classify", json={"inputs": ["five", "six"]}).status_code == 200
-    _eventually(lambda: len(acme.get("/v1/usage").json()["totals"]) == 2)  # until the first one's flush
+    eventually(
+        lambda: len(acme.get("/v1/usage").json()["totals"]) == 2, "the first server's usage is flushed"
+    )
     report = acme.get("/v1/usage").json()
     assert report["tenant"] == "acme"
     totals = {t["task"]: (t["requests"], t["rows"]) for t in report["totals"]}
