@@ -7,7 +7,8 @@
   ``[P; CK]`` and values ``CV`` ready for :func:`~memories.spartan.spartan_dense`, and the head's
   weights. It is kept resident in fp32, fp16 or bf16 (half the bytes per task in a cache) and
   computed in the backbone's dtype (fp32, or bf16 in bf16 mode): other dtypes are cast per
-  batch, a few hundred microseconds per task. The head always runs in fp32.
+  batch and layer (in a batch of 32 tasks, 768 small casts: about 5% of a bf16 pass on AMX).
+  The head always runs in fp32.
 * :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
   memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
   keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
@@ -87,10 +88,13 @@ class TaskMemory(nn.Module):
         logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
         return logits
 
-    def pack(self, pooling: Pooling, dtype: torch.dtype = torch.float32) -> PackedMemory:
-        """A detached copy in inference form, resident in ``dtype``."""
+    def pack(
+        self, pooling: Pooling, dtype: torch.dtype = torch.float32, head_dtype: torch.dtype | None = None
+    ) -> PackedMemory:
+        """A detached copy in inference form, the layers resident in ``dtype``, the head in
+        ``head_dtype`` (default: ``dtype``)."""
         tensors = {name: t.detach().clone() for name, t in self.state_dict().items()}
-        return pack_tensors(tensors, self.config, len(self.layers), pooling, dtype)
+        return pack_tensors(tensors, self.config, len(self.layers), pooling, dtype, head_dtype)
 
 
 def pack_tensors(
@@ -99,10 +103,14 @@ def pack_tensors(
     num_layers: int,
     pooling: Pooling,
     dtype: torch.dtype = torch.float32,
+    head_dtype: torch.dtype | None = None,
 ) -> PackedMemory:
-    """The inference form of a task's tensors (``TaskMemory.state_dict`` names), resident in
-    ``dtype``. Keys are packed in fp32, then cast. The result may share storage with ``tensors``."""
-    assert dtype in RESIDENT_DTYPES, f"resident dtype must be one of {RESIDENT_DTYPES}, got {dtype}"
+    """The inference form of a task's tensors (``TaskMemory.state_dict`` names): the layers
+    resident in ``dtype``, the head in ``head_dtype`` (default: ``dtype``). Keys are packed in
+    fp32, then cast. The result may share storage with ``tensors``."""
+    head_dtype = dtype if head_dtype is None else head_dtype
+    for name, wanted in (("resident", dtype), ("head", head_dtype)):
+        assert wanted in RESIDENT_DTYPES, f"{name} dtype must be one of {RESIDENT_DTYPES}, got {wanted}"
     layers = []
     for i in range(num_layers):
         parent_keys, child_keys, child_values = (
@@ -110,20 +118,18 @@ def pack_tensors(
         )
         keys = pack_keys(parent_keys, child_keys, config.child_temperature)  # [Np + Nc*Np, d]
         layers.append((keys.to(dtype).contiguous(), pack_values(child_values).to(dtype).contiguous()))
-    head = (
-        tensors["head.dense.weight"].to(dtype).contiguous(),
-        tensors["head.dense.bias"].to(dtype).contiguous(),
-        tensors["head.out.weight"].to(dtype).contiguous(),
-        tensors["head.out.bias"].to(dtype).contiguous(),
+    dense_w, dense_b, out_w, out_b = (
+        tensors[f"head.{name}"].to(head_dtype).contiguous()
+        for name in ("dense.weight", "dense.bias", "out.weight", "out.bias")
     )
-    return PackedMemory(config, pooling, tuple(layers), head)
+    return PackedMemory(config, pooling, tuple(layers), (dense_w, dense_b, out_w, out_b))
 
 
 @dataclass(frozen=True, eq=False)
 class PackedMemory:
     """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head's
-    (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]),
-    all in one resident dtype (fp32, fp16 or bf16)."""
+    (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]);
+    the layers in one resident dtype (fp32, fp16 or bf16), the head in one (its own or theirs)."""
 
     config: SpartanConfig
     pooling: Pooling
@@ -136,7 +142,8 @@ class PackedMemory:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.head[0].dtype
+        """The layers' resident dtype."""
+        return self.layers[0][0].dtype
 
     def layer(self, index: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``index``'s (keys, values) in ``dtype``, the hidden states' (a no-op when resident

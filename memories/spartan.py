@@ -102,14 +102,15 @@ def spartan_dense(
     caller owns. When ``record`` is given the parent gate [B, S, Np] is appended to it.
     """
     np_, nc = config.num_parents, config.num_children
-    scores = x @ keys.transpose(-1, -2)  # [B, S, Np + Nc*Np]
+    # The GEMMs run in x's dtype (bf16 in bf16 mode); the routing maths in fp32, so that the
+    # top-K choice and the softmaxes do not round to bf16's 8-bit mantissa.
+    scores = (x @ keys.transpose(-1, -2)).float()  # [B, S, Np + Nc*Np]
     gate = top_k_gate(scores[..., :np_], config.top_k)  # [B, S, Np]
-    child = scores[..., np_:].unflatten(-1, (nc, np_))  # [B, S, Nc, Np], already divided by tau
-    exp = torch.exp(child - child.amax(dim=-2, keepdim=True))  # [B, S, Nc, Np]
-    weights = exp * (gate / exp.sum(dim=-2)).unsqueeze(-2)  # child softmax times its parent's gate
+    child = torch.softmax(scores[..., np_:].unflatten(-1, (nc, np_)), dim=-2)  # [B, S, Nc, Np], over Nc
+    weights = child * gate.unsqueeze(-2)  # child softmax times its parent's gate
     if record is not None:
         record.append(gate.detach())
-    flat = weights.flatten(-2)  # [B, S, Nc*Np]
+    flat = weights.flatten(-2).to(x.dtype)  # [B, S, Nc*Np]
     if not inplace:
         return x + flat @ values  # [B, S, d]
     if values.dim() == 2:

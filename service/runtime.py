@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from cachetools import TTLCache
 
 from memories.backbone import Backbone
@@ -266,7 +267,7 @@ class Runtime:
         """Parse and check a memory file (off the event loop; CPU work)."""
         memfile = parse_memory(data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
-        return _loaded(ref, version, memfile, self.settings.resident_dtype)
+        return _loaded(ref, version, memfile, self.settings.resident_dtype, self.backbone.dtype)
 
     async def page(self, tenant: str, after: str | None, limit: int) -> tuple[list[VersionInfo], str | None]:
         """A page of the tenant's tasks in id order and the cursor of the next page (None: last)."""
@@ -286,8 +287,8 @@ class Runtime:
             ref, data, memfile.sha256, memfile.metadata.model_dump(), if_match, quota
         )
         self._apply(ref, info)
-        resident = self.settings.resident_dtype
-        self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident))
+        resident, compute = self.settings.resident_dtype, self.backbone.dtype
+        self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident, compute))
         return info
 
     async def delete(self, ref: TaskRef, if_match: int | None) -> None:
@@ -359,6 +360,8 @@ class Runtime:
                 self.registry_error = str(exc)
 
 
-def _loaded(ref: TaskRef, version: int, memfile: MemoryFile, resident: ResidentDType) -> LoadedMemory:
-    packed = memfile.to_packed(resident)
+def _loaded(
+    ref: TaskRef, version: int, memfile: MemoryFile, resident: ResidentDType, compute: torch.dtype
+) -> LoadedMemory:
+    packed = memfile.to_packed(resident, compute)
     return LoadedMemory(ref, version, memfile.metadata, packed, packed.nbytes())

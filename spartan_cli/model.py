@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "file_dtype": memfile.dtype,
         "resident_dtype": args.resident_dtype,
     }
-    predictor = memory_predictor(model, memfile.to_packed(args.resident_dtype))
+    predictor = memory_predictor(model, memfile.to_packed(args.resident_dtype, model.dtype))
     return _eval_and_report(
         args, model, predictor, spec, examples, args.max_seq_length or meta.max_seq_length, facts
     )

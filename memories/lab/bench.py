@@ -146,9 +146,15 @@ def _variants(
         if kind in options.variants:
             variants[kind] = adapter_forward(backbone, batch, kind)
     for kind, copy in copies.items():
+        # As the service keeps them (resident dtype auto): the layers in a bf16 copy's dtype.
+        own = (
+            packed
+            if copy.dtype == torch.float32
+            else [t.pack(backbone.pooling, copy.dtype, torch.float32) for t in tasks]
+        )
         variants[f"bare-{kind}"] = functools.partial(copy.forward, batch)
-        variants[f"spartan-dense-{kind}"] = functools.partial(run_batch, copy, batch, [packed[0]] * rows)
-        variants[f"mixed-dense-{kind}"] = functools.partial(run_batch, copy, batch, packed)
+        variants[f"spartan-dense-{kind}"] = functools.partial(run_batch, copy, batch, [own[0]] * rows)
+        variants[f"mixed-dense-{kind}"] = functools.partial(run_batch, copy, batch, own)
     return variants
 
 
@@ -168,11 +174,11 @@ def _memory_ops(
     return {"shared": shared, "per_row": per_row}
 
 
-def _adapter_ops(hidden_size: int) -> dict[str, Callable[[torch.Tensor], object]]:
+def _adapter_ops(hidden_size: int, dtype: torch.dtype) -> dict[str, Callable[[torch.Tensor], object]]:
     """One bottleneck-64 adapter (random weights) on a layer output: Pfeiffer's and Houlsby's."""
     ops: dict[str, Callable[[torch.Tensor], object]] = {}
     for name, act in (("adapter-relu", torch.nn.ReLU()), ("adapter-swish", torch.nn.SiLU())):
-        adapter = Adapter(hidden_size, 64, act).requires_grad_(False)
+        adapter = Adapter(hidden_size, 64, act).requires_grad_(False).to(dtype)
         torch.nn.init.normal_(adapter.up.weight, std=0.02)
         ops[name] = adapter.forward
     return ops
@@ -191,9 +197,9 @@ def layer_bench(
     layer = backbone.layer(index)
     x = torch.nn.functional.layer_norm(
         torch.randn(batch_size, seq, backbone.hidden_size), (backbone.hidden_size,)
-    )
+    ).to(backbone.dtype)
     memories = [SpartanLayer(backbone.hidden_size, config).requires_grad_(False) for _ in range(batch_size)]
-    packed = [m.packed() for m in memories]
+    packed = [(k.to(backbone.dtype), v.to(backbone.dtype)) for k, v in (m.packed() for m in memories)]
 
     def run_layer() -> torch.Tensor:
         out = layer(x)
@@ -212,7 +218,7 @@ def layer_bench(
     best = {name: min(ts) for name, ts in times.items()}
     # The op alone takes milliseconds: hundreds of repeats cost little and their minimum is steady.
     hidden = run_layer()
-    adapters = _adapter_ops(backbone.hidden_size)
+    adapters = _adapter_ops(backbone.hidden_size, backbone.dtype)
     alone = interleaved(
         {name: functools.partial(op, hidden) for name, op in {**ops, **adapters}.items()}, 10 * rounds
     )
@@ -310,6 +316,10 @@ def run_bench(
                 index = next((i for i in range(int8.num_layers) if i not in FP32_LAYERS), 0)
                 layers[f"{seq}-int8"] = layer_bench(
                     int8, options.batch_size, seq, options.layer_rounds, options.spartan, index
+                )
+            if "bf16" in copies:
+                layers[f"{seq}-bf16"] = layer_bench(
+                    copies["bf16"], options.batch_size, seq, options.layer_rounds, options.spartan
                 )
     return {
         "backbone": backbone.name,

@@ -51,3 +51,12 @@ def test_bf16_mixed_batch_equals_each_row_alone(bf16: Backbone, resident: str) -
         torch.testing.assert_close(mixed[i], alone, atol=2e-2, rtol=0)
     if resident == "bfloat16":
         assert packed[0].nbytes() * 2 == make_memfile(bf16).to_packed("float32").nbytes(), "half the bytes"
+
+
+def test_bf16_resident_layers_answer_exactly_like_a_per_batch_cast(bf16: Backbone) -> None:
+    memfile = make_memfile(bf16)
+    batch = bf16.tokenize(TEXTS)
+    cast = run_batch(bf16, batch, [memfile.to_packed("float32")] * len(TEXTS)).logits
+    resident = run_batch(bf16, batch, [memfile.to_packed("auto", bf16.dtype)] * len(TEXTS)).logits
+    for a, b in zip(cast, resident, strict=True):
+        torch.testing.assert_close(b, a, atol=0, rtol=0)

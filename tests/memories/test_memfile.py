@@ -81,6 +81,19 @@ def test_resident_dtype_follows_the_file_or_the_setting(
     packed = parse_memory(make_memfile(roberta_tiny).to_bytes(stored)).to_packed(resident)
     assert packed.dtype == expected
     assert all(t.dtype == expected for pair in packed.layers for t in pair)
+    assert all(t.dtype == expected for t in packed.head)
+
+
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_auto_keeps_the_layers_in_bf16_on_a_bf16_backbone_and_the_head_as_stored(
+    roberta_tiny: Backbone, stored: FileDType
+) -> None:
+    memfile = parse_memory(make_memfile(roberta_tiny).to_bytes(stored))
+    packed = memfile.to_packed("auto", torch.bfloat16)
+    assert all(t.dtype == torch.bfloat16 for pair in packed.layers for t in pair)
+    assert all(t.dtype == getattr(torch, stored) for t in packed.head)
+    forced = memfile.to_packed("float32", torch.bfloat16)
+    assert forced.dtype == torch.float32, "an explicit resident dtype wins"
 
 
 def test_rejects_pickle(roberta_tiny: Backbone) -> None:
