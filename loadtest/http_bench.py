@@ -1,8 +1,9 @@
 """Serving overhead: the engine driven in-process vs the same engine behind HTTP, one run.
 
-Both sides get the same work: ``requests`` requests of ``texts_per_request`` texts spread round-robin over
-``tasks`` different memories (so batches mix tasks), ``concurrency`` in flight at a time (enough
-to keep batches full), engine batches of up to ``max_batch_size`` and ``threads`` torch threads.
+Both sides get the same work, on the backbone in one precision mode: ``requests`` requests of
+``texts_per_request`` texts spread round-robin over ``tasks`` different memories (so batches mix
+tasks), ``concurrency`` in flight at a time (enough to keep batches full), engine batches of up
+to ``max_batch_size`` and ``threads`` torch threads.
 
 * in-process: an :class:`~service.engine.Engine` in this process, fed by asyncio tasks;
 * HTTP: a real ``spartan serve`` child process on a loopback port (loadtest.launcher; file
@@ -32,6 +33,7 @@ from loadtest.synthetic import random_memories
 from memories.backbone import Backbone
 from memories.errors import ConfigError
 from memories.lab.host import machine
+from memories.precision import PRECISIONS, set_precision
 from service.cache import LoadedMemory
 from service.client import AsyncSpartanClient
 from service.engine import Engine, RowRequest
@@ -50,8 +52,11 @@ class HttpBenchOptions:
     seed: int = 0
     pin: bool = False  # engine (in-process) and server on CPU 0, load generator on the other CPUs
     texts_per_request: int = 1
+    precision: str = "fp32"  # both sides run the backbone in this mode (memories.precision)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 1 <= self.texts_per_request <= 64:
             raise ConfigError(
                 f"texts_per_request must be 1-64 (the server's max_inputs), got {self.texts_per_request}"
@@ -92,11 +97,12 @@ def run_http_bench(
     backbone: Backbone, options: HttpBenchOptions, progress: Callable[[str], None] = print
 ) -> dict[str, object]:
     files = random_memories(backbone, options.tasks, options.seed)
+    set_precision(backbone, options.precision)
     per = options.texts_per_request
     texts = _texts(options.requests * per)
     loaded = []
     for i, memfile in enumerate(files):
-        packed = memfile.to_packed()
+        packed = memfile.to_packed("auto", backbone.dtype)  # as the server keeps them
         loaded.append(
             LoadedMemory(TaskRef(DEFAULT_TENANT, f"bench-{i}"), 1, memfile.metadata, packed, packed.nbytes())
         )
@@ -119,6 +125,7 @@ def run_http_bench(
             "threads": str(options.threads),
             "max_batch_size": str(options.max_batch_size),
             "max_wait_ms": str(options.max_wait_ms),
+            "precision": options.precision,
         }
         server = start_server(settings, Path(tmp) / "server.log")
         url = server.url

@@ -67,7 +67,18 @@ def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
         "mean_batch_size": round(rows / batches, 2) if batches else None,
         "batch_sizes": sizes,
         "padding_efficiency": round(tokens / padded, 3) if padded else None,
+        "precision": _precision(after),
     }
+
+
+def _precision(metrics: dict[str, float]) -> str | None:
+    """The backbone mode the server runs (``spartan_precision_info{mode=...}``), None if unknown."""
+    prefix = "spartan_precision_info{"
+    for key, value in metrics.items():
+        if key.startswith(prefix) and value:
+            labels = dict(part.split("=", 1) for part in key[len(prefix) : -1].split(","))
+            return labels.get("mode")
+    return None
 
 
 def summarise(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, Sample, check_loopback
 from loadtest.launcher import ServerProcess, start_server
@@ -40,6 +41,7 @@ class RunOptions:
     backbone: str = "minilm"
     url: str | None = None  # a running server; None = start one here
     profile: str | None = None  # start the server inside this device profile's cgroup
+    server_cpuset: str | None = None  # or on these CPUs only (no quota), e.g. "0"
     profiles: Path = PROFILES_FILE
     duration_s: float = 30.0
     max_requests: int | None = None
@@ -132,12 +134,14 @@ def run_load_test(
     profile = load_profile(options.profile, options.profiles) if options.profile else None
     if profile is not None and options.url is None:
         profile.check_host(options.profile or "", cpu().model)
+    own_cpus = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="spartan-loadtest-") as tmp:
         server: ServerProcess | None = None
         settings = _server_settings(scenario, options, profile, memory_bytes, Path(tmp) / "registry")
         url = options.url
         if url is None:
-            limits = profile.limits if profile is not None else None
+            cpus_only = Limits(cpuset=options.server_cpuset) if options.server_cpuset else None
+            limits = profile.limits if profile is not None else cpus_only
             where = f" in profile {options.profile}" if options.profile else ""
             progress(f"starting spartan serve ({options.backbone}){where}")
             server = start_server(settings, Path(tmp) / "server.log", limits=limits)
@@ -153,6 +157,7 @@ def run_load_test(
                 _run(scenario, options, url, files, memory_bytes, swaps, names, texts, progress)
             )
         finally:
+            os.sched_setaffinity(0, own_cpus)
             exit_reason = server.exit_reason() if server is not None else None
             if server is not None:
                 server.stop()

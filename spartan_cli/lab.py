@@ -20,24 +20,32 @@ from spartan_cli.common import (
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from memories.autoprecision import decide
     from memories.compiled import Buckets, compile_backbone
     from memories.lab.bench import BenchOptions, format_table, needed_copies, run_bench
+    from memories.model import TaskMemory
     from memories.precision import set_precision
 
     options = options_from(args, BenchOptions, spartan=spartan_config(args))
     set_threads(args.threads)
     model = backbone(args.backbone)
     copies = {}
+    decision = None
     for kind in needed_copies(options):
         copy = backbone(args.backbone)
         if kind == "compiled":
             buckets = Buckets((options.batch_size,), tuple(sorted(options.seq_lengths)))
             done = compile_backbone(copy, buckets, progress=log)
             log(f"compiled {len(buckets.shapes)} shapes in {done['seconds']} s")
+        elif kind == "auto":  # probed with a random memory, as the service probes a registry without one
+            probe = TaskMemory(copy.hidden_size, copy.num_layers, 2, options.spartan).requires_grad_(False)
+            copy, decision = decide(copy, [probe.pack(copy.pooling)], log=log)
         else:
             set_precision(copy, kind)
         copies[kind] = copy
     report = run_bench(model, options, log, copies)
+    if decision is not None:
+        report["auto_decision"] = decision.to_json()
     print(format_table(report))
     write_report(report, args.json, args.command_line)
     return 0
@@ -98,8 +106,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--variants",
         nargs="+",
-        help="any of: bare spartan-dense spartan-gather mixed-dense (the default), their -int8 and "
-        "-compiled forms, pfeiffer houlsby (the paper's adapter baselines)",
+        help="any of: bare spartan-dense spartan-gather mixed-dense (the default); bare, spartan-dense "
+        "and mixed-dense with -int8, -bf16, -auto (the mode precision auto picks here) or -compiled; "
+        "pfeiffer houlsby (the paper's adapter baselines)",
     )
     add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)

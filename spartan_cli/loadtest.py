@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from memories.precision import PRECISIONS
 from spartan_cli.common import backbone, log, options_from, set_threads, write_report
 
 if TYPE_CHECKING:
@@ -296,6 +297,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     target = run.add_mutually_exclusive_group()
     target.add_argument("--url", help="a running server on loopback (default: start one)")
     target.add_argument("--profile", help="start the server inside this device profile's cgroup")
+    target.add_argument(
+        "--server-cpus", dest="server_cpuset", help="start the server on these CPUs only, e.g. 0 (no quota)"
+    )
     run.add_argument("--profiles", type=Path, help=PROFILES_HELP)
     run.add_argument("--duration", dest="duration_s", type=float, default=30.0, help="seconds of load")
     run.add_argument("--requests", dest="max_requests", type=int, help="stop after this many requests")
@@ -326,6 +330,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     http.add_argument("--batch-size", dest="max_batch_size", type=int, default=32)
     http.add_argument("--pin", action="store_true", help="server/engine on CPU 0, load generator elsewhere")
     http.add_argument("--texts-per-request", type=int, default=1, help="texts in each request")
+    http.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone mode of both sides")
     http.add_argument("--json", type=Path, help="write the full report here")
     http.set_defaults(func=cmd_http_bench)
 

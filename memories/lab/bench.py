@@ -18,7 +18,9 @@ Variants:
   its head; not run unless asked for;
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
   mode (memories.precision; a second copy of the backbone, quantised), so int8 vs fp32 and
-  SPARTAN's cost in int8 mode are measured in the same run; ``*-bf16`` likewise on a bf16 copy.
+  SPARTAN's cost in int8 mode are measured in the same run; ``*-bf16`` likewise on a bf16 copy,
+  and ``*-auto`` on a copy in the mode precision ``auto`` picks on this host (memories.autoprecision,
+  the decision in the report).
 * ``bare-compiled``, ``spartan-dense-compiled``, ``mixed-dense-compiled``: the same on a copy
   whose encoder layers are compiled for the benchmark's shapes (memories.compiled).
 """
@@ -54,6 +56,9 @@ VARIANTS = (
     "bare-bf16",
     "spartan-dense-bf16",
     "mixed-dense-bf16",
+    "bare-auto",
+    "spartan-dense-auto",
+    "mixed-dense-auto",
     "bare-compiled",
     "spartan-dense-compiled",
     "mixed-dense-compiled",
@@ -113,8 +118,9 @@ def adapter_forward(backbone: Backbone, batch: Encoded, kind: str) -> Callable[[
     return lambda: predictor(batch)
 
 
-COPIES = ("int8", "bf16", "compiled")
-"""Variant suffixes that run on a second copy of the backbone (a precision mode, or compiled)."""
+COPIES = ("int8", "bf16", "auto", "compiled")
+"""Variant suffixes that run on a second copy of the backbone (a precision mode, auto's choice, or
+compiled)."""
 
 
 def needed_copies(options: BenchOptions) -> list[str]:
@@ -257,11 +263,14 @@ def run_bench(
 ) -> dict[str, object]:
     """Measure every variant at every sequence length; returns the JSON-ready report.
     ``copies``: per suffix of :func:`needed_copies` the backbone's copy those variants run on: in
-    int8 or bf16 mode (memories.precision), or compiled for (batch size, every sequence length)."""
+    int8 or bf16 mode (memories.precision), in auto's mode, or compiled for (batch size, every
+    sequence length)."""
     copies = dict(copies or {})
     for kind in needed_copies(options):
         copy = copies.get(kind)
-        ready = copy is not None and (copy.compiled if kind == "compiled" else copy.precision == kind)
+        ready = copy is not None and (
+            copy.compiled if kind == "compiled" else kind == "auto" or copy.precision == kind
+        )
         if not ready:
             raise ConfigError(f"the *-{kind} variants need the backbone's {kind} copy")
     torch.set_num_threads(options.threads)

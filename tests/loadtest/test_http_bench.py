@@ -11,11 +11,14 @@ import pytest
 from spartan_cli.main import main
 
 
-def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], precision: str) -> None:
     out = tmp_path / "http.json"
     argv = [
         "loadtest",
         "http-bench",
+        "--precision",
+        precision,
         "--backbone",
         "roberta-tiny-random",
         "--requests",
@@ -34,6 +37,7 @@ def test_bench_http_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert set(report["inst_per_min"]) == {"in-process", "http"}
     assert all(v > 0 for v in report["inst_per_min"].values())
     assert report["http_over_in_process"] > 0
+    assert report["options"]["precision"] == precision
     assert report["command"].startswith("spartan loadtest http-bench")
     assert "| HTTP / in-process |" in capsys.readouterr().out
 

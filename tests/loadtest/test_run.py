@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from loadtest.cgroup import cgroup_version
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, check_loopback
 from loadtest.run import RunOptions, run_load_test
@@ -14,13 +16,13 @@ from loadtest.workload import Zipf
 from tests.service.conftest import RunningService
 
 
-def _options(service: RunningService, toy_data: Path, scenario: str, **changes: object) -> RunOptions:
+def _options(service: RunningService | None, toy_data: Path, scenario: str, **changes: object) -> RunOptions:
     fields: dict[str, object] = {
         "scenario": scenario,
         "data": toy_data,
         "texts": "toy",
         "backbone": "roberta-tiny-random",
-        "url": service.url,
+        "url": service.url if service is not None else None,
         "duration_s": 3.0,
         "concurrency": 8,
         "capacity_probe_s": 2.0,
@@ -48,8 +50,25 @@ def test_steady_scenario_reports_throughput_latency_and_server_batches(
     assert server["engine_batches"] > 0
     assert 1 <= server["mean_batch_size"] <= 8
     assert server["cache_hit_rate"] > 0.9, "one task: every request after the first hits the cache"
+    assert server["precision"] in ("fp32", "bf16", "int8"), "the mode the server runs in"
     assert any("answered" in m for m in messages), "progress is shown while it runs"
     assert report["command"] == "spartan loadtest run"
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="needs a CPU for the server and one for the load"
+)
+@pytest.mark.skipif(os.geteuid() != 0 or cgroup_version() is None, reason="needs root and a cgroup hierarchy")
+def test_a_server_started_on_given_cpus_leaves_them_to_it(toy_data: Path) -> None:
+    cpus = os.sched_getaffinity(0)
+    server_cpu = min(cpus)
+    messages: list[str] = []
+    options = _options(None, toy_data, "steady", server_cpuset=str(server_cpu), duration_s=2.0, concurrency=2)
+    report, _ = run_load_test(options, "spartan loadtest run", messages.append)
+    assert report["errors"] == {}
+    assert report["ok"] > 0
+    assert any(m.endswith(f"server on {server_cpu}") for m in messages), messages
+    assert os.sched_getaffinity(0) == cpus, "the caller's CPUs are given back"
 
 
 def test_hot_swap_scenario_serves_every_version_without_errors(

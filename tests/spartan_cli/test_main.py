@@ -249,3 +249,16 @@ def test_train_in_bf16_then_eval_in_every_precision(
         else:
             assert report["precision"] == precision
     assert all(0.0 <= s <= 1.0 for s in scores.values())
+
+
+def test_bench_bf16_and_auto_variants(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--backbone", "roberta-tiny-random", "--batch-size", "2", "--seq", "16", "--rounds", "1"]
+    variants = ["bare", "bare-bf16", "spartan-dense-bf16", "bare-auto", "spartan-dense-auto"]
+    assert main([*argv, "--layer-rounds", "2", "--variants", *variants, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ratios = report["results"]["16"]["ratios"]
+    assert {"bare-auto/bare", "spartan-dense-auto/bare-auto", "spartan-dense-bf16/bare-bf16"} <= set(ratios)
+    decision = report["auto_decision"]
+    assert decision["chosen"] in {c["mode"] for c in decision["candidates"]}
+    assert report["layer"]["16-bf16"]["precision"] == "bf16"
