@@ -7,7 +7,8 @@ runs in bf16 too (its keys and values are cast per batch, or kept resident in bf
 pooled output, the head and the returned scores stay fp32.
 
 ``int8`` is dynamic quantisation of the backbone's ``nn.Linear`` layers (weights stored as int8
-per tensor, activations quantised on the fly per batch; PyTorch's fbgemm kernels on x86),
+per tensor, activations quantised on the fly per batch; PyTorch's fbgemm kernels on x86, oneDNN's
+on CPUs with AMX-INT8, see :func:`int8_engine`),
 except those of the encoder layers in ``fp32_layers`` (default: the first). The SPARTAN memory
 and the head are not ``nn.Linear`` modules of the backbone, so their maths stays fp32.
 
@@ -44,6 +45,18 @@ RESIDENT_DTYPES: tuple[str, ...] = get_args(ResidentDType)
 
 FP32_LAYERS = (0,)
 
+INT8_ONEDNN_FLAGS = ("amx_int8",)
+"""CPU flags for which int8 weights are packed for oneDNN: with AMX-INT8 tiles its dynamic int8
+linear ran RoBERTa-base at 3.1-3.2x fp32 against fbgemm's 1.8x (Xeon, batch 32 x 64, one thread;
+docs/performance.md). Elsewhere torch's default engine (fbgemm on x86, qnnpack on ARM) packs them."""
+
+
+def int8_engine(flags: tuple[str, ...], supported: list[str], default: str) -> str:
+    """The quantized engine int8 weights are packed for on a CPU with ``flags``."""
+    if "onednn" in supported and any(flag in flags for flag in INT8_ONEDNN_FLAGS):
+        return "onednn"
+    return default
+
 
 def set_precision(backbone: Backbone, precision: str, fp32_layers: tuple[int, ...] = FP32_LAYERS) -> Backbone:
     """Switch ``backbone`` to ``precision`` in place (from fp32 only) and return it; int8 leaves
@@ -70,10 +83,19 @@ def set_precision(backbone: Backbone, precision: str, fp32_layers: tuple[int, ..
         for name, module in backbone.model.named_modules()
         if isinstance(module, nn.Linear) and id(module) not in kept
     }
-    with warnings.catch_warnings():
-        # torch 2.13 marks eager dynamic quantisation deprecated (moving to torchao) but ships it.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
-        torch.ao.quantization.quantize_dynamic(backbone.model, targets, dtype=torch.qint8, inplace=True)
+    from memories.hardware import cpu
+
+    quantized = torch.backends.quantized
+    default = quantized.engine
+    # The packed weights carry their engine's kernels; the global setting only matters while packing.
+    quantized.engine = int8_engine(cpu().flags, quantized.supported_engines, default)
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 marks eager dynamic quantisation deprecated (moving to torchao) but ships it.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
+            torch.ao.quantization.quantize_dynamic(backbone.model, targets, dtype=torch.qint8, inplace=True)
+    finally:
+        quantized.engine = default
     backbone.precision = precision
     return backbone

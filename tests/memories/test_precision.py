@@ -10,7 +10,7 @@ from memories.backbones import load_backbone
 from memories.errors import ConfigError
 from memories.memfile import check_backbone
 from memories.model import run_batch
-from memories.precision import set_precision
+from memories.precision import int8_engine, set_precision
 from tests.conftest import make_memfile
 
 TEXTS = ["a short one", "this row is quite a bit longer than the first one", "mid length text", "x"]
@@ -65,3 +65,18 @@ def test_precision_errors_say_what_to_do(pair: tuple[Backbone, Backbone]) -> Non
         set_precision(int8, "fp32")
     with pytest.raises(ConfigError, match=r"fp32 layers \(7,\) out of range: the backbone has 2"):
         set_precision(load_backbone("roberta-tiny-random"), "int8", fp32_layers=(7,))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(("avx2", "fma"), "x86"), (("avx512f", "avx512_vnni"), "x86"), (("avx512_vnni", "amx_int8"), "onednn")],
+)
+def test_int8_packs_for_onednn_only_where_the_cpu_has_amx_int8(flags: tuple[str, ...], expected: str) -> None:
+    assert int8_engine(flags, ["qnnpack", "onednn", "x86", "fbgemm"], "x86") == expected
+    assert int8_engine(flags, ["qnnpack"], "qnnpack") == "qnnpack", "an engine torch lacks is never chosen"
+
+
+def test_quantising_leaves_the_global_quantized_engine_as_it_was() -> None:
+    before = torch.backends.quantized.engine
+    set_precision(load_backbone("roberta-tiny-random"), "int8")
+    assert torch.backends.quantized.engine == before
