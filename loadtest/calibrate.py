@@ -35,6 +35,7 @@ from loadtest.profiles import (
     load_profiles,
     pick_profile,
     save_profiles,
+    write_host_quota,
 )
 from memories.backbone import Backbone, Encoded
 from memories.config import SpartanConfig
@@ -110,8 +111,10 @@ def calibrate(
     command: str,
     progress: Callable[[str], None] = print,
     path: Path = PROFILES_FILE,
+    env_file: Path | None = None,
 ) -> dict[str, object]:
-    """Find the profile's CPU quota, write it back to ``path``, return what was measured."""
+    """Find the profile's CPU quota, write it back to ``path`` (or, with ``env_file``, into that
+    ``.env`` file as this host's quota, leaving ``path`` as it is); return what was measured."""
     profiles = load_profiles(path)
     profile = pick_profile(profiles, name, path)
     set_precision(backbone, profile.precision)  # calibrate in the precision the device runs
@@ -151,7 +154,10 @@ def calibrate(
             ),
         }
     )
-    save_profiles({**profiles, name: calibrated}, path)
+    if env_file is None:
+        save_profiles({**profiles, name: calibrated}, path)
+    else:
+        write_host_quota(env_file, name, profile, float(best["cpus"]), host.model)
     within = abs(float(best["inst_per_min"]) / reference - 1) <= options.tolerance
     return {
         "profile": name,
@@ -159,7 +165,7 @@ def calibrate(
         "cpus": best["cpus"],
         "probes": probes,
         "within_tolerance": within,
-        "written": str(path),
+        "written": str(path if env_file is None else env_file),
     }
 
 

@@ -5,15 +5,27 @@ The file is in Compose's own service format so that ``docker-compose.yml`` exten
 load test read the same numbers and nothing copies them. Paper facts live under ``x-device``
 (Compose ignores ``x-`` fields); the emulation budget is the Compose fields ``cpus``, ``cpuset``,
 ``mem_limit`` and ``environment.SPARTAN_THREADS``.
+
+A CPU quota only emulates a device on the CPU it was measured on. The file records one host's
+quota as Compose's ``cpus: ${SPARTAN_<PROFILE>_CPUS:-<recorded quota>}``: on another host,
+``spartan loadtest calibrate --env-file .env`` writes that variable and the CPU it was measured
+on (``SPARTAN_<PROFILE>_CPUS_MEASURED_ON``) into the ``.env`` file of the project directory.
+``docker compose`` reads ``.env`` by itself; :func:`load_profile` reads the same variables (the
+process environment first, then ``.env`` in the current directory), so Compose, the cgroup runner
+and the load test apply one quota, and the recorded value is the documented fallback.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from dotenv import dotenv_values, set_key
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
@@ -36,6 +48,8 @@ HEADER = """\
 # rewrites `cpus` and `x-device.calibration`; comments in this file are not kept.
 """
 _MEMORY = re.compile(r"^(\d+)([kmg])$")
+_QUOTA = re.compile(r"^\$\{(SPARTAN_[A-Z0-9_]+_CPUS):-([0-9.]+)\}$")
+ENV_FILE = Path(".env")  # where docker compose looks: the project directory (the current one)
 
 
 class Calibration(BaseModel):
@@ -76,10 +90,35 @@ class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     device: Device = Field(alias="x-device")
-    cpus: float = Field(gt=0, description="CPU quota in cores (CFS quota / period)")
+    cpus: float = Field(gt=0, description="CPU quota in cores (CFS quota / period), as recorded")
     cpuset: str = Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
     mem_limit: str = Field(pattern=_MEMORY.pattern)
     environment: dict[str, str]
+
+    cpus_variable: str | None = Field(
+        None,
+        exclude=True,
+        pattern=r"^SPARTAN_[A-Z0-9_]+_CPUS$",
+        description="where a host's own quota is read (None: a plain ``cpus`` in the file, no override)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_quota(cls, data: Any) -> Any:
+        """``cpus: ${SPARTAN_<PROFILE>_CPUS:-0.5}`` in the file: the variable, and the recorded
+        quota as its fallback."""
+        match = (
+            _QUOTA.match(data["cpus"])
+            if isinstance(data, dict) and isinstance(data.get("cpus"), str)
+            else None
+        )
+        if match is None:
+            return data
+        return {**data, "cpus": match.group(2), "cpus_variable": match.group(1)}
+
+    @field_serializer("cpus")
+    def _as_compose_variable(self, cpus: float) -> str | float:
+        return cpus if self.cpus_variable is None else f"${{{self.cpus_variable}:-{cpus:g}}}"
 
     @property
     def memory_bytes(self) -> int:
@@ -126,8 +165,51 @@ def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
         raise LoadTestError(f"cannot read device profiles from {path}: {exc}") from None
 
 
-def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
-    return pick_profile(load_profiles(path), name, path)
+def load_profile(
+    name: str, path: Path = PROFILES_FILE, env: Mapping[str, str | None] | None = None
+) -> Profile:
+    """Profile ``name`` with this host's quota where ``env`` has one (default: the process
+    environment, then ``.env`` in the current directory, as Compose reads them)."""
+    profile = pick_profile(load_profiles(path), name, path)
+    if profile.cpus_variable is None:
+        return profile
+    env = host_env() if env is None else env
+    value = env.get(profile.cpus_variable)
+    if not value:
+        return profile
+    try:
+        cpus = float(value)
+    except ValueError:
+        raise LoadTestError(f"{profile.cpus_variable}={value!r} is not a number of cores") from None
+    measured_on = env.get(f"{profile.cpus_variable}_MEASURED_ON")
+    calibration = profile.device.calibration
+    if calibration is None or not measured_on:
+        raise LoadTestError(
+            f"{profile.cpus_variable} is set but {profile.cpus_variable}_MEASURED_ON is not: the quota "
+            f"cannot be checked against this CPU; run 'spartan loadtest calibrate --profile {name} "
+            f"--env-file .env' here"
+        )
+    here = calibration.model_copy(update={"cpu": measured_on, "host": f"{ENV_FILE}: {measured_on}"})
+    return profile.model_copy(
+        update={"cpus": cpus, "device": profile.device.model_copy(update={"calibration": here})}
+    )
+
+
+def host_env(env_file: Path = ENV_FILE) -> dict[str, str | None]:
+    """The variables a host's quotas come from: ``env_file`` overridden by the process environment."""
+    return {**dotenv_values(env_file), **os.environ}
+
+
+def write_host_quota(env_file: Path, name: str, profile: Profile, cpus: float, cpu_model: str) -> None:
+    """Record this host's quota of profile ``name`` in ``env_file`` (other lines are kept)."""
+    if profile.cpus_variable is None:
+        raise LoadTestError(
+            f"profile {name!r} has a plain cpus in its file; write it as cpus: ${{SPARTAN_"
+            f"{name.upper()}_CPUS:-{profile.cpus:g}}} to let a host set its own quota"
+        )
+    env_file.touch(exist_ok=True)
+    set_key(env_file, profile.cpus_variable, f"{cpus:g}", quote_mode="never")
+    set_key(env_file, f"{profile.cpus_variable}_MEASURED_ON", cpu_model, quote_mode="always")
 
 
 def pick_profile(profiles: dict[str, Profile], name: str, path: Path = PROFILES_FILE) -> Profile:

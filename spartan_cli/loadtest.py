@@ -46,7 +46,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     options = _probe_options(args)
     model = backbone(args.backbone)
     with torch.inference_mode():
-        report = calibrate(args.profile, model, options, args.command_line, log, _profiles(args))
+        report = calibrate(
+            args.profile, model, options, args.command_line, log, _profiles(args), args.env_file
+        )
     _emit(report, args.json, args.command_line)
     return 0 if report["within_tolerance"] else 1
 
@@ -229,6 +231,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "calibrate", help="find the CPU quota at which the bare backbone matches the paper; write it back"
     )
     probe_flags(calibrate)
+    calibrate.add_argument(
+        "--env-file",
+        type=Path,
+        help="write the quota as this host's into this .env file (docker compose reads ./.env) "
+        "instead of into the profiles file",
+    )
     calibrate.set_defaults(func=cmd_calibrate)
 
     probe = commands.add_parser(

@@ -39,6 +39,15 @@ def test_compose_profile_takes_its_budget_from_the_profiles_file(profile: str) -
     assert f"loadgen-{profile}" in config["services"], "each profile brings its load generator"
 
 
+def test_compose_takes_a_host_quota_from_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SPARTAN_RASPI4_CPUS=0.263\n")
+    config = yaml.safe_load(
+        _run(BIN / "docker-compose", "--env-file", env_file, "--profile", "raspi4", "config")
+    )
+    assert float(config["services"]["spartan-raspi4"]["cpus"]) == 0.263
+
+
 def test_compose_local_profile_has_no_device_budget() -> None:
     config = yaml.safe_load(_run(BIN / "docker-compose", "--profile", "local", "config"))
     assert "cpus" not in config["services"]["spartan"]

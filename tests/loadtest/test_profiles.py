@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from loadtest.errors import LoadTestError
-from loadtest.profiles import PROFILES_FILE, Calibration, load_profile, load_profiles, save_profiles
+from loadtest.profiles import (
+    PROFILES_FILE,
+    Calibration,
+    host_env,
+    load_profile,
+    load_profiles,
+    save_profiles,
+    write_host_quota,
+)
 
 
 def test_shipped_profiles_hold_the_paper_references() -> None:
@@ -83,3 +91,38 @@ def test_a_calibration_records_its_cpu() -> None:
     assert old.cpu_model == "AMD EPYC", "records made before the cpu field: the model after the host name"
     new = old.model_copy(update={"cpu": "Intel Xeon", "cpu_flags": ["amx_bf16"]})
     assert new.cpu_model == "Intel Xeon"
+
+
+def test_the_file_records_each_quota_as_a_compose_variable_with_its_fallback() -> None:
+    profiles = load_profiles()
+    assert {name: p.cpus_variable for name, p in profiles.items()} == {
+        "iphone": "SPARTAN_IPHONE_CPUS",
+        "raspi4": "SPARTAN_RASPI4_CPUS",
+    }
+    raw = PROFILES_FILE.read_text()
+    assert f"cpus: ${{SPARTAN_RASPI4_CPUS:-{profiles['raspi4'].cpus:g}}}" in raw
+
+
+def test_a_host_quota_from_the_env_file_replaces_the_recorded_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("REDIS_PORT=6380\n")
+    recorded = load_profile("raspi4", env={})
+    write_host_quota(env_file, "raspi4", recorded, 0.263, "Intel(R) Xeon(R) Processor")
+    write_host_quota(env_file, "raspi4", recorded, 0.26, "Intel(R) Xeon(R) Processor")  # a recalibration
+    text = env_file.read_text()
+    assert "REDIS_PORT=6380" in text, "other lines are kept"
+    assert text.count("SPARTAN_RASPI4_CPUS=") == 1
+    here = load_profile("raspi4", env=host_env(env_file))
+    assert (here.cpus, here.limits.cpus) == (0.26, 0.26)
+    here.check_host("raspi4", "Intel(R) Xeon(R) Processor")
+    with pytest.raises(LoadTestError, match="calibrated on 'Intel"):
+        here.check_host("raspi4", recorded.device.calibration.cpu_model)  # type: ignore[union-attr]
+    assert load_profiles() == load_profiles(), "the profiles file is not touched"
+    assert load_profile("raspi4", env={}).cpus == recorded.cpus
+
+
+def test_a_host_quota_without_its_cpu_is_refused() -> None:
+    with pytest.raises(LoadTestError, match="SPARTAN_RASPI4_CPUS_MEASURED_ON is not"):
+        load_profile("raspi4", env={"SPARTAN_RASPI4_CPUS": "0.3"})
+    with pytest.raises(LoadTestError, match="'fast' is not a number of cores"):
+        load_profile("raspi4", env={"SPARTAN_RASPI4_CPUS": "fast"})
