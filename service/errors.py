@@ -58,7 +58,11 @@ class VersionConflictError(ServiceError):
 
 
 class RegistryUnavailableError(ServiceError):
-    """The registry backend cannot be reached (503)."""
+    """The registry backend cannot be reached, or cannot be written: read-only or gone (503)."""
+
+
+class RegistryFullError(ServiceError):
+    """The registry's storage has no space left (ENOSPC, EDQUOT) and stored nothing (507)."""
 
 
 class OverloadedError(ServiceError):

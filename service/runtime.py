@@ -40,7 +40,7 @@ from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
 from service.cache import CacheStats, LoadedMemory, MemoryCache
 from service.engine import Engine, EngineStats, RowRequest
-from service.errors import OverloadedError, RegistryUnavailableError, TaskNotFoundError
+from service.errors import OverloadedError, RegistryFullError, RegistryUnavailableError, TaskNotFoundError
 from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
@@ -139,7 +139,7 @@ class Runtime:
             return
         try:
             await self.registry.add_usage(records)
-        except (RegistryUnavailableError, OSError) as exc:  # OSError: the file registry's disk
+        except (RegistryUnavailableError, RegistryFullError, OSError) as exc:  # OSError: any other disk fault
             log.warning("usage not written yet (%s); it goes with the next flush", exc)
             self.usage.give_back(records)
 
@@ -208,6 +208,8 @@ class Runtime:
             degraded.append(f"registry: {exc}; cached tasks still classify, uploads answer 503")
         if self.registry_error and registry_up:
             degraded.append(f"registry events: {self.registry_error}")
+        if registry_up:
+            degraded += await self.registry.degraded()
         if self.tenancy.reload_error:
             degraded.append(
                 f"keys file: {self.tenancy.reload_error}; the previous keys and quotas are in force"

@@ -149,6 +149,10 @@ class Registry(ABC):
         """The tenant's ledger from ``first_hour`` to ``last_hour`` (inclusive), summed over
         replicas: one record per task and hour, ordered by hour then task."""
 
+    async def degraded(self) -> builtins.list[str]:
+        """What readiness should report while the registry still answers (e.g. a full disk)."""
+        return []
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise RegistryUnavailableError unless the backend answers."""

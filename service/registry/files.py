@@ -15,6 +15,14 @@ A put writes the version file, then replaces ``current.json``; both by temp file
 rename, so a crash at any moment leaves the previous version current and never exposes a partial
 file. Older versions beyond ``keep_versions`` are pruned after the commit.
 
+Storage faults get the registry's errors, and the write they hit leaves nothing behind (no temp
+file, no version file that is not committed): no space left (ENOSPC, EDQUOT) is
+:class:`~service.errors.RegistryFullError` (507); a read-only filesystem, a permission error or a
+registry directory that is gone (deleted, unmounted) is
+:class:`~service.errors.RegistryUnavailableError` (503). A gone directory is never created again
+by a write: that would start an empty registry in its place. :meth:`FileRegistry.degraded` tells
+readiness about a full disk.
+
 Events: writes through this object wake :meth:`FileRegistry.events` at once. Other processes
 sharing the directory (replicas on one host) are noticed by reading the small ``.changed`` token
 every ``poll_interval`` seconds; only when it changed are all tasks' versions compared, so a
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -41,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from memories.atomic import atomic_write
-from service.errors import TaskNotFoundError
+from service.errors import RegistryFullError, RegistryUnavailableError, TaskNotFoundError
 from service.quotas import Quota
 from service.registry.base import (
     ChangeEvent,
@@ -62,6 +71,10 @@ log = logging.getLogger(__name__)
 _CURRENT = "current.json"
 _CHANGED = ".changed"
 _TENANTS = "tenants"
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+LOW_SPACE_BYTES = 64 << 10
+"""Readiness calls the registry full below this much free space, or while the last write found it
+full (until a write succeeds)."""
 
 
 @contextmanager
@@ -93,6 +106,65 @@ def _is_hex_name(name: str) -> bool:
     return True
 
 
+class _Faults:
+    """Turns the OSErrors of the registry's storage into the registry's errors."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.full: str | None = None  # why the last write failed for lack of space; None once one succeeds
+
+    def gone(self) -> bool:
+        return not (self.root / _TENANTS).is_dir()
+
+    def error(self, exc: OSError, doing: str) -> Exception:
+        """The registry error for ``exc`` raised while ``doing`` (e.g. "the upload"); ``exc`` itself
+        when it is no storage fault."""
+        if exc.errno in _FULL:
+            self.full = exc.strerror or "no space left"
+            return RegistryFullError(
+                f"the registry is full ({self.full}): {doing} stored nothing; an operator must free "
+                "space or enlarge the registry's volume, then retry"
+            )
+        if exc.errno == errno.EROFS:
+            return RegistryUnavailableError(
+                f"the registry is on a read-only filesystem: {doing} stored nothing"
+            )
+        if self.gone():
+            return RegistryUnavailableError(
+                f"the registry directory is gone (deleted or unmounted): {doing} stored nothing"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return RegistryUnavailableError(
+                f"the registry directory cannot be written ({exc.strerror}): {doing} stored nothing"
+            )
+        return exc
+
+    @contextmanager
+    def writing(self, doing: str) -> Iterator[None]:
+        """Around a write: its storage faults as registry errors (see :meth:`error`)."""
+        if self.gone():
+            raise RegistryUnavailableError(
+                f"the registry directory is gone (deleted or unmounted): {doing} stored nothing"
+            )
+        try:
+            yield
+        except OSError as exc:
+            raise self.error(exc, doing) from None
+        self.full = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read of many tasks: a gone directory as RegistryUnavailableError."""
+        try:
+            yield
+        except OSError:
+            if self.gone():
+                raise RegistryUnavailableError(
+                    "the registry directory is gone (deleted or unmounted)"
+                ) from None
+            raise
+
+
 class FileRegistry(Registry):
     def __init__(
         self, root: Path, keep_versions: int = 3, poll_interval: float = 0.05, usage_retention_days: int = 400
@@ -105,6 +177,7 @@ class FileRegistry(Registry):
         self._closed = False
         self._replica = secrets.token_hex(6)  # names this process's usage files
         (root / _TENANTS).mkdir(parents=True, exist_ok=True)
+        self._faults = _Faults(root)
 
     def _tenant_dir(self, tenant: str) -> Path:
         return self.root / _TENANTS / storage_key(tenant)
@@ -115,7 +188,8 @@ class FileRegistry(Registry):
     @contextmanager
     def _locked(self, ref: TaskRef) -> Iterator[Path]:
         folder = self._dir(ref)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(exist_ok=True)  # not parents: a gone registry is not created again
+        folder.mkdir(exist_ok=True)
         with _flock(folder / ".lock"):
             yield folder
 
@@ -128,13 +202,14 @@ class FileRegistry(Registry):
         if_match: int | None,
         quota: Quota | None,
     ) -> VersionInfo:
-        if not limits_storage(quota):
-            return self._put_task(ref, data, sha256, metadata, if_match)
-        tenant = self._tenant_dir(ref.tenant)
-        tenant.mkdir(parents=True, exist_ok=True)
-        with _flock(tenant / ".lock"):  # every write of the tenant waits: the usage cannot change meanwhile
-            check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
-            return self._put_task(ref, data, sha256, metadata, if_match)
+        with self._faults.writing("the upload"):
+            if not limits_storage(quota):
+                return self._put_task(ref, data, sha256, metadata, if_match)
+            tenant = self._tenant_dir(ref.tenant)
+            tenant.mkdir(exist_ok=True)
+            with _flock(tenant / ".lock"):  # every write of the tenant waits: the usage cannot change
+                check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
+                return self._put_task(ref, data, sha256, metadata, if_match)
 
     def _put_task(
         self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None
@@ -144,9 +219,14 @@ class FileRegistry(Registry):
             counter = folder / "counter"
             issued = int(counter.read_text()) if counter.exists() else 0
             info = next_version(ref, current, issued, data, sha256, metadata, if_match)
-            atomic_write(counter, str(info.version).encode())
-            atomic_write(_version_file(folder, info.version), data)
-            atomic_write(folder / _CURRENT, info.to_json().encode())
+            atomic_write(counter, str(info.version).encode())  # a number issued is never reused
+            version_file = _version_file(folder, info.version)
+            try:
+                atomic_write(version_file, data)
+                atomic_write(folder / _CURRENT, info.to_json().encode())
+            except BaseException:
+                version_file.unlink(missing_ok=True)  # not committed: nothing may point at it
+                raise
             self._announce()
             for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:
                 old.unlink(missing_ok=True)
@@ -207,15 +287,15 @@ class FileRegistry(Registry):
         return await asyncio.to_thread(self._list, tenant, after, limit)
 
     def _delete(self, ref: TaskRef, if_match: int | None) -> None:
-        with self._locked(ref) as folder:
+        with self._faults.writing("the delete"), self._locked(ref) as folder:
             current = _read_current(folder)
             if current is None:
                 raise TaskNotFoundError(f"task {ref.task!r} not found")
             check_if_match(ref, current, if_match)
             (folder / _CURRENT).unlink()
-            self._announce()
-            for old in folder.glob("v*.bin"):
+            for old in folder.glob("v*.bin"):  # first: on a full disk the announcement needs the space
                 old.unlink(missing_ok=True)
+            self._announce()
 
     async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:
         await asyncio.to_thread(self._delete, ref, if_match)
@@ -223,11 +303,12 @@ class FileRegistry(Registry):
 
     def _current_versions(self) -> dict[TaskRef, int]:
         versions = {}
-        for tenant in (self.root / _TENANTS).iterdir():
-            for folder in tenant.iterdir() if tenant.is_dir() else ():
-                info = _read_current(folder) if folder.is_dir() else None
-                if info is not None:
-                    versions[info.ref] = info.version
+        with self._faults.reading():
+            for tenant in (self.root / _TENANTS).iterdir():
+                for folder in tenant.iterdir() if tenant.is_dir() else ():
+                    info = _read_current(folder) if folder.is_dir() else None
+                    if info is not None:
+                        versions[info.ref] = info.version
         return versions
 
     async def current_versions(self) -> dict[TaskRef, int]:
@@ -269,6 +350,10 @@ class FileRegistry(Registry):
         return self.root / "usage" / storage_key(tenant)
 
     def _add_usage(self, records: Sequence[UsageRecord]) -> None:
+        with self._faults.writing("the usage flush"):
+            self._append_usage(records)
+
+    def _append_usage(self, records: Sequence[UsageRecord]) -> None:
         oldest = clock_hour() - 24 * self.usage_retention_days
         for tenant in {record.tenant for record in records}:  # the retention: drop expired hours
             for path in self._usage_dir(tenant).glob("*.jsonl"):
@@ -276,7 +361,8 @@ class FileRegistry(Registry):
                     path.unlink(missing_ok=True)
         for record in records:
             folder = self._usage_dir(record.tenant)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.parent.mkdir(exist_ok=True)
+            folder.mkdir(exist_ok=True)
             line = json.dumps(
                 {
                     "task": record.task,
@@ -339,8 +425,30 @@ class FileRegistry(Registry):
                 yield ChangeEvent(ref, None)
             known = now
 
+    def _ping(self) -> None:
+        if self._faults.gone():
+            raise RegistryUnavailableError("the registry directory is gone (deleted or unmounted)")
+        if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+            raise RegistryUnavailableError(
+                "the registry is on a read-only filesystem: uploads and deletes answer 503"
+            )
+
     async def ping(self) -> None:
-        await asyncio.to_thread(self.root.stat)
+        await asyncio.to_thread(self._ping)
+
+    def _degraded(self) -> builtins.list[str]:
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(self.root)
+            free = stat.f_bavail * stat.f_frsize
+            if self._faults.full is not None or free < LOW_SPACE_BYTES:
+                return [
+                    f"the registry is full ({free >> 10} KiB free): uploads answer 507; "
+                    "stored tasks still classify"
+                ]
+        return []
+
+    async def degraded(self) -> builtins.list[str]:
+        return await asyncio.to_thread(self._degraded)
 
     async def close(self) -> None:
         self._closed = True

@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
-from service.errors import RegistryUnavailableError, TaskNotFoundError
+from service.errors import RegistryFullError, RegistryUnavailableError, TaskNotFoundError
 from service.quotas import Quota
 from service.registry.base import (
     HOUR_S,
@@ -88,6 +88,11 @@ class RedisRegistry(Registry):
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
+        except OutOfMemoryError:
+            raise RegistryFullError(
+                "the registry is full (Redis reached its maxmemory): nothing was stored; an operator "
+                "must raise maxmemory or free memory, then retry"
+            ) from None
         except RedisError as exc:
             raise RegistryUnavailableError(
                 f"the Redis registry is unavailable ({type(exc).__name__})"

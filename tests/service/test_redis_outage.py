@@ -6,74 +6,13 @@ it without touching the shared one.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
-
-from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from tests.conftest import make_memfile
-from tests.service.conftest import RunningService, eventually
+from tests.service.conftest import RedisServer, RunningService, eventually
 
 OCTET = {"content-type": "application/octet-stream"}
-
-
-class RedisServer:
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            if (
-                subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout
-                == b"PONG\n"
-            ):
-                return
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        server.stop()
 
 
 def test_outage_keeps_cached_tasks_serving_and_loses_nothing(

@@ -49,7 +49,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @router.put(
     "/v1/memories/{task}",
     response_model=MemoryInfo,
-    responses={code: {"model": ErrorBody} for code in (403, 404, 409, 412, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (403, 404, 409, 412, 413, 415, 422, 503, 507)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -99,7 +99,7 @@ async def get_memory(ref: TaskRefDep, runtime: RuntimeDep, response: Response) -
 @router.delete(
     "/v1/memories/{task}",
     status_code=204,
-    responses={code: {"model": ErrorBody} for code in (403, 404, 412, 503)},
+    responses={code: {"model": ErrorBody} for code in (403, 404, 412, 503, 507)},
 )
 async def delete_memory(
     ref: TaskRefDep,
