@@ -24,6 +24,7 @@ from service.api import errors
 from service.api.routes import classify, health, memories, usage
 from service.cpu import available_cpus
 from service.engine import Engine
+from service.memlimit import cache_budget, memory_limit, resident_bytes
 from service.metrics import HTTPMetrics, RuntimeCollector
 from service.precision import PrecisionChoice, choose
 from service.registry.base import Registry
@@ -94,7 +95,12 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             weight=tenancy.weight,
             max_batch_tokens=settings.max_batch_tokens,
         )
-        runtime = Runtime(settings, model, registry, engine, tenancy, precision)
+        cache_bytes = settings.cache_bytes
+        if cache_bytes is None:  # sized once the backbone is resident, so its bytes are counted
+            budget = cache_budget(memory_limit(), resident_bytes())
+            log.info("cache budget: %s", budget.why)
+            cache_bytes = budget.bytes
+        runtime = Runtime(settings, model, registry, engine, tenancy, precision, cache_bytes)
         await runtime.start()
         if settings.seed_dir is not None:
             seeded = await runtime.seed(settings.seed_dir, DEFAULT_TENANT)
@@ -108,7 +114,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             model.precision,
             threads,
             settings.registry,
-            settings.cache_bytes >> 20,
+            cache_bytes >> 20,
         )
         app.state.runtime = runtime
         metrics_registry.register(RuntimeCollector(runtime))

@@ -13,7 +13,8 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _read(path: Path) -> str | None:
+def read_value(path: Path) -> str | None:
+    """A cgroup or /proc file's stripped text; None when it cannot be read."""
     try:
         return path.read_text().strip()
     except OSError:
@@ -22,7 +23,7 @@ def _read(path: Path) -> str | None:
 
 def own_cgroup(controller: str) -> Path | None:
     """This process's cgroup directory for a v1 controller (or the v2 unified one: '')."""
-    text = _read(Path("/proc/self/cgroup"))
+    text = read_value(Path("/proc/self/cgroup"))
     if text is None:
         return None
     for line in text.splitlines():
@@ -36,12 +37,12 @@ def own_cgroup(controller: str) -> Path | None:
 def cpu_quota() -> float | None:
     """CPUs allowed by the cgroup quota (e.g. 0.55), or None when unlimited/unknown."""
     v2 = own_cgroup("")
-    if v2 is not None and (raw := _read(v2 / "cpu.max")) is not None:
+    if v2 is not None and (raw := read_value(v2 / "cpu.max")) is not None:
         quota, period = raw.split()
         return None if quota == "max" else int(quota) / int(period)
     v1 = own_cgroup("cpu")
     if v1 is not None:
-        quota_raw, period_raw = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
+        quota_raw, period_raw = read_value(v1 / "cpu.cfs_quota_us"), read_value(v1 / "cpu.cfs_period_us")
         if quota_raw and period_raw and int(quota_raw) > 0:
             return int(quota_raw) / int(period_raw)
     return None

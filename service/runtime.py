@@ -41,6 +41,7 @@ from memories.precision import ResidentDType
 from service.cache import CacheStats, LoadedMemory, MemoryCache
 from service.engine import Engine, EngineStats, RowRequest
 from service.errors import OverloadedError, RegistryFullError, RegistryUnavailableError, TaskNotFoundError
+from service.memlimit import DEFAULT_CACHE_BYTES
 from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
 from service.registry.base import Registry, VersionInfo
@@ -93,14 +94,18 @@ class Runtime:
         engine: Engine,
         tenancy: Tenancy,
         precision: PrecisionChoice | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
+        """``cache_bytes``: the cache's budget where the settings leave it unset (the app sizes it
+        from the memory limit, service.memlimit); without either, the default budget."""
         self.settings = settings
         self.tenancy = tenancy
         self.backbone = backbone
         self.precision = precision or PrecisionChoice(backbone.precision, backbone.precision)  # type: ignore[arg-type]
         self.registry = registry
         self.engine = engine
-        self.cache = MemoryCache(settings.cache_bytes, self._load, settings.pinned())
+        budget = settings.cache_bytes or cache_bytes or DEFAULT_CACHE_BYTES
+        self.cache = MemoryCache(budget, self._load, settings.pinned())
         self.catalog: dict[TaskRef, VersionInfo] = {}
         self.unknown: TTLCache[TaskRef, bool] = TTLCache(settings.unknown_cache_size, settings.unknown_ttl_s)
         self.unknown_hits = 0

@@ -40,8 +40,11 @@ class ServiceSettings(BaseSettings):
         None, description="memories (<task>.safetensors) uploaded at start-up if absent"
     )
 
-    cache_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024 * 1024, description="resident memory budget of the cache"
+    cache_bytes: int | None = Field(
+        None,
+        ge=1024 * 1024,
+        description="resident memory budget of the cache (default: what the container's memory limit "
+        "leaves after the backbone and a headroom, 256 MiB without a limit; service.memlimit)",
     )
     pinned_tasks: list[str] = Field(
         [], description="tasks never evicted, as tenant/task (a bare task: the tenant 'local')"
