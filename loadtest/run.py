@@ -46,12 +46,17 @@ class RunOptions:
     duration_s: float = 30.0
     max_requests: int | None = None
     concurrency: int | None = None  # overrides the scenario's
+    tasks: int | None = None  # overrides the scenario's
     texts_per_request: int | None = None  # overrides the scenario's
     max_seq_length: int = 64  # tokens per input (the memories' truncation), as in the calibration
     server_settings: tuple[tuple[str, str], ...] = ()  # extra SPARTAN_* settings for a server started here
     capacity_probe_s: float = 10.0  # overload: closed-loop run that measures capacity first
     seed: int = 0
     api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tasks is not None and self.tasks < 1:
+            raise LoadTestError(f"tasks must be at least 1, got {self.tasks}")
 
 
 def _server_settings(
@@ -94,6 +99,19 @@ async def _hot_swaps(
     return done
 
 
+RSS_EVERY_S = 5.0
+
+
+async def _sample_rss(client: AsyncSpartanClient, into: list[tuple[float, float]]) -> None:
+    """Append (seconds since start, the server's resident bytes) every RSS_EVERY_S until cancelled."""
+    started = time.monotonic()
+    while True:
+        value = scrape(await client.metrics()).get("spartan_process_resident_bytes")
+        if value is not None:
+            into.append((time.monotonic() - started, value))
+        await asyncio.sleep(RSS_EVERY_S)
+
+
 def _stay_off(cpuset: str, progress: Callable[[str], None]) -> None:
     """Keep the load generator off the server's CPUs when others are left, so it does not steal them."""
     taken: set[int] = set()
@@ -121,9 +139,12 @@ def run_load_test(
     options: RunOptions, command: str, progress: Callable[[str], None] = print
 ) -> tuple[dict[str, object], list[Sample]]:
     scenario = get_scenario(options.scenario)
+    if options.tasks is not None:
+        scenario = dataclasses.replace(scenario, tasks=options.tasks)
     texts = load_texts(options.data, options.texts)
     backbone = load_backbone(options.backbone)
-    files = random_memories(backbone, scenario.tasks, options.seed, "lt", options.max_seq_length)
+    distinct = min(scenario.tasks, scenario.distinct_memories or scenario.tasks)
+    files = random_memories(backbone, distinct, options.seed, "lt", options.max_seq_length)
     swaps = (
         random_memories(backbone, 2, options.seed + 1, "lt-swap", options.max_seq_length)
         if scenario.hot_swap_every_s
@@ -191,8 +212,9 @@ async def _run(
     progress: Callable[[str], None],
 ) -> tuple[dict[str, object], list[Sample]]:
     async with AsyncSpartanClient(url, options.api_key, timeout=300) as client:
-        progress(f"uploading {len(files)} memories ({memory_bytes >> 10} KiB each)")
-        await upload_memories(client, names, [memfile.to_bytes() for memfile in files])
+        progress(f"uploading {len(names)} memories ({memory_bytes >> 10} KiB each)")
+        blobs = [memfile.to_bytes() for memfile in files]
+        await upload_memories(client, names, [blobs[i % len(blobs)] for i in range(len(names))])
         popularity = Zipf(scenario.tasks, scenario.zipf_s, options.seed)
         concurrency = options.concurrency or scenario.concurrency
         per_request = options.texts_per_request or scenario.texts_per_request
@@ -224,11 +246,19 @@ async def _run(
             swap_job = asyncio.create_task(
                 _hot_swaps(client, names[0], swaps, scenario.hot_swap_every_s, until)
             )
+        rss: list[tuple[float, float]] = []
+        sampler = asyncio.create_task(_sample_rss(client, rss))
         seconds = await generator.run(lambda elapsed: progress(_progress_line(generator.samples, elapsed)))
+        sampler.cancel()
         swapped = await swap_job if swap_job is not None else None
         after = scrape(await client.metrics())
     report = summarise(generator.samples, seconds, before, after)
     report["capacity_inst_per_min"] = round(60 * capacity, 1) if capacity is not None else None
+    report["server_rss"] = {
+        "max_bytes": int(max((b for _, b in rss), default=0)),
+        "every_s": RSS_EVERY_S,
+        "samples": [[round(t, 1), int(b)] for t, b in rss],
+    }
     if load.mode == "open":  # an open loop is only as good as the rate the generator really sent
         sent = len(generator.samples) / max(generator.sending_seconds, 1e-9)  # over the sending window
         report["offered_req_per_s"] = {"target": round(load.rate, 1), "sent": round(sent, 1)}

@@ -25,6 +25,7 @@ class Scenario:
     overload_factor: float | None = None  # open loop: offered rate = factor x capacity measured first
     cache_fraction: float | None = None  # cache budget as a share of all the scenario's memory bytes
     hot_swap_every_s: float | None = None  # PUT a new version of the most popular task this often
+    distinct_memories: int | None = None  # tasks share this many memory files (None: one per task)
     server: dict[str, str] = field(default_factory=dict)  # SPARTAN_* settings (without prefix)
 
 
@@ -52,6 +53,14 @@ SCENARIOS: dict[str, Scenario] = {
             zipf_s=1.0,
             concurrency=64,
             hot_swap_every_s=5.0,
+        ),
+        Scenario(
+            "memory-pressure",
+            "600 tasks (--tasks to change), equally popular, the cache sized by the server from its "
+            "memory limit: more memories than fit cycle through it; RSS is sampled",
+            tasks=600,
+            concurrency=8,
+            distinct_memories=4,
         ),
         # 8 texts per request: one load-generator process can then offer 2x the capacity in
         # instances (with single texts it managed ~58 requests/s here, a third of 2x).

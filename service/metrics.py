@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LOAD_BUCKETS
+from service.memlimit import resident_bytes
 from service.runtime import Runtime
 from service.usage import LATENCY_BUCKETS, UsageMeter
 
@@ -59,6 +60,7 @@ class RuntimeCollector(Collector):
             ("catalog_tasks", now.catalog_tasks, "tasks known to this replica"),
             ("unknown_task_ids", now.unknown_ids, "task ids remembered as unknown (negative cache)"),
             ("registry_up", int(now.registry_up), "1 when the registry answers"),
+            ("process_resident_bytes", resident_bytes(), "resident set of this process (RSS)"),
         ):
             yield GaugeMetricFamily(f"spartan_{name}", doc, value=value)
         info = GaugeMetricFamily(

@@ -312,6 +312,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--duration", dest="duration_s", type=float, default=30.0, help="seconds of load")
     run.add_argument("--requests", dest="max_requests", type=int, help="stop after this many requests")
     run.add_argument("--concurrency", type=int, help="closed-loop clients (default: the scenario's)")
+    run.add_argument("--tasks", type=int, help="tasks (default: the scenario's)")
     run.add_argument("--texts-per-request", type=int, help="texts per request (default: the scenario's)")
     run.add_argument("--max-seq-length", type=int, default=64, help="tokens per input (as calibrated)")
     run.add_argument(

@@ -71,6 +71,24 @@ def test_a_server_started_on_given_cpus_leaves_them_to_it(toy_data: Path) -> Non
     assert os.sched_getaffinity(0) == cpus, "the caller's CPUs are given back"
 
 
+def test_memory_pressure_cycles_more_memories_than_fit_and_samples_the_rss(
+    service_factory: Callable[..., RunningService], toy_data: Path
+) -> None:
+    service = service_factory(cache_bytes=1 << 20)
+    options = _options(service, toy_data, "memory-pressure", tasks=60, duration_s=2.0)
+    report, _ = run_load_test(options, "spartan loadtest run", lambda _: None)
+    assert report["errors"] == {}
+    server = report["server"]
+    assert isinstance(server, dict)
+    assert server["cache_evictions"] > 0, "60 tiny memories do not fit in 1 MiB"
+    rss = report["server_rss"]
+    assert isinstance(rss, dict)
+    assert rss["max_bytes"] > 10 << 20
+    assert rss["samples"], "sampled while the load ran"
+    with pytest.raises(LoadTestError, match="tasks must be at least 1"):
+        _options(service, toy_data, "memory-pressure", tasks=0)
+
+
 def test_hot_swap_scenario_serves_every_version_without_errors(
     service_factory: Callable[..., RunningService], toy_data: Path
 ) -> None:
