@@ -70,6 +70,7 @@ def start_server(
     port = port or free_port()
     env = {
         **os.environ,
+        "SPARTAN_DRAIN_S": "0",  # nothing balances load over a harness's server: stop at once unless asked
         **{f"SPARTAN_{k.upper()}": v for k, v in settings.items()},
         "SPARTAN_PORT": str(port),
     }

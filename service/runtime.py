@@ -111,6 +111,7 @@ class Runtime:
         self.unknown_hits = 0
         self.usage = UsageMeter(settings.metrics_max_task_series)
         self.registry_error: str | None = None
+        self.draining = False  # set on SIGTERM (service.serve): /readyz answers 503, requests still served
         self._sync_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
 

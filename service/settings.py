@@ -77,6 +77,13 @@ class ServiceSettings(BaseSettings):
         "max_batch_size); beyond it that tenant gets 429 while others are still admitted",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of one classify request")
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM: seconds /readyz answers 503 while requests are still served, so a "
+        "load balancer stops sending new ones; then admitted requests finish and the process exits",
+    )
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
     precision: PrecisionSetting = Field(
         "auto",

@@ -19,8 +19,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(runtime: RuntimeDep) -> Readiness:
-    """Ready when the backbone is loaded; says what is degraded (e.g. the registry is down)."""
+async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
+    """Ready when the backbone is loaded; says what is degraded (e.g. the registry is down).
+    503 while draining after SIGTERM (requests are still served; see service.serve)."""
     status = await runtime.status()
     choice, decision = status.precision, status.precision.decision
     precision = PrecisionStatus(setting=choice.setting, mode=choice.mode)
@@ -35,12 +36,14 @@ async def readyz(runtime: RuntimeDep) -> Readiness:
             cached=decision.cached,
             candidates=[PrecisionCandidate.model_validate(c) for c in decision.candidates],
         )
+    if runtime.draining:
+        response.status_code = 503
     return Readiness(
-        ready=True,
+        ready=not runtime.draining,
         backbone=status.backbone,
         precision=precision,
         registry="ok" if status.registry_up else "unavailable",
-        degraded=status.degraded,
+        degraded=status.degraded + (["draining: shutting down after SIGTERM"] if runtime.draining else []),
         resident_tasks=status.resident_tasks,
         resident_bytes=status.resident_bytes,
     )
