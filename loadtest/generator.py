@@ -86,14 +86,17 @@ class LoadGenerator:
         self.samples: list[Sample] = []
         self._rng = random.Random(options.seed)
         self._sent = 0
+        self._stopped = False
         self._started = 0.0
         self.sending_seconds = 0.0  # how long requests were being sent (the run minus the drain)
 
     def _next_request(self) -> tuple[int, list[str]] | None:
         """(task index, texts) of the next request, or None when the count or time bound is reached."""
         elapsed = time.monotonic() - self._started
-        if (self.options.max_requests is not None and self._sent >= self.options.max_requests) or (
-            elapsed >= self.options.duration_s
+        if (
+            self._stopped
+            or (self.options.max_requests is not None and self._sent >= self.options.max_requests)
+            or elapsed >= self.options.duration_s
         ):
             if not self.sending_seconds:
                 self.sending_seconds = elapsed
@@ -113,6 +116,10 @@ class LoadGenerator:
             status = NO_ANSWER
         now = time.monotonic()
         self.samples.append(Sample(start - self._started, now - start, status, len(texts), task, version))
+
+    def stop(self) -> None:
+        """Send no further request (those in flight are still answered): ends :meth:`run` early."""
+        self._stopped = True
 
     async def run(self, on_progress: Callable[[float], None] | None = None) -> float:
         """Send the load until a bound is reached and every answer is in; returns the seconds taken."""

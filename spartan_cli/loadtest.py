@@ -203,6 +203,22 @@ def cmd_noisy_neighbour(args: argparse.Namespace) -> int:
     return 0 if report["server_exit"] is None else 1
 
 
+def cmd_rolling_restart(args: argparse.Namespace) -> int:
+    from loadtest.rolling import RollingOptions, plot_rolling, run_rolling_restart
+
+    options = options_from(args, RollingOptions)
+    report, samples, events = run_rolling_restart(options, args.command_line, log)
+    _emit(report, args.json, args.command_line)
+    if args.json is not None:
+        title = f"rolling restart behind haproxy, {args.backbone}"
+        seconds = report["seconds"]
+        assert isinstance(seconds, float), "summarise reports seconds"
+        plot_rolling(samples, seconds, events, title, args.json.with_suffix(".png"))
+        log(f"wrote {args.json.with_suffix('.png')}")
+    log(f"{report['requests']} requests, {report['failed_requests']} failed: {report['errors'] or 'none'}")
+    return 0 if report["target_zero_failed"] else 1
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -380,6 +396,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     neighbour.add_argument("--seed", type=int, default=0)
     neighbour.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
     neighbour.set_defaults(func=cmd_noisy_neighbour)
+
+    rolling = commands.add_parser(
+        "rolling-restart",
+        help="two replicas on Redis behind haproxy, each restarted with SIGTERM under load: failed requests",
+    )
+    rolling.add_argument("--data", type=Path, required=True, help="data root; dev texts are sent")
+    rolling.add_argument("--texts", default="sst2", help="data set whose texts are sent")
+    rolling.add_argument("--backbone", default="minilm")
+    rolling.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the replicas' registry")
+    rolling.add_argument(
+        "--haproxy-config", type=Path, default=Path("deploy/haproxy/haproxy.cfg"), help="the proxy's config"
+    )
+    rolling.add_argument("--concurrency", type=int, default=8, help="closed-loop clients through the proxy")
+    rolling.add_argument(
+        "--settle", dest="settle_s", type=float, default=10.0, help="seconds of load around each restart"
+    )
+    rolling.add_argument("--drain", dest="drain_s", type=float, default=2.0, help="each replica's drain_s")
+    rolling.add_argument("--rounds", type=int, default=1, help="restarts of every replica")
+    rolling.add_argument("--seed", type=int, default=0)
+    rolling.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
+    rolling.set_defaults(func=cmd_rolling_restart)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(func=cmd_scenarios)
