@@ -12,12 +12,17 @@ would lose every request in flight.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.cpu import own_cgroup, read_value
 from service.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 256 << 20
 HEADROOM_FRACTION = 0.25
@@ -68,3 +73,30 @@ def cache_budget(limit: int | None, resident: int) -> CacheBudget:
             f"{MIN_CACHE_BYTES >> 20} MiB minimum: raise the memory limit or set SPARTAN_CACHE_BYTES"
         )
     return CacheBudget(budget, f"{numbers} = {budget >> 20} MiB")
+
+
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas() -> None:
+    """Cap glibc malloc at :data:`MALLOC_ARENAS` arenas, unless ``MALLOC_ARENA_MAX`` is set. Call
+    before the threads start.
+
+    Each thread that allocates may get an arena of its own, and a freed memory stays inside its
+    arena. Memories loaded and evicted from worker threads, between batch activations, then spread
+    over many arenas and the resident set grows well past what the cache holds. Measured with
+    RoBERTa-base, a 300 MiB cache and 120 tasks cycling for 60 s (``loadtest run --scenario
+    memory-pressure``): the RSS grew by 420 MiB with glibc's default, and by 146 MiB with 2 arenas,
+    at the same speed. jemalloc grew by 77 MiB but ran bf16 passes 25% slower.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        done = libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS) if name and hasattr(libc, "mallopt") else 0
+    except OSError:
+        done = 0
+    if not done:
+        log.info("malloc arenas not limited: no glibc mallopt here")

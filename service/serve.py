@@ -24,8 +24,10 @@ def run(settings: ServiceSettings) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.memlimit import limit_malloc_arenas
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit_malloc_arenas()  # before any thread allocates: the cache's churn stays in few arenas
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):
