@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
+
 from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, Sample, check_loopback
@@ -106,7 +108,10 @@ async def _sample_rss(client: AsyncSpartanClient, into: list[tuple[float, float]
     """Append (seconds since start, the server's resident bytes) every RSS_EVERY_S until cancelled."""
     started = time.monotonic()
     while True:
-        value = scrape(await client.metrics()).get("spartan_process_resident_bytes")
+        try:
+            value = scrape(await client.metrics()).get("spartan_process_resident_bytes")
+        except httpx.HTTPError:  # the server is gone; the run reports how it ended
+            return
         if value is not None:
             into.append((time.monotonic() - started, value))
         await asyncio.sleep(RSS_EVERY_S)
@@ -251,7 +256,11 @@ async def _run(
         seconds = await generator.run(lambda elapsed: progress(_progress_line(generator.samples, elapsed)))
         sampler.cancel()
         swapped = await swap_job if swap_job is not None else None
-        after = scrape(await client.metrics())
+        try:
+            after = scrape(await client.metrics())
+        except httpx.HTTPError as exc:  # the server died during the run: report what the clients saw
+            progress(f"the server did not answer /metrics after the load ({type(exc).__name__})")
+            after = {}
     report = summarise(generator.samples, seconds, before, after)
     report["capacity_inst_per_min"] = round(60 * capacity, 1) if capacity is not None else None
     report["server_rss"] = {
