@@ -104,16 +104,17 @@ async def _hot_swaps(
 RSS_EVERY_S = 5.0
 
 
-async def _sample_rss(client: AsyncSpartanClient, into: list[tuple[float, float]]) -> None:
-    """Append (seconds since start, the server's resident bytes) every RSS_EVERY_S until cancelled."""
+async def _sample_rss(client: AsyncSpartanClient, into: list[tuple[float, float, float]]) -> None:
+    """Append (seconds since start, the server's resident bytes, the bytes its cache holds) every
+    RSS_EVERY_S until cancelled: what the cache does not explain is the rest of the process."""
     started = time.monotonic()
     while True:
         try:
-            value = scrape(await client.metrics()).get("spartan_process_resident_bytes")
+            metrics = scrape(await client.metrics())
         except httpx.HTTPError:  # the server is gone; the run reports how it ended
             return
-        if value is not None:
-            into.append((time.monotonic() - started, value))
+        if (rss := metrics.get("spartan_process_resident_bytes")) is not None:
+            into.append((time.monotonic() - started, rss, metrics.get("spartan_cache_resident_bytes", 0.0)))
         await asyncio.sleep(RSS_EVERY_S)
 
 
@@ -251,7 +252,7 @@ async def _run(
             swap_job = asyncio.create_task(
                 _hot_swaps(client, names[0], swaps, scenario.hot_swap_every_s, until)
             )
-        rss: list[tuple[float, float]] = []
+        rss: list[tuple[float, float, float]] = []
         sampler = asyncio.create_task(_sample_rss(client, rss))
         seconds = await generator.run(lambda elapsed: progress(_progress_line(generator.samples, elapsed)))
         sampler.cancel()
@@ -264,9 +265,9 @@ async def _run(
     report = summarise(generator.samples, seconds, before, after)
     report["capacity_inst_per_min"] = round(60 * capacity, 1) if capacity is not None else None
     report["server_rss"] = {
-        "max_bytes": int(max((b for _, b in rss), default=0)),
+        "max_bytes": int(max((b for _, b, _ in rss), default=0)),
         "every_s": RSS_EVERY_S,
-        "samples": [[round(t, 1), int(b)] for t, b in rss],
+        "samples": [[round(t, 1), int(b), int(c)] for t, b, c in rss],  # seconds, RSS, cache bytes
     }
     if load.mode == "open":  # an open loop is only as good as the rate the generator really sent
         sent = len(generator.samples) / max(generator.sending_seconds, 1e-9)  # over the sending window

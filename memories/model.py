@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -107,7 +108,7 @@ def pack_tensors(
 ) -> PackedMemory:
     """The inference form of a task's tensors (``TaskMemory.state_dict`` names): the layers
     resident in ``dtype``, the head in ``head_dtype`` (default: ``dtype``). Keys are packed in
-    fp32, then cast. The result may share storage with ``tensors``."""
+    fp32, then cast. The result is a copy, in one memory mapping of its own (:func:`in_own_mapping`)."""
     head_dtype = dtype if head_dtype is None else head_dtype
     for name, wanted in (("resident", dtype), ("head", head_dtype)):
         assert wanted in RESIDENT_DTYPES, f"{name} dtype must be one of {RESIDENT_DTYPES}, got {wanted}"
@@ -117,12 +118,38 @@ def pack_tensors(
             tensors[f"layers.{i}.{name}"].float() for name in ("parent_keys", "child_keys", "child_values")
         )
         keys = pack_keys(parent_keys, child_keys, config.child_temperature)  # [Np + Nc*Np, d]
-        layers.append((keys.to(dtype).contiguous(), pack_values(child_values).to(dtype).contiguous()))
-    dense_w, dense_b, out_w, out_b = (
-        tensors[f"head.{name}"].to(head_dtype).contiguous()
+        layers.append((keys.to(dtype), pack_values(child_values).to(dtype)))
+    head = [
+        tensors[f"head.{name}"].to(head_dtype)
         for name in ("dense.weight", "dense.bias", "out.weight", "out.bias")
-    )
-    return PackedMemory(config, pooling, tuple(layers), (dense_w, dense_b, out_w, out_b))
+    ]
+    owned = in_own_mapping([t for pair in layers for t in pair] + head)
+    pairs = tuple((owned[2 * i], owned[2 * i + 1]) for i in range(num_layers))
+    dense_w, dense_b, out_w, out_b = owned[2 * num_layers :]
+    return PackedMemory(config, pooling, pairs, (dense_w, dense_b, out_w, out_b))
+
+
+def in_own_mapping(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Contiguous copies of ``tensors`` in one anonymous memory mapping of their own.
+
+    A cache keeps thousands of memories and evicts them in any order. As malloc blocks, their
+    freed tensors left holes in the heap, between batch activations, and the resident set grew
+    past the cache's budget until a memory limit killed the process (docs/reliability.md,
+    section 6). A mapping goes back to the system whole once the last of its tensors is gone.
+    """
+    align = 64  # bytes: every dtype's alignment, and a cache line
+    offsets, total = [], 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // align) * align
+    flat = torch.frombuffer(mmap.mmap(-1, max(total, align)), dtype=torch.uint8)  # keeps the mapping alive
+    copies = []
+    for tensor, offset in zip(tensors, offsets, strict=True):
+        size = tensor.numel() * tensor.element_size()
+        copy = flat[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+        copy.copy_(tensor)
+        copies.append(copy)
+    return copies
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,7 +7,7 @@ import torch
 
 from memories.backbone import Backbone, pool
 from memories.config import SpartanConfig
-from memories.model import PackedMemory, TaskMemory, run_batch
+from memories.model import PackedMemory, TaskMemory, in_own_mapping, run_batch
 from tests.conftest import TINY_BACKBONES
 
 TEXTS = [
@@ -159,3 +159,16 @@ def test_declared_shapes_are_the_modules_own() -> None:
     config = SpartanConfig(num_parents=5, num_children=2, top_k=3)
     task = TaskMemory(12, 3, 4, config)
     assert TaskMemory.shapes(12, 3, 4, config) == {n: tuple(t.shape) for n, t in task.state_dict().items()}
+
+
+def test_a_packed_memory_lives_in_one_mapping_of_its_own() -> None:
+    task = TaskMemory(16, 2, 3, SpartanConfig(num_parents=4, num_children=2, top_k=2)).requires_grad_(False)
+    packed = task.pack("cls", torch.bfloat16, torch.float32)
+    tensors = [t for pair in packed.layers for t in pair] + list(packed.head)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1, "one mapping, freed whole"
+    assert all(t.is_contiguous() for t in tensors)
+    again = task.pack("cls", torch.bfloat16, torch.float32)
+    for a, b in zip(tensors, [t for pair in again.layers for t in pair] + list(again.head), strict=True):
+        assert torch.equal(a, b)
+    copies = in_own_mapping([torch.arange(5), torch.ones(3, dtype=torch.float16)])
+    assert [c.tolist() for c in copies] == [[0, 1, 2, 3, 4], [1.0, 1.0, 1.0]]
