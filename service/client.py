@@ -113,6 +113,12 @@ def _usage(since: datetime | None, until: datetime | None) -> _Request:
     return _Request("GET", "/v1/usage", params=params)
 
 
+KEEPALIVE_S = 2.0
+"""How long an idle connection is reused: below the server's keep-alive timeout (uvicorn's 5 s), so
+the client never sends on a connection the server is closing at that moment (the request would
+fail with a ReadError; seen when a hot-swap upload came every 5 s)."""
+
+
 class SpartanClient:
     """Blocking client."""
 
@@ -120,7 +126,11 @@ class SpartanClient:
         self, base_url: str, api_key: str | None = None, timeout: float = 60.0, tenant: str | None = None
     ) -> None:
         self._http = httpx.Client(
-            base_url=base_url, headers=_headers(api_key), params=_params(tenant), timeout=timeout
+            base_url=base_url,
+            headers=_headers(api_key),
+            params=_params(tenant),
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
         )
 
     def __enter__(self) -> SpartanClient:
@@ -193,7 +203,11 @@ class AsyncSpartanClient:
             headers=_headers(api_key),
             params=_params(tenant),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=KEEPALIVE_S,
+            ),
         )
 
     async def __aenter__(self) -> AsyncSpartanClient:
