@@ -58,6 +58,14 @@ class ServerProcess:
         self.process.wait(timeout)
 
 
+def is_ready(url: str) -> bool:
+    """Whether the server at ``url`` answers ``/readyz`` with 200 now."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def start_server(
     settings: dict[str, str],
     log: Path,
@@ -90,11 +98,25 @@ def start_server(
         if (reason := server.exit_reason()) is not None:
             server.stop()
             raise RuntimeError(f"spartan serve {reason}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
+        if is_ready(server.url):
+            return server
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"spartan serve was not ready within {ready_timeout} s; see {log}")
+
+
+def drop_redis_prefixes(url: str, prefixes: list[str]) -> None:
+    """Remove the keys of the registries a run created (best effort: Redis may be gone)."""
+    import redis
+
+    if not prefixes:
+        return
+    try:
+        client = redis.Redis.from_url(url)
+        for prefix in prefixes:
+            keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+        client.close()
+    except redis.RedisError:
+        pass

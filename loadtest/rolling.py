@@ -23,11 +23,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 from loadtest.errors import LoadTestError
 from loadtest.generator import LoadGenerator, LoadOptions, Sample
-from loadtest.launcher import ServerProcess, free_port, start_server
+from loadtest.launcher import ServerProcess, drop_redis_prefixes, free_port, is_ready, start_server
 from loadtest.report import summarise, timeline
 from loadtest.synthetic import random_memories
 from loadtest.workload import Zipf, load_texts
@@ -110,11 +108,8 @@ def _haproxy(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[b
 def _wait_ready(url: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if is_ready(url):
+            return
         time.sleep(0.1)
     raise LoadTestError(f"{url} did not become ready within {seconds:g} s")
 
@@ -158,17 +153,6 @@ async def _load_during_roll(
         generator.stop()
     seconds = await run
     return generator, seconds, events
-
-
-def _remove_keys(redis_url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(f"{prefix}:*"):
-            client.delete(key)
-    finally:
-        client.close()
 
 
 def run_rolling_restart(
@@ -218,7 +202,7 @@ def run_rolling_restart(
                 haproxy.wait(10)
             for replica in replicas:
                 replica.stop()
-            _remove_keys(options.redis_url, prefix)
+            drop_redis_prefixes(options.redis_url, [prefix])
     report = summarise(generator.samples, seconds, {}, {})
     report.pop("server")  # two replicas restarted: no single server's counters span the run
     failed = sum(1 for sample in generator.samples if sample.status != 200)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.errors import LoadTestError
-from loadtest.launcher import ServerProcess, start_server
+from loadtest.launcher import ServerProcess, drop_redis_prefixes, start_server
 from loadtest.report import percentile, scrape
 from loadtest.run import upload_memories
 from loadtest.synthetic import random_memories
@@ -143,24 +143,7 @@ def _servers(options: ServingOptions) -> Iterator[_Servers]:
             yield servers
         finally:
             servers.stop_all()
-            _drop_redis_prefixes(options.redis_url, servers.redis_prefixes)
-
-
-def _drop_redis_prefixes(url: str, prefixes: list[str]) -> None:
-    """Remove the keys of the registries this run created (best effort: Redis may be gone)."""
-    import redis
-
-    if not prefixes:
-        return
-    try:
-        client = redis.Redis.from_url(url)
-        for prefix in prefixes:
-            keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-        client.close()
-    except redis.RedisError:
-        pass
+            drop_redis_prefixes(options.redis_url, servers.redis_prefixes)
 
 
 def memory_blobs(
