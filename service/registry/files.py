@@ -72,6 +72,8 @@ _CURRENT = "current.json"
 _CHANGED = ".changed"
 _TENANTS = "tenants"
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_GONE = "the registry directory is gone (deleted or unmounted)"
+_READ_ONLY = "the registry is on a read-only filesystem"
 LOW_SPACE_BYTES = 64 << 10
 """Readiness calls the registry full below this much free space, or while the last write found it
 full (until a write succeeds)."""
@@ -126,13 +128,9 @@ class _Faults:
                 "space or enlarge the registry's volume, then retry"
             )
         if exc.errno == errno.EROFS:
-            return RegistryUnavailableError(
-                f"the registry is on a read-only filesystem: {doing} stored nothing"
-            )
+            return RegistryUnavailableError(f"{_READ_ONLY}: {doing} stored nothing")
         if self.gone():
-            return RegistryUnavailableError(
-                f"the registry directory is gone (deleted or unmounted): {doing} stored nothing"
-            )
+            return RegistryUnavailableError(f"{_GONE}: {doing} stored nothing")
         if exc.errno in (errno.EACCES, errno.EPERM):
             return RegistryUnavailableError(
                 f"the registry directory cannot be written ({exc.strerror}): {doing} stored nothing"
@@ -143,9 +141,7 @@ class _Faults:
     def writing(self, doing: str) -> Iterator[None]:
         """Around a write: its storage faults as registry errors (see :meth:`error`)."""
         if self.gone():
-            raise RegistryUnavailableError(
-                f"the registry directory is gone (deleted or unmounted): {doing} stored nothing"
-            )
+            raise RegistryUnavailableError(f"{_GONE}: {doing} stored nothing")
         try:
             yield
         except OSError as exc:
@@ -159,9 +155,7 @@ class _Faults:
             yield
         except OSError:
             if self.gone():
-                raise RegistryUnavailableError(
-                    "the registry directory is gone (deleted or unmounted)"
-                ) from None
+                raise RegistryUnavailableError(_GONE) from None
             raise
 
 
@@ -427,11 +421,9 @@ class FileRegistry(Registry):
 
     def _ping(self) -> None:
         if self._faults.gone():
-            raise RegistryUnavailableError("the registry directory is gone (deleted or unmounted)")
-        if os.statvfs(self.root).f_flag & os.ST_RDONLY:
-            raise RegistryUnavailableError(
-                "the registry is on a read-only filesystem: uploads and deletes answer 503"
-            )
+            raise RegistryUnavailableError(_GONE)
+        if os.statvfs(self.root).f_flag & os.ST_RDONLY:  # status() adds what still works
+            raise RegistryUnavailableError(_READ_ONLY)
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._ping)
