@@ -123,6 +123,9 @@ class _Servers:
             "threads": str(self.options.threads),
             "cache_bytes": str(cache_bytes),
             "resident_dtype": "auto",
+            # these measure the cache and the registries, not precision: with auto, a bf16 choice
+            # would keep fp32 and fp16 files alike in bf16 on some hosts and not on others
+            "precision": "fp32",
             "max_wait_ms": "0",
         }
         server = start_server(settings, self.workdir / f"{name}.log", ready_timeout=600)
