@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 
 from memories.backbone import Backbone
@@ -21,7 +23,8 @@ from memories.backbones import default_cache_dir, load_backbone
 from memories.compiled import Buckets, compile_backbone
 from memories.errors import ConfigError
 from service.api import errors
-from service.api.routes import classify, health, memories, usage
+from service.api.openapi import spec_builder
+from service.api.routes import classify, health, memories, usage, v2
 from service.cpu import available_cpus
 from service.engine import Engine
 from service.memlimit import cache_budget, memory_limit, resident_bytes
@@ -43,6 +46,12 @@ def make_registry(settings: ServiceSettings) -> Registry:
     if settings.registry == "redis":
         return RedisRegistry(settings.redis_url, settings.redis_prefix, settings.keep_versions, retention)
     return FileRegistry(settings.registry_dir, settings.keep_versions, usage_retention_days=retention)
+
+
+def operation_id(route: APIRoute) -> str:
+    """An operation's id in the spec: its handler's name (put_memory, classify, ...), which clients
+    generated from the spec turn into method names."""
+    return route.name
 
 
 def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> FastAPI:
@@ -125,18 +134,21 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             watcher.cancel()
             await runtime.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load Swagger UI and ReDoc from the package, offline
         title="spartan-serve",
         summary="Multi-tenant text classification with SPARTAN memories on one frozen encoder",
         version="0.1.0",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     metrics_registry = CollectorRegistry()
     app.state.metrics_registry = metrics_registry
     app.add_middleware(HTTPMetrics, registry=metrics_registry)
     errors.install(app)
+    app.openapi = spec_builder(app, settings.max_inputs, settings.max_text_chars)  # type: ignore[method-assign]
     app.include_router(classify.router)
     app.include_router(memories.router)
     app.include_router(usage.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     return app

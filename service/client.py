@@ -27,23 +27,29 @@ from service.api.schemas import (
     MemoryInfo,
     MemoryPage,
     PairInput,
+    PipelineAnswer,
     Readiness,
     UsageReport,
+    VersionList,
 )
-from service.predictions import Explain
+from service.predictions import AnswerFormat, Explain
 
 M = TypeVar("M", bound=BaseModel)
 Inputs = str | Sequence[str] | Sequence[PairInput] | Sequence[tuple[str, str]]
 
 
 class ServiceHTTPError(Exception):
-    """An error response: ``status``, the server's ``detail`` and ``retry_after`` (seconds) if given."""
+    """An error response (an RFC 9457 problem): ``status``, the server's ``detail``, the problem
+    ``type`` (docs/api.md lists them) and ``retry_after`` (seconds) if given."""
 
-    def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
+    def __init__(
+        self, status: int, detail: str, retry_after: float | None, problem_type: str | None = None
+    ) -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+        self.problem_type = problem_type
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,33 @@ class _Calls:
     """Request builders and response parsers shared by both clients."""
 
     @staticmethod
-    def classify(task: str, inputs: Inputs, explain: Explain) -> _Request:
+    def classify(
+        task: str, inputs: Inputs, explain: Explain, answer_format: AnswerFormat, top_k: int | None
+    ) -> _Request:
         if isinstance(inputs, str):
             body: Any = inputs
         else:
             body = [PairInput(text=i[0], pair=i[1]) if isinstance(i, tuple) else i for i in inputs]
         request = ClassifyRequest(inputs=body, explain=explain)
-        return _Request("POST", f"/v1/{task}/classify", json=request.model_dump(mode="json"))
+        params: dict[str, Any] = {"format": answer_format} if answer_format != "spartan" else {}
+        if top_k is not None:
+            params["top_k"] = top_k
+        return _Request(
+            "POST", f"/v1/{task}/classify", json=request.model_dump(mode="json"), params=params or None
+        )
+
+    @staticmethod
+    def versions(task: str) -> _Request:
+        return _Request("GET", f"/v1/memories/{task}/versions")
+
+    @staticmethod
+    def download(task: str, version: int) -> _Request:
+        return _Request("GET", f"/v1/memories/{task}/versions/{version}/file")
+
+    @staticmethod
+    def restore(task: str, version: int, if_match: int | None) -> _Request:
+        headers = {"if-match": str(if_match)} if if_match is not None else None
+        return _Request("POST", f"/v1/memories/{task}/versions/{version}/restore", headers=headers)
 
     @staticmethod
     def put_memory(task: str, data: bytes, if_match: int | None) -> _Request:
@@ -92,11 +118,14 @@ class _Calls:
     def parse(response: httpx.Response, model: type[M] | None) -> M | None:
         if response.status_code >= 400:
             try:
-                detail = str(response.json().get("detail", response.text))
+                problem = response.json()
+                detail, problem_type = str(problem.get("detail", response.text)), problem.get("type")
             except ValueError:
-                detail = response.text
+                detail, problem_type = response.text, None
             retry = response.headers.get("retry-after")
-            raise ServiceHTTPError(response.status_code, detail, float(retry) if retry else None)
+            raise ServiceHTTPError(
+                response.status_code, detail, float(retry) if retry else None, problem_type
+            )
         return model.model_validate_json(response.content) if model is not None else None
 
 
@@ -153,8 +182,32 @@ class SpartanClient:
         )
         return _Calls.parse(response, model)
 
-    def classify(self, task: str, inputs: Inputs, explain: Explain = "none") -> ClassifyResponse:
-        return _required(self._send(_Calls.classify(task, inputs, explain), ClassifyResponse))
+    def _download(self, request: _Request) -> bytes:
+        response = self._http.request(request.method, request.url)
+        _Calls.parse(response, None)
+        return response.content
+
+    def classify(
+        self, task: str, inputs: Inputs, explain: Explain = "none", top_k: int | None = None
+    ) -> ClassifyResponse:
+        """``top_k``: only the k most probable labels' scores (default: every label)."""
+        request = _Calls.classify(task, inputs, explain, "spartan", top_k)
+        return _required(self._send(request, ClassifyResponse))
+
+    def classify_pipeline(self, task: str, inputs: Inputs, top_k: int | None = None) -> PipelineAnswer:
+        """What a transformers text-classification pipeline returns for ``inputs``."""
+        return _required(self._send(_Calls.classify(task, inputs, "none", "pipeline", top_k), PipelineAnswer))
+
+    def list_versions(self, task: str) -> VersionList:
+        return _required(self._send(_Calls.versions(task), VersionList))
+
+    def download_version(self, task: str, version: int) -> bytes:
+        """The memory file of a kept version, as uploaded."""
+        return self._download(_Calls.download(task, version))
+
+    def restore_version(self, task: str, version: int, if_match: int | None = None) -> MemoryInfo:
+        """Roll back: ``version``'s bytes become the next, current version."""
+        return _required(self._send(_Calls.restore(task, version, if_match), MemoryInfo))
 
     def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
         return _required(self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))
@@ -230,8 +283,29 @@ class AsyncSpartanClient:
         )
         return _Calls.parse(response, model)
 
-    async def classify(self, task: str, inputs: Inputs, explain: Explain = "none") -> ClassifyResponse:
-        return _required(await self._send(_Calls.classify(task, inputs, explain), ClassifyResponse))
+    async def _download(self, request: _Request) -> bytes:
+        response = await self._http.request(request.method, request.url)
+        _Calls.parse(response, None)
+        return response.content
+
+    async def classify(
+        self, task: str, inputs: Inputs, explain: Explain = "none", top_k: int | None = None
+    ) -> ClassifyResponse:
+        request = _Calls.classify(task, inputs, explain, "spartan", top_k)
+        return _required(await self._send(request, ClassifyResponse))
+
+    async def classify_pipeline(self, task: str, inputs: Inputs, top_k: int | None = None) -> PipelineAnswer:
+        request = _Calls.classify(task, inputs, "none", "pipeline", top_k)
+        return _required(await self._send(request, PipelineAnswer))
+
+    async def list_versions(self, task: str) -> VersionList:
+        return _required(await self._send(_Calls.versions(task), VersionList))
+
+    async def download_version(self, task: str, version: int) -> bytes:
+        return await self._download(_Calls.download(task, version))
+
+    async def restore_version(self, task: str, version: int, if_match: int | None = None) -> MemoryInfo:
+        return _required(await self._send(_Calls.restore(task, version, if_match), MemoryInfo))
 
     async def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
         return _required(await self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))

@@ -58,7 +58,8 @@ class Classification:
 
 
 def check_inputs(inputs: Sequence[TextInput], max_inputs: int, max_chars: int) -> None:
-    """Refuse a request with no text, an empty text, or over the per-request limits."""
+    """Refuse a request with no text, an empty text, or over the limits: ``max_inputs`` texts (or
+    pairs) per request, ``max_chars`` characters per text (each text of a pair on its own)."""
     if not inputs:
         raise InvalidRequestError("inputs: give at least one text")
     if len(inputs) > max_inputs:
@@ -66,9 +67,9 @@ def check_inputs(inputs: Sequence[TextInput], max_inputs: int, max_chars: int) -
     for n, item in enumerate(inputs):
         if not item.text.strip():
             raise InvalidRequestError(f"inputs[{n}]: the text is empty")
-        chars = len(item.text) + len(item.pair or "")
+        chars = max(len(item.text), len(item.pair or ""))
         if chars > max_chars:
-            raise PayloadTooLargeError(f"inputs[{n}]: {chars} characters, the limit is {max_chars}")
+            raise PayloadTooLargeError(f"inputs[{n}]: {chars} characters, the limit is {max_chars} per text")
 
 
 def softmax(logits: list[float]) -> list[float]:
@@ -99,3 +100,61 @@ def predict(
     probs = softmax(logits)
     scores = {label: round(p, 6) for label, p in zip(meta.labels, probs, strict=True)}
     return Prediction(label=meta.labels[probs.index(max(probs))], scores=scores, parents=parents)
+
+
+AnswerFormat = Literal["spartan", "pipeline"]
+
+REGRESSION_LABEL = "LABEL_0"
+"""The label a transformers pipeline gives a one-output regression model's value."""
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label and its probability, as a transformers text-classification pipeline gives it."""
+
+    label: str
+    score: float
+
+
+def ranked(prediction: Prediction, top_k: int | None) -> list[LabelScore]:
+    """The ``top_k`` labels by decreasing probability (None: every label). A regression's value
+    is one ``LABEL_0`` score, like a pipeline's with ``function_to_apply="none"``."""
+    if prediction.scores is None:
+        assert prediction.value is not None, "a prediction has scores or a value"
+        return [LabelScore(REGRESSION_LABEL, prediction.value)]
+    order = sorted(prediction.scores.items(), key=lambda item: item[1], reverse=True)
+    return [LabelScore(label, score) for label, score in order[:top_k]]
+
+
+def top_scores(prediction: Prediction, top_k: int | None) -> Prediction:
+    """The prediction with only its ``top_k`` most probable labels' scores (None: all)."""
+    if top_k is None or prediction.scores is None:
+        return prediction
+    kept = {item.label: item.score for item in ranked(prediction, top_k)}
+    return Prediction(prediction.label, kept, prediction.value, prediction.parents)
+
+
+def as_pipeline(
+    answer: Classification, top_k: int | None, single_text: bool
+) -> list[LabelScore] | list[list[LabelScore]]:
+    """What ``transformers.pipeline("text-classification")`` returns for the same inputs.
+
+    Without ``top_k``: the best label of each input, one entry per input. With ``top_k``: each
+    input's ``top_k`` best labels, a list per input, or one flat list for a single text.
+    """
+    if top_k is None:
+        return [ranked(p, 1)[0] for p in answer.predictions]
+    per_input = [ranked(p, top_k) for p in answer.predictions]
+    return per_input[0] if single_text else per_input
+
+
+def render(
+    answer: Classification, answer_format: AnswerFormat, top_k: int | None, single_text: bool
+) -> Classification | list[LabelScore] | list[list[LabelScore]]:
+    """The answer in the asked format: the service's own (scores cut to the ``top_k`` best
+    labels when given) or a transformers pipeline's (:func:`as_pipeline`)."""
+    if answer_format == "pipeline":
+        return as_pipeline(answer, top_k, single_text)
+    if top_k is None:
+        return answer
+    return Classification(answer.task, answer.version, [top_scores(p, top_k) for p in answer.predictions])

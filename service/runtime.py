@@ -203,6 +203,13 @@ class Runtime:
         """The largest memory file an upload may send."""
         return self.settings.max_upload_bytes
 
+    @property
+    def max_infer_bytes(self) -> int:
+        """The largest v2 inference request: every text and pair at its longest, each character
+        escaped in JSON (up to 6 bytes), plus room for the rest."""
+        settings = self.settings
+        return settings.max_inputs * 2 * settings.max_text_chars * 6 + (1 << 20)
+
     async def status(self) -> Status:
         """Readiness: asks the registry now, and says what is degraded and what still works."""
         degraded = []
@@ -277,6 +284,19 @@ class Runtime:
         check_backbone(memfile.metadata, self.backbone)
         return _loaded(ref, version, memfile, self.settings.resident_dtype, self.backbone.dtype)
 
+    async def versions(self, ref: TaskRef) -> list[VersionInfo]:
+        """The task's kept versions, newest first; TaskNotFoundError if it does not exist."""
+        return await self.registry.versions(ref)
+
+    async def version_file(self, ref: TaskRef, version: int) -> tuple[VersionInfo, bytes]:
+        """One kept version's record and bytes; TaskNotFoundError naming the kept ones if gone."""
+        kept = await self.registry.versions(ref)
+        info = next((i for i in kept if i.version == version), None)
+        if info is None:
+            numbers = ", ".join(str(i.version) for i in kept)
+            raise TaskNotFoundError(f"task {ref.task!r} keeps versions {numbers}, not {version}")
+        return info, await self.registry.read(ref, version)
+
     async def page(self, tenant: str, after: str | None, limit: int) -> tuple[list[VersionInfo], str | None]:
         """A page of the tenant's tasks in id order and the cursor of the next page (None: last)."""
         items = await self.registry.list(tenant, after, limit + 1)
@@ -288,12 +308,22 @@ class Runtime:
 
     async def upload(self, ref: TaskRef, data: bytes, if_match: int | None) -> VersionInfo:
         """Validate completely, then store as the next version; the registry is untouched on error."""
+        return await self._store(ref, data, if_match, None)
+
+    async def restore(self, ref: TaskRef, version: int, if_match: int | None) -> VersionInfo:
+        """Roll back: store a kept older version's bytes again as the next version (numbers only
+        grow, so replicas, caches and ETags see it as any upload), recording where it came from."""
+        info, data = await self.version_file(ref, version)
+        return await self._store(ref, data, if_match, info.version)
+
+    async def _store(
+        self, ref: TaskRef, data: bytes, if_match: int | None, restored_from: int | None
+    ) -> VersionInfo:
         memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
         check_backbone(memfile.metadata, self.backbone)
         quota = self.tenancy.quota(ref.tenant)
-        info = await self.registry.put(
-            ref, data, memfile.sha256, memfile.metadata.model_dump(), if_match, quota
-        )
+        metadata = memfile.metadata.model_dump()
+        info = await self.registry.put(ref, data, memfile.sha256, metadata, if_match, quota, restored_from)
         self._apply(ref, info)
         resident, compute = self.settings.resident_dtype, self.backbone.dtype
         self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident, compute))

@@ -1,17 +1,25 @@
-"""One HTTP status per error class; every error body is ``{"detail": "<what to fix>"}``.
+"""One status, problem type and title per error class; every error body is an RFC 9457 problem.
 
-Messages come from the exception (written for users); unexpected exceptions answer 500 with a
-generic message and are logged with their traceback, which never reaches the client.
+Messages come from the exception (written for users) and become the problem's ``detail``.
+FastAPI's own request validation answers 422 with one ``errors`` entry per field; Starlette's
+404 (no such route) and 405 (method not allowed, with its ``Allow`` header) answer problems too.
+Unexpected exceptions answer 500 with a generic message and are logged with their traceback,
+which never reaches the client.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 from memories.errors import (
     BackboneMismatchError,
@@ -20,12 +28,14 @@ from memories.errors import (
     MemoryTooLargeError,
     SpartanError,
 )
+from service.api.problems import FieldError, Location, problem
 from service.errors import (
     DeadlineExceededError,
     ForbiddenError,
     InvalidRequestError,
     OverloadedError,
     PayloadTooLargeError,
+    RateLimitedError,
     RegistryFullError,
     RegistryUnavailableError,
     ServiceError,
@@ -33,6 +43,7 @@ from service.errors import (
     StorageQuotaError,
     TaskNotFoundError,
     UnauthorizedError,
+    UnknownTenantError,
     UnsupportedMediaTypeError,
     VersionConflictError,
 )
@@ -42,65 +53,145 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1
 """Retry-After of a 503 (the registry or the service going away): a short, fixed pause."""
 
-# Most specific first: the first matching class decides the status.
-STATUS: list[tuple[type[Exception], int]] = [
-    (UnauthorizedError, 401),
-    (ForbiddenError, 403),
-    (StorageQuotaError, 403),
-    (InvalidRequestError, 422),
-    (PayloadTooLargeError, 413),
-    (UnsupportedMediaTypeError, 415),
-    (TaskNotFoundError, 404),
-    (VersionConflictError, 412),
-    (OverloadedError, 429),
-    (DeadlineExceededError, 504),
-    (RegistryUnavailableError, 503),
-    (RegistryFullError, 507),
-    (ShuttingDownError, 503),
-    (MemoryTooLargeError, 413),
-    (InvalidMemoryFileError, 422),
-    (BackboneMismatchError, 409),
-    (ConfigError, 422),
-    (ServiceError, 400),
-    (SpartanError, 400),
+MAX_FIELD_ERRORS = 20
+"""Field errors listed in one 422 (a huge invalid body must not make a huge answer)."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one error class answers: status, problem type slug and title."""
+
+    cls: type[Exception]
+    status: int
+    slug: str
+    title: str
+
+
+# Most specific first: the first matching class decides the answer.
+KINDS: list[Kind] = [
+    Kind(UnauthorizedError, 401, "unauthorized", "No valid API key"),
+    Kind(ForbiddenError, 403, "forbidden", "The key may not do this"),
+    Kind(StorageQuotaError, 403, "storage-quota", "Over the tenant's storage quota"),
+    Kind(InvalidRequestError, 422, "invalid-request", "The request cannot be served as sent"),
+    Kind(PayloadTooLargeError, 413, "too-large", "Over a size limit"),
+    Kind(UnsupportedMediaTypeError, 415, "unsupported-media-type", "Wrong content type"),
+    Kind(UnknownTenantError, 404, "tenant-not-found", "No such tenant"),
+    Kind(TaskNotFoundError, 404, "task-not-found", "No such task"),
+    Kind(VersionConflictError, 412, "version-conflict", "If-Match does not name the current version"),
+    Kind(RateLimitedError, 429, "rate-limited", "Over the tenant's rate quota"),
+    Kind(OverloadedError, 429, "overloaded", "The service is at capacity"),
+    Kind(DeadlineExceededError, 504, "deadline-exceeded", "Not served before the request's deadline"),
+    Kind(RegistryUnavailableError, 503, "registry-unavailable", "The registry cannot be reached or written"),
+    Kind(RegistryFullError, 507, "registry-full", "The registry has no space left"),
+    Kind(ShuttingDownError, 503, "shutting-down", "The service is shutting down"),
+    Kind(MemoryTooLargeError, 413, "memory-too-large", "The memory file is over the size limit"),
+    Kind(InvalidMemoryFileError, 422, "invalid-memory-file", "Not a valid memory file"),
+    Kind(BackboneMismatchError, 409, "backbone-mismatch", "The memory was trained for another backbone"),
+    Kind(ConfigError, 422, "invalid-options", "An option is out of range"),
+    Kind(ServiceError, 400, "bad-request", "The request cannot be served"),
+    Kind(SpartanError, 400, "bad-request", "The request cannot be served"),
 ]
+
+VALIDATION = Kind(RequestValidationError, 422, "validation", "The request does not match the API's schema")
+INTERNAL = Kind(Exception, 500, "internal", "Internal error")
+
+
+def kind_of(exc: Exception) -> Kind:
+    return next(kind for kind in KINDS if isinstance(exc, kind.cls))
 
 
 def status_of(exc: Exception) -> int:
-    return next(status for cls, status in STATUS if isinstance(exc, cls))
+    return kind_of(exc).status
 
 
-def _body(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _answer(request: Request, kind: Kind, detail: str, **extra: Any) -> Response:
+    return problem(kind.status, kind.slug, kind.title, detail, request.url.path, **extra)
 
 
-async def _known(request: Request, exc: Exception) -> JSONResponse:
-    status = status_of(exc)
+async def _known(request: Request, exc: Exception) -> Response:
+    kind = kind_of(exc)
     headers = None
     if isinstance(exc, OverloadedError):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    elif status == 503:
+    elif kind.status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    elif status == 401:
+    elif kind.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return _body(status, str(exc), headers)
+    return _answer(request, kind, str(exc), headers=headers)
 
 
-async def _validation(request: Request, exc: Exception) -> JSONResponse:
+def _field(error: Any, body: Any) -> FieldError:
+    """Where one pydantic error is: a JSON pointer into the body as sent (union members' tags,
+    which pydantic puts into ``loc``, are left out: they are not in the body), or the parameter."""
+    location, *parts = error["loc"]
+    if location != "body":
+        return FieldError(location=location, pointer=".".join(map(str, parts)), detail=error["msg"])
+    tokens, current = [], body
+    for part in parts:
+        if body is None:  # the body as sent is not at hand: the location as pydantic gives it
+            pass
+        elif isinstance(current, dict) and isinstance(part, str):
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        else:
+            continue
+        tokens.append(str(part).replace("~", "~0").replace("/", "~1"))
+    return FieldError(location="body", pointer="/" + "/".join(tokens), detail=error["msg"])
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return _body(422, "; ".join(parts))
+    fields = [_field(error, exc.body) for error in exc.errors()[:MAX_FIELD_ERRORS]]
+    unique = list({(f.location, f.pointer): f for f in fields}.values())
+    detail = "; ".join(f"{_where(f.location, f.pointer)}: {f.detail}" for f in unique[:5])
+    return _answer(request, VALIDATION, detail, errors=unique)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _where(location: Location, pointer: str) -> str:
+    if location == "body":
+        return "body" + pointer.replace("/", ".") if pointer != "/" else "body"
+    return f"{location} {pointer}"
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors: no such route (404), method not allowed (405, keeping ``Allow``)."""
+    assert isinstance(exc, HTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        detail = f"no route {request.url.path}; the API is listed at /docs"
+    elif exc.status_code == 405:
+        allowed = _allowed(request)
+        headers = {**headers, "Allow": allowed}
+        detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+    else:
+        detail = str(exc.detail)
+    kind = Kind(HTTPException, exc.status_code, phrase.lower().replace(" ", "-"), phrase)
+    return _answer(request, kind, detail, headers=headers)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes on this path (Starlette names only the first route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _body(500, "internal error; the service logged the details")
+    return _answer(request, INTERNAL, "internal error; the service logged the details")
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(SpartanError, _known)
     app.add_exception_handler(Exception, _unexpected)

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
+from pydantic_core import PydanticCustomError
 from starlette.responses import JSONResponse
 
 from service.predictions import Explain
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank_text", "the text is empty (only white space)")
+    return text
+
+
+Text = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)]
+"""A text to classify: not empty, not only white space (its maximum length is a setting, which the
+served spec declares: service.api.openapi)."""
 
 
 class PairInput(BaseModel):
@@ -16,8 +28,32 @@ class PairInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: Text
     pair: str
+
+
+Texts = Annotated[list[Text], Field(min_length=1)]
+Pairs = Annotated[list[PairInput], Field(min_length=1)]
+
+
+def _shape(inputs: Any) -> str | None:
+    """Which of the three input shapes a body's ``inputs`` is: validated as that one only, so an
+    error names what is wrong with it rather than why it is none of the three."""
+    if isinstance(inputs, str):
+        return "text"
+    if isinstance(inputs, list):
+        return "pairs" if inputs and isinstance(inputs[0], dict | PairInput) else "texts"
+    return None
+
+
+Inputs = Annotated[
+    Annotated[Text, Tag("text")] | Annotated[Texts, Tag("texts")] | Annotated[Pairs, Tag("pairs")],
+    Discriminator(
+        _shape,
+        custom_error_type="inputs_shape",
+        custom_error_message="give a text, a list of texts or a list of {text, pair} objects",
+    ),
+]
 
 
 class ClassifyRequest(BaseModel):
@@ -28,7 +64,7 @@ class ClassifyRequest(BaseModel):
         json_schema_extra={"examples": [{"inputs": "a wonderful, warm film"}, {"inputs": ["good", "bad"]}]},
     )
 
-    inputs: str | list[str] | list[PairInput]
+    inputs: Inputs = Field(description="one text, a list of texts, or a list of text pairs")
     explain: Explain = Field(
         "none", description="also return which memory parents each input chose (last layer or all layers)"
     )
@@ -65,16 +101,39 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class PipelineScore(BaseModel):
+    """One label and its probability (a regression: LABEL_0 and the value)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    label: str
+    score: float
+
+
+class PipelineAnswer(RootModel[list[PipelineScore] | list[list[PipelineScore]]]):
+    """What a transformers text-classification pipeline returns (``format=pipeline``): one
+    ``{label, score}`` per input, or with ``top_k`` a list per input (one flat list for one text)."""
+
+
 class MemoryInfo(BaseModel):
-    """A task's current memory in the registry."""
+    """One stored version of a task's memory (the current one, unless listed among versions)."""
 
     task: str
     version: int
     sha256: str
     size: int
     owner: str
-    created_at: float
+    created_at: float = Field(description="Unix time it was stored (0: unknown, stored by an old release)")
     metadata: dict[str, Any]
+    restored_from: int | None = Field(None, description="the older version this one restored (a rollback)")
+
+
+class VersionList(BaseModel):
+    """A task's kept versions, newest first; older ones are pruned (``keep_versions``)."""
+
+    task: str
+    current: int
+    items: list[MemoryInfo]
 
 
 class MemoryPage(BaseModel):
@@ -122,12 +181,6 @@ class Readiness(BaseModel):
     degraded: list[str]
     resident_tasks: int
     resident_bytes: int
-
-
-class ErrorBody(BaseModel):
-    """Every error response: a message that says what to fix."""
-
-    detail: str
 
 
 class JSONModelResponse(JSONResponse):

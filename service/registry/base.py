@@ -23,6 +23,7 @@ Backends: :class:`~service.registry.files.FileRegistry` (a directory, the embedd
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -47,6 +48,8 @@ class VersionInfo:
     owner: str
     created_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    restored_from: int | None = None
+    """The older version whose bytes this one holds again (a rollback), or None."""
 
     @property
     def ref(self) -> TaskRef:
@@ -101,12 +104,14 @@ class Registry(ABC):
         metadata: dict[str, Any],
         if_match: int | None = None,
         quota: Quota | None = None,
+        restored_from: int | None = None,
     ) -> VersionInfo:
         """Store ``data`` as the task's next version and make it current.
 
         ``if_match``: the version the caller believes current (0 = the task must not exist),
         else VersionConflictError and nothing is stored. ``quota``: the tenant's storage limits,
         checked (:func:`check_storage`) atomically with the write, else StorageQuotaError.
+        ``restored_from``: the older version ``data`` was read from (a rollback), recorded.
         """
 
     @abstractmethod
@@ -116,6 +121,12 @@ class Registry(ABC):
     @abstractmethod
     async def read(self, ref: TaskRef, version: int) -> bytes:
         """The bytes of one version; TaskNotFoundError if it is gone."""
+
+    @abstractmethod
+    async def versions(self, ref: TaskRef) -> builtins.list[VersionInfo]:
+        """The task's kept versions, newest first (the current one first); TaskNotFoundError if
+        the task does not exist. Versions stored before version records were kept are described
+        from their bytes (sha256, size, time stored; no metadata)."""
 
     @abstractmethod
     async def list(self, tenant: str, after: str | None = None, limit: int = 100) -> list[VersionInfo]:
@@ -179,6 +190,7 @@ def next_version(
     sha256: str,
     metadata: dict[str, Any],
     if_match: int | None,
+    restored_from: int | None = None,
 ) -> VersionInfo:
     """The check every backend makes before a put (If-Match) and the new version's record;
     ``last_issued`` is the highest version number ever issued for the task."""
@@ -191,6 +203,19 @@ def next_version(
         owner=ref.tenant,
         created_at=time.time(),
         metadata=metadata,
+        restored_from=restored_from,
+    )
+
+
+def described(ref: TaskRef, version: int, data: bytes, stored_at: float) -> VersionInfo:
+    """The record of a version stored before version records were kept: what its bytes say."""
+    return VersionInfo(
+        task=ref.task,
+        version=version,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        owner=ref.tenant,
+        created_at=stored_at,
     )
 
 

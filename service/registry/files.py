@@ -6,12 +6,13 @@ Layout under the root, one folder per tenant and one per task, each named by the
     <root>/tenants/<hex(tenant)>/<hex(task)>/.lock          flock: one writer per task, across processes
     <root>/tenants/<hex(tenant)>/<hex(task)>/counter        last version number ever issued
     <root>/tenants/<hex(tenant)>/<hex(task)>/v00000007.bin  the bytes of version 7 (immutable)
+    <root>/tenants/<hex(tenant)>/<hex(task)>/v00000007.json its VersionInfo (for the version list)
     <root>/tenants/<hex(tenant)>/<hex(task)>/current.json   the current VersionInfo: the commit point
     <root>/usage/<hex(tenant)>/<hour>.<replica>.jsonl        usage lines appended by one replica
     <root>/.changed                                         a fresh token after every commit (watchers)
     <root>/.migrate.lock                                    flock: one migration at a time
 
-A put writes the version file, then replaces ``current.json``; both by temp file, fsync and
+A put writes the version file and its record, then replaces ``current.json``; each by temp file, fsync and
 rename, so a crash at any moment leaves the previous version current and never exposes a partial
 file. Older versions beyond ``keep_versions`` are pruned after the commit.
 
@@ -60,6 +61,7 @@ from service.registry.base import (
     check_if_match,
     check_storage,
     clock_hour,
+    described,
     limits_storage,
     next_version,
     sum_usage,
@@ -98,6 +100,15 @@ def _read_current(folder: Path) -> VersionInfo | None:
 
 def _version_file(folder: Path, version: int) -> Path:
     return folder / f"v{version:08d}.bin"
+
+
+def _record_file(version_file: Path) -> Path:
+    return version_file.with_suffix(".json")
+
+
+def _remove_version(version_file: Path) -> None:
+    version_file.unlink(missing_ok=True)
+    _record_file(version_file).unlink(missing_ok=True)
 
 
 def _is_hex_name(name: str) -> bool:
@@ -195,35 +206,44 @@ class FileRegistry(Registry):
         metadata: dict[str, Any],
         if_match: int | None,
         quota: Quota | None,
+        restored_from: int | None,
     ) -> VersionInfo:
+        args = (ref, data, sha256, metadata, if_match, restored_from)
         with self._faults.writing("the upload"):
             if not limits_storage(quota):
-                return self._put_task(ref, data, sha256, metadata, if_match)
+                return self._put_task(*args)
             tenant = self._tenant_dir(ref.tenant)
             tenant.mkdir(exist_ok=True)
             with _flock(tenant / ".lock"):  # every write of the tenant waits: the usage cannot change
                 check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
-                return self._put_task(ref, data, sha256, metadata, if_match)
+                return self._put_task(*args)
 
     def _put_task(
-        self, ref: TaskRef, data: bytes, sha256: str, metadata: dict[str, Any], if_match: int | None
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        if_match: int | None,
+        restored_from: int | None,
     ) -> VersionInfo:
         with self._locked(ref) as folder:
             current = _read_current(folder)
             counter = folder / "counter"
             issued = int(counter.read_text()) if counter.exists() else 0
-            info = next_version(ref, current, issued, data, sha256, metadata, if_match)
+            info = next_version(ref, current, issued, data, sha256, metadata, if_match, restored_from)
             atomic_write(counter, str(info.version).encode())  # a number issued is never reused
             version_file = _version_file(folder, info.version)
             try:
                 atomic_write(version_file, data)
+                atomic_write(_record_file(version_file), info.to_json().encode())
                 atomic_write(folder / _CURRENT, info.to_json().encode())
             except BaseException:
-                version_file.unlink(missing_ok=True)  # not committed: nothing may point at it
+                _remove_version(version_file)  # not committed: nothing may point at it
                 raise
             self._announce()
             for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:
-                old.unlink(missing_ok=True)
+                _remove_version(old)
         return info
 
     def _announce(self) -> None:
@@ -244,8 +264,9 @@ class FileRegistry(Registry):
         metadata: dict[str, Any],
         if_match: int | None = None,
         quota: Quota | None = None,
+        restored_from: int | None = None,
     ) -> VersionInfo:
-        info = await asyncio.to_thread(self._put, ref, data, sha256, metadata, if_match, quota)
+        info = await asyncio.to_thread(self._put, ref, data, sha256, metadata, if_match, quota, restored_from)
         self._changed.set()
         return info
 
@@ -260,6 +281,30 @@ class FileRegistry(Registry):
 
     async def read(self, ref: TaskRef, version: int) -> bytes:
         return await asyncio.to_thread(self._read, ref, version)
+
+    def _versions(self, ref: TaskRef) -> builtins.list[VersionInfo]:
+        folder = self._dir(ref)
+        with self._faults.reading():
+            current = _read_current(folder)
+            if current is None:
+                raise TaskNotFoundError(f"task {ref.task!r} not found")
+            kept = []
+            for version_file in sorted(folder.glob("v*.bin"), reverse=True):
+                record, version = _record_file(version_file), int(version_file.stem[1:])
+                if version > current.version:  # a crash between its write and the commit
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: not kept any more
+                    if record.exists():
+                        kept.append(VersionInfo.from_json(record.read_bytes()))
+                    elif version == current.version:
+                        kept.append(current)
+                    else:
+                        stored_at = version_file.stat().st_mtime
+                        kept.append(described(ref, version, version_file.read_bytes(), stored_at))
+            return kept
+
+    async def versions(self, ref: TaskRef) -> builtins.list[VersionInfo]:
+        return await asyncio.to_thread(self._versions, ref)
 
     def _list(self, tenant: str, after: str | None, limit: int | None) -> list[VersionInfo]:
         folder = self._tenant_dir(tenant)
@@ -288,7 +333,7 @@ class FileRegistry(Registry):
             check_if_match(ref, current, if_match)
             (folder / _CURRENT).unlink()
             for old in folder.glob("v*.bin"):  # first: on a full disk the announcement needs the space
-                old.unlink(missing_ok=True)
+                _remove_version(old)
             self._announce()
 
     async def delete(self, ref: TaskRef, if_match: int | None = None) -> None:

@@ -4,6 +4,7 @@ Keys, with ``t`` and ``k`` the hex of the tenant and the task id (names never ap
 keys) and ``p`` the prefix::
 
     p:ns:t:k:v:<n>     bytes of version n (immutable; the oldest beyond keep_versions are deleted)
+    p:ns:t:k:vi:<n>    VersionInfo JSON of version n (for the version list; deleted with the bytes)
     p:ns:t:k:counter   last version number issued (survives deletes, so numbers are never reused)
     p:ns:t:k:current   VersionInfo JSON of the current version
     p:index            sorted set of "tenant/task" (a tenant's tasks are one range, in id order)
@@ -27,6 +28,7 @@ transaction per task.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -46,6 +48,7 @@ from service.registry.base import (
     VersionInfo,
     check_if_match,
     check_storage,
+    described,
     limits_storage,
     next_version,
     sum_usage,
@@ -55,6 +58,10 @@ from service.tasks import TaskRef, storage_key
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+
+UNKNOWN_TIME = 0.0
+"""``created_at`` of a version stored before version records were kept (Redis kept no time)."""
 
 
 class RedisRegistry(Registry):
@@ -109,6 +116,7 @@ class RedisRegistry(Registry):
         metadata: dict[str, Any],
         if_match: int | None = None,
         quota: Quota | None = None,
+        restored_from: int | None = None,
     ) -> VersionInfo:
         current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
         watched = [current_key, counter_key]
@@ -118,22 +126,27 @@ class RedisRegistry(Registry):
         async def transaction(pipe: Pipeline) -> VersionInfo:
             raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
             current = VersionInfo.from_json(raw) if raw else None
-            info = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
+            issued_number = int(issued or 0)
+            info = next_version(ref, current, issued_number, data, sha256, metadata, if_match, restored_from)
             if limits_storage(quota):
                 tenant_tasks = await self._read_index(pipe, *self._tenant_range(ref.tenant))
                 check_storage(ref, tenant_tasks, len(data), quota)
             pipe.multi()
             pipe.incr(self._gen(ref.tenant))
             pipe.set(self._key(ref, "v", str(info.version)), data)
+            pipe.set(self._key(ref, "vi", str(info.version)), info.to_json())
             pipe.set(counter_key, info.version)
             pipe.set(current_key, info.to_json())
             pipe.zadd(self.index, {str(ref): 0})
             if info.version > self.keep_versions:
-                pipe.delete(self._key(ref, "v", str(info.version - self.keep_versions)))
+                pipe.delete(*self._version_keys(ref, info.version - self.keep_versions))
             pipe.publish(self.channel, self._event(ref, info.version))
             return info
 
         return await self._transaction(transaction, *watched)
+
+    def _version_keys(self, ref: TaskRef, version: int) -> tuple[str, str]:
+        return self._key(ref, "v", str(version)), self._key(ref, "vi", str(version))
 
     async def current(self, ref: TaskRef) -> VersionInfo | None:
         raw = await self._call(lambda: self._redis.get(self._key(ref, "current")))
@@ -144,6 +157,21 @@ class RedisRegistry(Registry):
         if not isinstance(data, bytes):
             raise TaskNotFoundError(f"task {ref.task!r} has no version {version}")
         return data
+
+    async def versions(self, ref: TaskRef) -> builtins.list[VersionInfo]:
+        current = await self.current(ref)
+        if current is None:
+            raise TaskNotFoundError(f"task {ref.task!r} not found")
+        numbers = range(current.version, max(0, current.version - self.keep_versions), -1)
+        records = await self._call(lambda: self._redis.mget([self._key(ref, "vi", str(v)) for v in numbers]))
+        kept = []
+        for version, record in zip(numbers, records, strict=True):
+            if record or version == current.version:
+                kept.append(VersionInfo.from_json(record) if record else current)
+                continue
+            with contextlib.suppress(TaskNotFoundError):  # pruned, or stored before records were kept
+                kept.append(described(ref, version, await self.read(ref, version), UNKNOWN_TIME))
+        return kept
 
     async def _read_index(
         self, client: aioredis.Redis | Pipeline, start: str, stop: str, limit: int | None = None
@@ -182,9 +210,8 @@ class RedisRegistry(Registry):
             first = max(1, current.version - self.keep_versions + 1)
             pipe.multi()
             pipe.incr(self._gen(ref.tenant))
-            pipe.delete(
-                current_key, *(self._key(ref, "v", str(v)) for v in range(first, current.version + 1))
-            )
+            kept = range(first, current.version + 1)
+            pipe.delete(current_key, *(key for v in kept for key in self._version_keys(ref, v)))
             pipe.zrem(self.index, str(ref))
             pipe.publish(self.channel, self._event(ref, None))
 

@@ -18,7 +18,8 @@ def test_sync_client_round_trip(
 ) -> None:
     service = service_factory()
     with SpartanClient(service.url) as client:
-        assert client.put_memory("a", make_memfile(roberta_tiny).to_bytes(), if_match=0).version == 1
+        first = make_memfile(roberta_tiny).to_bytes()
+        assert client.put_memory("a", first, if_match=0).version == 1
         client.put_memory("b", make_memfile(roberta_tiny, labels=()).to_bytes())
         single = client.classify("a", "some text")
         pairs = client.classify("b", [("first", "second")], explain="last_layer")
@@ -30,7 +31,19 @@ def test_sync_client_round_trip(
         with pytest.raises(ServiceHTTPError) as conflict:
             client.put_memory("a", make_memfile(roberta_tiny).to_bytes(), if_match=0)
         assert (conflict.value.status, conflict.value.detail) == (412, "task 'a' is at version 1, not 0")
-        client.delete_memory("a", if_match=1)
+        assert conflict.value.problem_type == "tag:spartan-serve,2026:version-conflict"
+        assert client.download_version("a", 1) == first
+        client.put_memory("a", make_memfile(roberta_tiny, seed=7).to_bytes())
+        assert [v.version for v in client.list_versions("a").items] == [2, 1]
+        restored = client.restore_version("a", 1, if_match=2)
+        assert (restored.version, restored.restored_from) == (3, 1)
+        assert client.download_version("a", 3) == first
+        top = client.classify("a", ["x", "y"], top_k=1).predictions
+        assert all(p.scores is not None and list(p.scores) == [p.label] for p in top)
+        assert [item.label for item in client.classify_pipeline("a", ["x", "y"]).root] == [
+            p.label for p in top
+        ]
+        client.delete_memory("a", if_match=3)
         with pytest.raises(ServiceHTTPError) as missing:
             client.classify("a", "x")
         assert missing.value.status == 404
@@ -50,6 +63,13 @@ def test_async_client_round_trip(
             assert {a.version for a in answers} == {1}
             assert [m.task async for m in client.list_memories()] == ["a"]
             assert (await client.get_memory("a")).version == 1
+            await client.put_memory("a", make_memfile(roberta_tiny, seed=3).to_bytes())
+            assert (await client.restore_version("a", 1)).restored_from == 1
+            versions = await client.list_versions("a")
+            assert (versions.current, [v.version for v in versions.items]) == (3, [3, 2, 1])
+            assert await client.download_version("a", 3) == await client.download_version("a", 1)
+            piped = await client.classify_pipeline("a", "x", top_k=2)
+            assert [len(piped.root)] == [2]
             await client.delete_memory("a")
             with pytest.raises(ServiceHTTPError) as missing:
                 await client.classify("a", "x")

@@ -112,3 +112,27 @@ def test_an_unknown_id_is_forgotten_on_every_replica_once_created(replicas: list
     while first.post("/v1/newcomer/classify", json={"inputs": "x"}).status_code == 404:
         assert time.monotonic() - started < 2.0, "the create did not reach the other replica's negative cache"
         time.sleep(0.02)
+
+
+def test_a_rollback_on_one_replica_reaches_the_other(replicas: list[str]) -> None:
+    backbone = load_backbone("roberta-tiny-random")
+    writer, reader = (httpx.Client(base_url=url, timeout=10) for url in replicas)
+    headers = {"content-type": "application/octet-stream"}
+    for seed in (1, 2):
+        writer.put("/v1/memories/live", content=make_memfile(backbone, seed=seed).to_bytes(), headers=headers)
+    body = {"inputs": ["some text"]}
+    started = time.monotonic()
+    while (answer := reader.post("/v1/live/classify", json=body).json())["version"] != 2:
+        assert time.monotonic() - started < 2.0, "version 2 did not reach the other replica"
+        time.sleep(0.02)
+    good = answer["predictions"]
+    restored = writer.post("/v1/memories/live/versions/1/restore", headers={"if-match": "2"})
+    assert restored.status_code == 200, restored.text
+    assert (restored.json()["version"], restored.json()["restored_from"]) == (3, 1)
+    started = time.monotonic()
+    while (answer := reader.post("/v1/live/classify", json=body).json())["version"] != 3:
+        assert time.monotonic() - started < 2.0, "the rollback did not reach the other replica"
+        time.sleep(0.02)
+    assert answer["predictions"] != good, "version 3 answers as version 1, not as version 2"
+    first = writer.get("/v1/memories/live/versions/1/file").content
+    assert reader.get("/v1/memories/live/versions/3/file").content == first

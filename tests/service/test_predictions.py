@@ -24,7 +24,11 @@ def _meta(backbone: Backbone, labels: tuple[str, ...]) -> MemoryMetadata:
         ([], InvalidRequestError, "give at least one text"),
         ([TextInput("ok"), TextInput("  ")], InvalidRequestError, r"inputs\[1\]: the text is empty"),
         ([TextInput("x")] * 3, PayloadTooLargeError, "3 texts, the limit is 2"),
-        ([TextInput("abc", "defgh")], PayloadTooLargeError, r"inputs\[0\]: 8 characters, the limit is 6"),
+        (
+            [TextInput("abc", "defghij")],
+            PayloadTooLargeError,
+            r"inputs\[0\]: 7 characters, the limit is 6",
+        ),
     ],
 )
 def test_check_inputs_refuses_with_what_to_fix(
@@ -32,6 +36,10 @@ def test_check_inputs_refuses_with_what_to_fix(
 ) -> None:
     with pytest.raises(error, match=message):
         check_inputs(inputs, max_inputs=2, max_chars=6)
+
+
+def test_each_text_of_a_pair_has_the_whole_character_limit() -> None:
+    check_inputs([TextInput("abcdef", "ghijkl")], max_inputs=2, max_chars=6)
 
 
 def test_classification_scores_are_a_softmax_over_the_labels(roberta_tiny: Backbone) -> None:

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import CallerDep, RuntimeDep
-from service.api.schemas import ErrorBody, Health, PrecisionCandidate, PrecisionStatus, Readiness
+from service.api.problems import problem_responses
+from service.api.schemas import Health, PrecisionCandidate, PrecisionStatus, Readiness
 from service.errors import ForbiddenError
 
 router = APIRouter(tags=["health"])
@@ -53,9 +54,8 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
     "/metrics",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}},
-        401: {"model": ErrorBody},
-        403: {"model": ErrorBody},
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **problem_responses(401, 403),
     },
 )
 async def metrics(request: Request, caller: CallerDep) -> Response:

@@ -1,15 +1,18 @@
-"""PUT / GET / DELETE /v1/memories: upload, inspect and remove task memories."""
+"""PUT / GET / DELETE /v1/memories: upload, inspect and remove task memories; list, download and
+restore (roll back to) a task's kept versions."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from service.api.deps import NamespaceDep, RuntimeDep, TaskRefDep
-from service.api.schemas import ErrorBody, MemoryInfo, MemoryPage
-from service.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from service.api.bodies import read_limited
+from service.api.deps import IfMatch, NamespaceDep, RuntimeDep, TaskRefDep
+from service.api.problems import problem_responses
+from service.api.schemas import MemoryInfo, MemoryPage, VersionList
+from service.errors import UnsupportedMediaTypeError
 from service.registry.base import VersionInfo
 
 router = APIRouter(tags=["memories"])
@@ -17,39 +20,25 @@ router = APIRouter(tags=["memories"])
 OCTET_STREAM = "application/octet-stream"
 
 
+def _links(task: str, *operations: str) -> dict[str, dict[str, object]]:
+    """OpenAPI links: what a client can do next with the task a response names (schemathesis's
+    stateful tests follow them). ``task``: a runtime expression, e.g. ``$response.body#/task``."""
+    return {
+        op.title().replace("_", ""): {"operationId": op, "parameters": {"task": task}} for op in operations
+    }
+
+
 def _info(info: VersionInfo) -> MemoryInfo:
     return MemoryInfo(**asdict(info))
-
-
-def _if_match(value: str | None) -> int | None:
-    if value is None:
-        return None
-    text = value.strip().strip('"')
-    if not text.isdigit():
-        raise InvalidRequestError(
-            f"If-Match must be a version number (e.g. 3, or 0 for 'must not exist'), got {value!r}"
-        )
-    return int(text)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the memory file is {declared} bytes; the limit is {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the memory file exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.put(
     "/v1/memories/{task}",
     response_model=MemoryInfo,
-    responses={code: {"model": ErrorBody} for code in (403, 404, 409, 412, 413, 415, 422, 503, 507)},
+    responses={
+        200: {"links": _links("$response.body#/task", "get_memory", "classify", "delete_memory")},
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503, 507),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -61,7 +50,7 @@ async def put_memory(
     ref: TaskRefDep,
     request: Request,
     runtime: RuntimeDep,
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: IfMatch = None,
 ) -> MemoryInfo:
     """Upload a memory file (the raw safetensors bytes) as the task's next version."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
@@ -69,12 +58,18 @@ async def put_memory(
         raise UnsupportedMediaTypeError(
             f"send the memory file as {OCTET_STREAM}, not {content_type or 'no content type'}"
         )
-    expected = _if_match(if_match)
-    data = await _read_body(request, runtime.max_upload_bytes)
-    return _info(await runtime.upload(ref, data, expected))
+    data = await read_limited(request, runtime.max_upload_bytes, "the memory file")
+    return _info(await runtime.upload(ref, data, if_match))
 
 
-@router.get("/v1/memories", response_model=MemoryPage, responses={403: {"model": ErrorBody}})
+@router.get(
+    "/v1/memories",
+    response_model=MemoryPage,
+    responses={
+        200: {"links": _links("$response.body#/items/0/task", "get_memory", "classify")},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+)
 async def list_memories(
     runtime: RuntimeDep,
     namespace: NamespaceDep,
@@ -87,7 +82,12 @@ async def list_memories(
 
 
 @router.get(
-    "/v1/memories/{task}", response_model=MemoryInfo, responses={c: {"model": ErrorBody} for c in (403, 404)}
+    "/v1/memories/{task}",
+    response_model=MemoryInfo,
+    responses={
+        200: {"links": _links("$response.body#/task", "classify")},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
 )
 async def get_memory(ref: TaskRefDep, runtime: RuntimeDep, response: Response) -> MemoryInfo:
     """The task's current version and its metadata (ETag: the version)."""
@@ -99,13 +99,77 @@ async def get_memory(ref: TaskRefDep, runtime: RuntimeDep, response: Response) -
 @router.delete(
     "/v1/memories/{task}",
     status_code=204,
-    responses={code: {"model": ErrorBody} for code in (403, 404, 412, 503, 507)},
+    responses=problem_responses(401, 403, 404, 412, 422, 503, 507),
 )
 async def delete_memory(
     ref: TaskRefDep,
     runtime: RuntimeDep,
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: IfMatch = None,
 ) -> Response:
     """Remove the task and all its versions."""
-    await runtime.delete(ref, _if_match(if_match))
+    await runtime.delete(ref, if_match)
     return Response(status_code=204)
+
+
+VERSION_PATH = Path(ge=1, description="a kept version number (GET .../versions lists them)")
+
+
+@router.get(
+    "/v1/memories/{task}/versions",
+    response_model=VersionList,
+    responses={
+        200: {"links": _links("$response.body#/task", "get_memory", "classify")},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+)
+async def list_versions(ref: TaskRefDep, runtime: RuntimeDep) -> VersionList:
+    """The task's kept versions, newest (current) first, each with its sha256, size, time and metadata."""
+    kept = await runtime.versions(ref)
+    return VersionList(task=ref.task, current=kept[0].version, items=[_info(i) for i in kept])
+
+
+@router.get(
+    "/v1/memories/{task}/versions/{version}/file",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the memory file as uploaded (ETag: its sha256)",
+            "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        304: {"description": "If-None-Match names this file: not sent again"},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+)
+async def download_version(
+    ref: TaskRefDep,
+    version: Annotated[int, VERSION_PATH],
+    runtime: RuntimeDep,
+    if_none_match: Annotated[str | None, Header(description="an ETag received before")] = None,
+) -> Response:
+    """The bytes of one kept version, as uploaded (a file ``spartan eval`` or an upload takes back)."""
+    info, data = await runtime.version_file(ref, version)
+    etag = f'"{info.sha256}"'
+    headers = {"ETag": etag}
+    if if_none_match is not None and etag in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{ref.task}-v{info.version}.safetensors"'
+    return Response(data, media_type=OCTET_STREAM, headers=headers)
+
+
+@router.post(
+    "/v1/memories/{task}/versions/{version}/restore",
+    response_model=MemoryInfo,
+    responses={
+        200: {"links": _links("$response.body#/task", "get_memory", "classify")},
+        **problem_responses(401, 403, 404, 409, 412, 422, 503, 507),
+    },
+)
+async def restore_version(
+    ref: TaskRefDep,
+    version: Annotated[int, VERSION_PATH],
+    runtime: RuntimeDep,
+    if_match: IfMatch = None,
+) -> MemoryInfo:
+    """Roll back: the kept ``version``'s bytes become the task's next version, current at once on
+    every replica (like an upload; ``restored_from`` says which). If-Match: the current version."""
+    return _info(await runtime.restore(ref, version, if_match))

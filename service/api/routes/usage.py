@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import NamespaceDep, RuntimeDep
-from service.api.schemas import ErrorBody, UsageReport
+from service.api.deps import NamespaceDep, RuntimeDep, ZonedTime
+from service.api.problems import problem_responses
+from service.api.schemas import UsageReport
 
 router = APIRouter(tags=["usage"])
 
-ZONED = "ISO 8601 with a time zone, e.g. 2026-12-03T00:00:00Z"
+ZONED = "RFC 3339 with a time zone, e.g. 2026-12-03T00:00:00Z"
 
 
-@router.get("/v1/usage", response_model=UsageReport, responses={c: {"model": ErrorBody} for c in (403, 422)})
+@router.get("/v1/usage", response_model=UsageReport, responses=problem_responses(401, 403, 404, 422, 503))
 async def usage(
     runtime: RuntimeDep,
     namespace: NamespaceDep,
-    since: Annotated[datetime | None, Query(description=f"{ZONED}; default: 24 h before until")] = None,
-    until: Annotated[datetime | None, Query(description=f"{ZONED}; default: now")] = None,
+    since: Annotated[ZonedTime, Query(description=f"{ZONED}; default: 24 h before until")] = None,
+    until: Annotated[ZonedTime, Query(description=f"{ZONED}; default: now")] = None,
 ) -> UsageReport:
     """Answered requests, texts and tokens of the addressed tenant per task, over the whole clock
     hours from ``since`` to ``until``, summed over every replica."""

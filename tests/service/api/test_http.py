@@ -31,8 +31,13 @@ def _upload(http: httpx.Client, task: str, data: bytes, **headers: str) -> httpx
 
 
 def _no_trace(response: httpx.Response) -> None:
+    """An RFC 9457 problem, and nothing of the server's insides."""
     assert "Traceback" not in response.text
-    assert set(response.json()) == {"detail"}
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert {"type", "title", "status", "detail", "instance"} <= set(body) <= {*body, "errors"}
+    assert body["type"].startswith("tag:spartan-serve,2026:")
+    assert body["status"] == response.status_code
 
 
 def test_upload_then_classify_every_input_shape(http: httpx.Client, roberta_tiny: Backbone) -> None:
@@ -124,14 +129,16 @@ def test_versions_list_get_delete_and_if_match(http: httpx.Client, roberta_tiny:
             422,
             "JSON decode error",
         ),
-        ({"json": {"inputs": 5}}, 422, "inputs"),
-        ({"json": {"text": "x"}}, 422, "inputs: Field required"),
-        ({"json": {"inputs": "x", "explain": "why"}}, 422, "explain: Input should be"),
-        ({"json": {"inputs": []}}, 422, "inputs: give at least one text"),
-        ({"json": {"inputs": "   "}}, 422, "inputs[0]: the text is empty"),
+        ({"json": {"inputs": 5}}, 422, "body.inputs: give a text, a list of texts or a list of {text, pair}"),
+        ({"json": {"text": "x"}}, 422, "body.inputs: Field required"),
+        ({"json": {"inputs": "x", "explain": "why"}}, 422, "body.explain: Input should be"),
+        ({"json": {"inputs": []}}, 422, "body.inputs: List should have at least 1 item"),
+        ({"json": {"inputs": "   "}}, 422, "body.inputs: the text is empty"),
+        ({"json": {"inputs": ["a", " "]}}, 422, "body.inputs.1: the text is empty"),
+        ({"json": {"inputs": [{"text": "a"}]}}, 422, "body.inputs.0.pair: Field required"),
         ({"json": {"inputs": ["a"] * 5}}, 413, "5 texts, the limit is 4 per request"),
         ({"json": {"inputs": "a" * 201}}, 413, "201 characters, the limit is 200"),
-        ({"json": {"inputs": "x"}, "url": "/v1/Bad%20Id/classify"}, 422, "invalid task id 'Bad Id'"),
+        ({"json": {"inputs": "x"}, "url": "/v1/Bad%20Id/classify"}, 422, "path task: String should match"),
     ],
 )
 def test_bad_classify_requests(
@@ -164,7 +171,7 @@ def test_bad_uploads_leave_the_registry_unchanged(
         ),
         (http.put("/v1/memories/t", content=good), 415, "no content type"),
         (_upload(http, "t", good, **{"if-match": "latest"}), 422, "If-Match must be a version number"),
-        (_upload(http, "BAD", good), 422, "invalid task id"),
+        (_upload(http, "BAD", good), 422, "path task: String should match pattern"),
     ]
     for response, status, detail in cases:
         assert response.status_code == status, response.text
@@ -172,6 +179,41 @@ def test_bad_uploads_leave_the_registry_unchanged(
         _no_trace(response)
     assert http.get("/v1/memories/t").json() == before
     assert [i["task"] for i in http.get("/v1/memories").json()["items"]] == ["t"]
+
+
+def test_validation_errors_point_at_each_field(http: httpx.Client) -> None:
+    response = http.post("/v1/t/classify", json={"inputs": ["a", {"text": "b"}], "explain": "why"})
+    assert response.status_code == 422
+    _no_trace(response)
+    errors = response.json()["errors"]
+    assert {(e["location"], e["pointer"]) for e in errors} == {("body", "/inputs/1"), ("body", "/explain")}
+    paged = http.get("/v1/memories", params={"limit": 0})
+    assert paged.json()["errors"] == [
+        {"location": "query", "pointer": "limit", "detail": "Input should be greater than or equal to 1"}
+    ]
+
+
+def test_unknown_routes_and_methods_answer_problems(http: httpx.Client) -> None:
+    missing = http.get("/v2/nothing")
+    assert missing.status_code == 404
+    _no_trace(missing)
+    wrong = http.patch("/v1/memories/t")
+    assert wrong.status_code == 405
+    _no_trace(wrong)
+    assert set(wrong.headers["allow"].replace(" ", "").split(",")) == {"GET", "PUT", "DELETE"}
+
+
+def test_every_error_status_is_declared_as_a_problem(http: httpx.Client) -> None:
+    spec = http.get("/openapi.json").json()
+    assert "Problem" in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and path not in ("/readyz", "/v2/health/ready"):  # readiness bodies
+                    assert "application/problem+json" in response["content"], (method, path, status)
+    inputs = spec["components"]["schemas"]["ClassifyRequest"]["properties"]["inputs"]["oneOf"]
+    assert [member.get("maxItems") for member in inputs] == [None, 4, 4], "max_inputs=4 is declared"
+    assert inputs[0]["maxLength"] == 200
 
 
 def test_health_readiness_and_openapi(http: httpx.Client) -> None:
@@ -207,6 +249,91 @@ def test_metrics_count_traffic_cache_and_batches(http: httpx.Client, roberta_tin
 def test_openapi_documents_every_route_with_its_response_model(http: httpx.Client) -> None:
     paths = http.get("/openapi.json").json()["paths"]
     ok = paths["/v1/{task}/classify"]["post"]["responses"]["200"]["content"]["application/json"]
-    assert ok["schema"] == {"$ref": "#/components/schemas/ClassifyResponse"}
+    assert ok["schema"]["anyOf"] == [
+        {"$ref": "#/components/schemas/ClassifyResponse"},
+        {"$ref": "#/components/schemas/PipelineAnswer"},
+    ], "format=pipeline answers a pipeline's list"
     memory = paths["/v1/memories/{task}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert memory["schema"] == {"$ref": "#/components/schemas/MemoryInfo"}
+
+
+def test_pipeline_format_answers_like_a_transformers_pipeline(
+    http: httpx.Client, roberta_tiny: Backbone
+) -> None:
+    """The shapes ``transformers.pipeline("text-classification")`` returns (checked against
+    transformers 5.25: a flat list without top_k, a list per input with it, flat for one text)."""
+    _upload(http, "t", make_memfile(roberta_tiny, labels=("a", "b", "c")).to_bytes())
+
+    def ask(inputs: Any, **params: Any) -> Any:
+        response = http.post("/v1/t/classify", json={"inputs": inputs}, params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    own = ask(["x", "y"])["predictions"]
+    best = [max(p["scores"].items(), key=lambda item: item[1]) for p in own]
+    assert ask(["x", "y"], format="pipeline") == [{"label": label, "score": score} for label, score in best]
+    assert ask("x", format="pipeline") == [{"label": best[0][0], "score": best[0][1]}]
+    two = ask(["x", "y"], format="pipeline", top_k=2)
+    assert [len(row) for row in two] == [2, 2]
+    assert [row[0]["label"] for row in two] == [label for label, _ in best]
+    assert all(row[0]["score"] >= row[1]["score"] for row in two)
+    flat = ask("x", format="pipeline", top_k=5)
+    assert [item["label"] for item in flat] == sorted(
+        own[0]["scores"], key=own[0]["scores"].get, reverse=True
+    )
+    pairs = ask([{"text": "x", "pair": "y"}], format="pipeline")
+    assert [set(item) for item in pairs] == [{"label", "score"}]
+    trimmed = ask(["x", "y"], top_k=1)["predictions"]
+    assert [p["scores"] for p in trimmed] == [{label: score} for label, score in best]
+    assert [p["label"] for p in trimmed] == [p["label"] for p in own]
+
+
+def test_pipeline_format_of_a_regression_task(http: httpx.Client, roberta_tiny: Backbone) -> None:
+    _upload(http, "similarity", make_memfile(roberta_tiny, labels=()).to_bytes())
+    body = {"inputs": [{"text": "a", "pair": "b"}]}
+    value = http.post("/v1/similarity/classify", json=body).json()["predictions"][0]["value"]
+    answer = http.post("/v1/similarity/classify", json=body, params={"format": "pipeline"}).json()
+    assert answer == [{"label": "LABEL_0", "score": value}]
+
+
+def test_versions_list_download_and_restore(http: httpx.Client, roberta_tiny: Backbone) -> None:
+    files = [make_memfile(roberta_tiny, seed=seed).to_bytes() for seed in (1, 2, 3, 4)]
+    for data in files:
+        _upload(http, "t", data)
+    listed = http.get("/v1/memories/t/versions").json()
+    assert (listed["task"], listed["current"]) == ("t", 4)
+    assert [i["version"] for i in listed["items"]] == [4, 3, 2], "keep_versions=3: version 1 is pruned"
+    assert listed["items"][0] == http.get("/v1/memories/t").json()
+
+    download = http.get("/v1/memories/t/versions/2/file")
+    assert download.status_code == 200
+    assert download.content == files[1]
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["etag"] == f'"{listed["items"][2]["sha256"]}"'
+    assert "t-v2.safetensors" in download.headers["content-disposition"]
+    again = http.get("/v1/memories/t/versions/2/file", headers={"if-none-match": download.headers["etag"]})
+    assert (again.status_code, again.content) == (304, b"")
+
+    stale = http.post("/v1/memories/t/versions/2/restore", headers={"if-match": "3"})
+    assert stale.status_code == 412, "If-Match names the current version"
+    _no_trace(stale)
+    restored = http.post("/v1/memories/t/versions/2/restore", headers={"if-match": "4"})
+    assert restored.status_code == 200, restored.text
+    assert (restored.json()["version"], restored.json()["restored_from"]) == (5, 2)
+    assert restored.json()["sha256"] == listed["items"][2]["sha256"]
+    v2_answer = http.post("/v1/t/classify", json={"inputs": "x"}).json()
+    assert v2_answer["version"] == 5
+    assert http.get("/v1/memories/t/versions/5/file").content == files[1]
+
+    for url, status, detail in [
+        ("/v1/memories/t/versions/1/file", 404, "task 't' keeps versions 5, 4, 3, not 1"),
+        ("/v1/memories/nope/versions", 404, "task 'nope' not found"),
+        ("/v1/memories/t/versions/0/file", 422, "path version: Input should be greater than or equal to 1"),
+    ]:
+        response = http.get(url)
+        assert response.status_code == status, response.text
+        assert detail in response.json()["detail"]
+        _no_trace(response)
+    gone = http.post("/v1/memories/t/versions/1/restore")
+    assert gone.status_code == 404
+    assert http.get("/v1/memories/t").json()["version"] == 5, "a refused restore stores nothing"

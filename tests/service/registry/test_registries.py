@@ -300,3 +300,52 @@ async def test_a_torn_usage_line_is_never_counted(tmp_path: Path) -> None:
     with ledger.open("a") as out:
         out.write('{"task": "a", "requests": 1, "ro')  # a crash in the middle of an append
     assert await reg.usage("acme", hour, hour) == [UsageRecord("acme", "a", hour, 1, 2, 3)]
+
+
+@pytest.mark.anyio
+async def test_versions_lists_the_kept_ones_newest_first(registry: Registry) -> None:
+    with pytest.raises(TaskNotFoundError, match="not found"):
+        await registry.versions(ref("t"))
+    for data in (b"one", b"two", b"three"):
+        await _put(registry, "t", data)
+    kept = await registry.versions(ref("t"))  # keep_versions=2: version 1 is pruned
+    assert [(i.version, i.sha256, i.size) for i in kept] == [
+        (3, hashlib.sha256(b"three").hexdigest(), 5),
+        (2, hashlib.sha256(b"two").hexdigest(), 3),
+    ]
+    assert kept[0] == await registry.current(ref("t"))
+    assert kept[1].metadata == {"labels": ["a", "b"]}
+    restored = await registry.put(
+        ref("t"), b"two", kept[1].sha256, kept[1].metadata, 3, None, restored_from=2
+    )
+    assert (restored.version, restored.restored_from) == (4, 2)
+    assert [i.version for i in await registry.versions(ref("t"))] == [4, 3]
+    await registry.delete(ref("t"))
+    with pytest.raises(TaskNotFoundError):
+        await registry.versions(ref("t"))
+
+
+@pytest.mark.anyio
+async def test_versions_stored_before_records_are_described_from_their_bytes(
+    registry: Registry,
+) -> None:
+    """A registry written by an earlier release keeps no record per version: the list still
+    names each kept version with its sha256 and size."""
+    await _put(registry, "t", b"old")
+    await _put(registry, "t", b"new")
+    if isinstance(registry, FileRegistry):
+        for record in registry.root.rglob("v*.json"):
+            record.unlink()
+    else:
+        assert isinstance(registry, RedisRegistry)
+        from redis import asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        await client.delete(*[key async for key in client.scan_iter(f"{registry.prefix}:*:vi:*")])
+        await client.aclose()
+    kept = await registry.versions(ref("t"))
+    assert [(i.version, i.sha256, i.size) for i in kept] == [
+        (2, hashlib.sha256(b"new").hexdigest(), 3),
+        (1, hashlib.sha256(b"old").hexdigest(), 3),
+    ]
+    assert kept[0] == await registry.current(ref("t")), "the current version's record is current.json"
