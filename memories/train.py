@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic_core import to_jsonable_python
 from tqdm import tqdm
 
 from memories.backbone import Backbone, Pooling
@@ -259,7 +260,7 @@ def _save(
         "examples_seen": seen,
         "train_examples_per_minute": round(60.0 * seen / max(train_seconds, 1e-9), 1),
         "dev_metrics": {k: round(v, 6) for k, v in result.metrics.items()},
-        "options": {k: str(v) for k, v in asdict(options).items()},
+        "options": to_jsonable_python(asdict(options)),  # numbers as numbers, nested options as objects
         "command": command,
     }
     return task.save(

@@ -27,6 +27,7 @@ from service.api.openapi import spec_builder
 from service.api.routes import classify, health, memories, usage, v2
 from service.cpu import available_cpus
 from service.engine import Engine
+from service.guards import ClientTimeouts
 from service.memlimit import cache_budget, memory_limit, resident_bytes
 from service.metrics import HTTPMetrics, RuntimeCollector
 from service.precision import PrecisionChoice, choose
@@ -144,6 +145,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
     metrics_registry = CollectorRegistry()
     app.state.metrics_registry = metrics_registry
     app.add_middleware(HTTPMetrics, registry=metrics_registry)
+    app.add_middleware(ClientTimeouts, body_s=settings.body_timeout_s, send_s=settings.send_timeout_s)
     errors.install(app)
     app.openapi = spec_builder(app, settings.max_inputs, settings.max_text_chars)  # type: ignore[method-assign]
     app.include_router(classify.router)

@@ -81,6 +81,10 @@ class StorageQuotaError(ServiceError):
     """An upload would take the tenant over its task count or stored bytes (403); nothing is stored."""
 
 
+class RequestTimeoutError(ServiceError):
+    """The request body did not arrive within the body timeout (408; the connection closes)."""
+
+
 class DeadlineExceededError(ServiceError):
     """The request's deadline passed before it was served (504)."""
 

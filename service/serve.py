@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import FrameType
+from typing import Any
 
 from service.settings import ServiceSettings
 
@@ -44,12 +45,23 @@ def run(settings: ServiceSettings) -> None:
             timer.daemon = True
             timer.start()
 
-    config = uvicorn.Config(
+    DrainingServer(uvicorn_config(app, settings)).run()
+
+
+def uvicorn_config(app: Any, settings: ServiceSettings, log_level: str = "info") -> Any:
+    """One worker on ``settings.host:port``, with the connection guards (service.guards)."""
+    import uvicorn
+
+    from service.guards import guarded_protocol
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,
-        log_level="info",
+        log_level=log_level,
         access_log=settings.access_log,
+        http=guarded_protocol(settings.max_connections, settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        lifespan="on",
     )
-    DrainingServer(config).run()

@@ -84,6 +84,25 @@ class ServiceSettings(BaseSettings):
         description="on SIGTERM: seconds /readyz answers 503 while requests are still served, so a "
         "load balancer stops sending new ones; then admitted requests finish and the process exits",
     )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="open client connections; beyond it a new connection is closed at once (existing "
+        "ones keep being served)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this (slow-header clients)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request's body must arrive within this after its headers (else 408)"
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client must take each part of its response within this, else its connection "
+        "is dropped (a client that never reads)",
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
     precision: PrecisionSetting = Field(
         "auto",

@@ -203,6 +203,21 @@ def cmd_noisy_neighbour(args: argparse.Namespace) -> int:
     return 0 if report["server_exit"] is None else 1
 
 
+def cmd_hostile_clients(args: argparse.Namespace) -> int:
+    from loadtest.hostile import HostileOptions, plot_hostile, run_hostile_clients
+
+    options = options_from(
+        args, HostileOptions, server_settings=tuple(_setting(item) for item in args.server_setting)
+    )
+    report, samples = run_hostile_clients(options, args.command_line, log)
+    _emit(report, args.json, args.command_line)
+    if args.json is not None:
+        plot_hostile(samples, f"slow and hostile clients, {args.backbone}", args.json.with_suffix(".png"))
+        log(f"wrote {args.json.with_suffix('.png')}")
+    log(f"target: {report['target']}")
+    return 0 if report["server_exit"] is None else 1
+
+
 def cmd_rolling_restart(args: argparse.Namespace) -> int:
     from loadtest.rolling import RollingOptions, plot_rolling, run_rolling_restart
 
@@ -396,6 +411,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     neighbour.add_argument("--seed", type=int, default=0)
     neighbour.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
     neighbour.set_defaults(func=cmd_noisy_neighbour)
+
+    hostile = commands.add_parser(
+        "hostile-clients",
+        help="slow headers, idle connections, slow bodies, clients that never read: a light client's latency",
+    )
+    hostile.add_argument("--data", type=Path, required=True, help="data root; dev texts are sent")
+    hostile.add_argument("--texts", default="sst2", help="data set whose texts are sent")
+    hostile.add_argument("--backbone", default="minilm")
+    hostile.add_argument("--duration", dest="duration_s", type=float, default=30.0, help="seconds per phase")
+    hostile.add_argument(
+        "--light-rate", type=float, default=4.0, help="the light client's requests per second"
+    )
+    hostile.add_argument("--slow-headers", type=int, default=200, help="connections dribbling headers")
+    hostile.add_argument("--idle", type=int, default=2000, help="connections sending nothing")
+    hostile.add_argument("--slow-bodies", type=int, default=50, help="uploads sending 1 kB/s")
+    hostile.add_argument("--non-readers", type=int, default=50, help="clients never reading their answer")
+    hostile.add_argument("--max-seq-length", type=int, default=64)
+    hostile.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    hostile.add_argument(
+        "--server-setting", action="append", default=[], metavar="NAME=VALUE", help="a SPARTAN_* setting"
+    )
+    hostile.add_argument("--seed", type=int, default=0)
+    hostile.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
+    hostile.set_defaults(func=cmd_hostile_clients)
 
     rolling = commands.add_parser(
         "rolling-restart",

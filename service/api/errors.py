@@ -38,6 +38,7 @@ from service.errors import (
     RateLimitedError,
     RegistryFullError,
     RegistryUnavailableError,
+    RequestTimeoutError,
     ServiceError,
     ShuttingDownError,
     StorageQuotaError,
@@ -80,6 +81,7 @@ KINDS: list[Kind] = [
     Kind(VersionConflictError, 412, "version-conflict", "If-Match does not name the current version"),
     Kind(RateLimitedError, 429, "rate-limited", "Over the tenant's rate quota"),
     Kind(OverloadedError, 429, "overloaded", "The service is at capacity"),
+    Kind(RequestTimeoutError, 408, "request-timeout", "The request did not arrive in time"),
     Kind(DeadlineExceededError, 504, "deadline-exceeded", "Not served before the request's deadline"),
     Kind(RegistryUnavailableError, 503, "registry-unavailable", "The registry cannot be reached or written"),
     Kind(RegistryFullError, 507, "registry-full", "The registry has no space left"),
@@ -117,6 +119,8 @@ async def _known(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     elif kind.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
+    elif kind.status == 408:
+        headers = {"Connection": "close"}  # the rest of the body may still be on its way
     return _answer(request, kind, str(exc), headers=headers)
 
 

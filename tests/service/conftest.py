@@ -17,6 +17,7 @@ import uvicorn
 from loadtest.launcher import free_port
 from memories.backbone import Backbone
 from service.app import create_app
+from service.serve import uvicorn_config
 from service.settings import ServiceSettings
 
 
@@ -42,14 +43,7 @@ def start_service(
     settings: ServiceSettings, backbone: Backbone | None
 ) -> tuple[RunningService, threading.Thread]:
     """The app on a real uvicorn server in a thread; ``backbone`` None: the app loads its own."""
-    config = uvicorn.Config(
-        create_app(settings, backbone),
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(settings, backbone), settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

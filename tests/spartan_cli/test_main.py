@@ -37,6 +37,12 @@ def _train(data: Path, task: str, out: Path, *extra: str) -> None:
     assert status == 0
 
 
+def test_a_file_written_with_string_options_still_loads() -> None:
+    """Files written before options were typed keep them as Python reprs; they load as they are."""
+    meta = read_memory(Path(__file__).parents[2] / "demo" / "sst2.safetensors").metadata
+    assert meta.training["options"]["batch_size"] == "16"
+
+
 def test_train_then_eval_classification(
     toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -48,6 +54,9 @@ def test_train_then_eval_classification(
     assert (meta.task, meta.labels, meta.num_parents, meta.top_k) == ("toy", ["negative", "positive"], 4, 2)
     assert meta.training["dev_metrics"]["score"] == pytest.approx(summary["dev"]["score"], abs=1e-6)
     assert meta.training["step"] == summary["best_step"]
+    options = meta.training["options"]
+    assert (options["batch_size"], options["few_shot"], options["lr"]) == (4, False, None), "typed, not reprs"
+    assert options["spartan"] == {"num_parents": 4, "num_children": 2, "top_k": 2, "child_temperature": 1.6}
     assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 8
