@@ -10,6 +10,9 @@ request) in five phases of the same length, one after the other on the same serv
 4. **slow-bodies**: ``slow_bodies`` uploads announce 1 MB and send 1 kB per second;
 5. **non-readers**: ``non_readers`` clients ask for the memory file and never read the answer.
 
+The hostile connections run in a process of their own, so their reconnect storms do not delay
+the light client's own measurement.
+
 The report gives the light client's p50/p95/p99 and statuses per phase, what the server did to
 the hostile connections (closed, answered 408, refused), and the target: the light client's p95
 in every phase within 2x its p95 in the normal phase, every light request answered 200.
@@ -18,12 +21,15 @@ in every phase within 2x its p95 in the normal phase, every light request answer
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import socket
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from loadtest.generator import LoadGenerator, LoadOptions, Sample
 from loadtest.launcher import start_server
@@ -132,23 +138,44 @@ async def _non_reader(host: str, port: int, stop: asyncio.Event, outcomes: Outco
 Hostile = Callable[[str, int, asyncio.Event, Outcomes], Awaitable[None]]
 
 
-def _actors(options: HostileOptions) -> dict[str, tuple[Hostile, int]]:
+ACTORS: dict[str, Hostile] = {
+    "normal": _idle,
+    "slow-headers": _slow_headers,
+    "idle": _idle,
+    "slow-bodies": _slow_body,
+    "non-readers": _non_reader,
+}
+
+
+def _counts(options: HostileOptions) -> dict[str, int]:
     return {
-        "normal": (_idle, 0),
-        "slow-headers": (_slow_headers, options.slow_headers),
-        "idle": (_idle, options.idle),
-        "slow-bodies": (_slow_body, options.slow_bodies),
-        "non-readers": (_non_reader, options.non_readers),
+        "normal": 0,
+        "slow-headers": options.slow_headers,
+        "idle": options.idle,
+        "slow-bodies": options.slow_bodies,
+        "non-readers": options.non_readers,
     }
 
 
-async def _phase(
-    url: str, texts: list[str], options: HostileOptions, actor: Hostile, count: int
-) -> tuple[list[Sample], float, Outcomes]:
-    host, port = url.removeprefix("http://").split(":")
-    stop, outcomes = asyncio.Event(), Counter[str]()
-    hostile = [asyncio.ensure_future(actor(host, int(port), stop, outcomes)) for _ in range(count)]
-    await asyncio.sleep(1.0)  # the hostile connections are open before the light client starts
+def _hostile_process(phase: str, count: int, url: str, stop: Any, results: Any) -> None:
+    """The hostile connections of one phase, in their own process (their own event loop and
+    CPU time: their reconnect storms must not delay the light client's measurement)."""
+
+    async def main() -> Outcomes:
+        host, port = url.removeprefix("http://").split(":")
+        halt, outcomes = asyncio.Event(), Counter[str]()
+        actors = [asyncio.ensure_future(ACTORS[phase](host, int(port), halt, outcomes)) for _ in range(count)]
+        await asyncio.to_thread(stop.wait)
+        halt.set()
+        for result in await asyncio.gather(*actors, return_exceptions=True):
+            if isinstance(result, BaseException):
+                outcomes[f"client error {type(result).__name__}"] += 1
+        return outcomes
+
+    results.put(dict(asyncio.run(main())))
+
+
+async def _light(url: str, texts: list[str], options: HostileOptions) -> tuple[list[Sample], float]:
     light = LoadGenerator(
         url,
         [TASK],
@@ -156,13 +183,24 @@ async def _phase(
         Zipf(1, 0.0, options.seed),
         LoadOptions(mode="open", rate=options.light_rate, duration_s=options.duration_s, seed=options.seed),
     )
-    seconds = await light.run()
-    stop.set()
-    results = await asyncio.gather(*hostile, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            outcomes[f"client error {type(result).__name__}"] += 1
-    return light.samples, seconds, outcomes
+    return light.samples, await light.run()
+
+
+def _phase(
+    url: str, texts: list[str], options: HostileOptions, phase: str, count: int
+) -> tuple[list[Sample], float, dict[str, int]]:
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    hostile = context.Process(target=_hostile_process, args=(phase, count, url, stop, results))
+    hostile.start()
+    try:
+        time.sleep(2.0)  # the hostile connections are open before the light client starts
+        samples, seconds = asyncio.run(_light(url, texts, options))
+    finally:
+        stop.set()
+        outcomes: dict[str, int] = results.get(timeout=60)
+        hostile.join(30)
+    return samples, seconds, outcomes
 
 
 def run_hostile_clients(
@@ -189,11 +227,9 @@ def run_hostile_clients(
                     await client.put_memory(TASK, blob)
 
             asyncio.run(upload())
-            for name, (actor, count) in _actors(options).items():
-                progress(
-                    f"phase {name}: {count} hostile connections, light client {options.light_rate:g} req/s"
-                )
-                light, seconds, outcomes = asyncio.run(_phase(server.url, texts, options, actor, count))
+            for name, count in _counts(options).items():
+                progress(f"phase {name}: {count} hostile connections, light {options.light_rate:g} req/s")
+                light, seconds, outcomes = _phase(server.url, texts, options, name, count)
                 samples[name] = light
                 phases[name] = {
                     "hostile_connections": count,

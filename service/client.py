@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel
 
 from service.api.schemas import (
+    CandidateStatus,
     ClassifyRequest,
     ClassifyResponse,
     MemoryInfo,
@@ -33,6 +34,7 @@ from service.api.schemas import (
     VersionList,
 )
 from service.predictions import AnswerFormat, Explain
+from service.registry.base import RolloutMode
 
 M = TypeVar("M", bound=BaseModel)
 Inputs = str | Sequence[str] | Sequence[PairInput] | Sequence[tuple[str, str]]
@@ -88,6 +90,21 @@ class _Calls:
     @staticmethod
     def download(task: str, version: int) -> _Request:
         return _Request("GET", f"/v1/memories/{task}/versions/{version}/file")
+
+    @staticmethod
+    def put_candidate(task: str, data: bytes, mode: str, share: float, if_match: int | None) -> _Request:
+        headers = {"content-type": "application/octet-stream"}
+        if if_match is not None:
+            headers["if-match"] = str(if_match)
+        params = {"mode": mode, "share": share}
+        return _Request("PUT", f"/v1/memories/{task}/candidate", content=data, headers=headers, params=params)
+
+    @staticmethod
+    def end_candidate(task: str, promote: bool, if_match: int | None) -> _Request:
+        headers = {"if-match": str(if_match)} if if_match is not None else None
+        if promote:
+            return _Request("POST", f"/v1/memories/{task}/candidate/promote", headers=headers)
+        return _Request("DELETE", f"/v1/memories/{task}/candidate", headers=headers)
 
     @staticmethod
     def restore(task: str, version: int, if_match: int | None) -> _Request:
@@ -209,6 +226,29 @@ class SpartanClient:
         """Roll back: ``version``'s bytes become the next, current version."""
         return _required(self._send(_Calls.restore(task, version, if_match), MemoryInfo))
 
+    def put_candidate(
+        self,
+        task: str,
+        data: bytes,
+        mode: RolloutMode = "shadow",
+        share: float = 0.1,
+        if_match: int | None = None,
+    ) -> CandidateStatus:
+        """Try a memory beside the current version: ``canary`` serves ``share`` of the requests,
+        ``shadow`` scores every request without changing answers."""
+        request = _Calls.put_candidate(task, data, mode, share, if_match)
+        return _required(self._send(request, CandidateStatus))
+
+    def get_candidate(self, task: str) -> CandidateStatus:
+        """The trial and how the candidate compares (this replica's numbers)."""
+        return _required(self._send(_Request("GET", f"/v1/memories/{task}/candidate"), CandidateStatus))
+
+    def promote_candidate(self, task: str, if_match: int | None = None) -> MemoryInfo:
+        return _required(self._send(_Calls.end_candidate(task, True, if_match), MemoryInfo))
+
+    def abort_candidate(self, task: str, if_match: int | None = None) -> None:
+        self._send(_Calls.end_candidate(task, False, if_match), None)
+
     def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
         return _required(self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))
 
@@ -306,6 +346,27 @@ class AsyncSpartanClient:
 
     async def restore_version(self, task: str, version: int, if_match: int | None = None) -> MemoryInfo:
         return _required(await self._send(_Calls.restore(task, version, if_match), MemoryInfo))
+
+    async def put_candidate(
+        self,
+        task: str,
+        data: bytes,
+        mode: RolloutMode = "shadow",
+        share: float = 0.1,
+        if_match: int | None = None,
+    ) -> CandidateStatus:
+        request = _Calls.put_candidate(task, data, mode, share, if_match)
+        return _required(await self._send(request, CandidateStatus))
+
+    async def get_candidate(self, task: str) -> CandidateStatus:
+        request = _Request("GET", f"/v1/memories/{task}/candidate")
+        return _required(await self._send(request, CandidateStatus))
+
+    async def promote_candidate(self, task: str, if_match: int | None = None) -> MemoryInfo:
+        return _required(await self._send(_Calls.end_candidate(task, True, if_match), MemoryInfo))
+
+    async def abort_candidate(self, task: str, if_match: int | None = None) -> None:
+        await self._send(_Calls.end_candidate(task, False, if_match), None)
 
     async def put_memory(self, task: str, data: bytes, if_match: int | None = None) -> MemoryInfo:
         return _required(await self._send(_Calls.put_memory(task, data, if_match), MemoryInfo))

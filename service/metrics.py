@@ -18,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LOAD_BUCKETS
 from service.memlimit import resident_bytes
+from service.rollouts import TrialStats
 from service.runtime import Runtime
+from service.tasks import TaskRef
 from service.usage import LATENCY_BUCKETS, UsageMeter
 
 
@@ -92,6 +94,44 @@ class RuntimeCollector(Collector):
             "spartan_engine_batch_size", "rows per engine batch", buckets=buckets, sum_value=total_rows
         )
         yield from _usage(now.usage)
+        yield from _trials(now.trials)
+
+
+def _trials(trials: dict[TaskRef, TrialStats]) -> Iterator[Metric]:
+    """Per task with a candidate on trial (canary or shadow): requests and latency per version
+    and way (served, scored in the background), and the agreement counts (service.rollouts)."""
+    labels = ["tenant", "task", "candidate"]
+    requests = CounterMetricFamily(
+        "spartan_trial_requests", "trial requests per version and way", labels=[*labels, "version", "way"]
+    )
+    seconds = CounterMetricFamily(
+        "spartan_trial_latency_seconds", "their summed latency", labels=[*labels, "version", "way"]
+    )
+    compared = CounterMetricFamily(
+        "spartan_trial_compared_rows", "rows scored by both versions", labels=labels
+    )
+    agreeing = CounterMetricFamily(
+        "spartan_trial_agreeing_rows", "compared rows with the same label", labels=labels
+    )
+    difference = CounterMetricFamily(
+        "spartan_trial_difference",
+        "summed mean absolute probability difference of compared rows (regression: value)",
+        labels=labels,
+    )
+    skipped = CounterMetricFamily(
+        "spartan_trial_skipped", "comparisons skipped (too many in flight)", labels=labels
+    )
+    for ref, trial in sorted(trials.items()):
+        key = [ref.tenant, ref.task, str(trial.candidate)]
+        for way, arms in (("served", trial.served), ("scored", trial.scored)):
+            for arm, numbers in arms.items():
+                requests.add_metric([*key, arm, way], numbers.requests)
+                seconds.add_metric([*key, arm, way], numbers.latency_seconds)
+        compared.add_metric(key, trial.compared_rows)
+        agreeing.add_metric(key, trial.agreeing_rows)
+        difference.add_metric(key, trial.difference_sum)
+        skipped.add_metric(key, trial.skipped)
+    yield from (requests, seconds, compared, agreeing, difference, skipped)
 
 
 def _usage(usage: UsageMeter) -> Iterator[Metric]:

@@ -43,9 +43,9 @@ async def _probe_memories(
     """Up to PROBE_MEMORIES real memories for ``backbone``: the registry's, else the seed folder's."""
     blobs: list[bytes] = []
     try:
-        versions = await registry.current_versions()
-        for ref in sorted(versions)[:PROBE_MEMORIES]:
-            blobs.append(await registry.read(ref, versions[ref]))
+        states = await registry.current_states()
+        for ref in sorted(states)[:PROBE_MEMORIES]:
+            blobs.append(await registry.read(ref, states[ref].version))
     except RegistryUnavailableError as exc:
         log.warning("precision auto: registry unavailable for the probe (%s)", exc)
     packed = await asyncio.to_thread(_usable, blobs, backbone, max_bytes)

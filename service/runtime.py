@@ -44,7 +44,8 @@ from service.errors import OverloadedError, RegistryFullError, RegistryUnavailab
 from service.memlimit import DEFAULT_CACHE_BYTES
 from service.precision import PrecisionChoice
 from service.predictions import Classification, Explain, TextInput, check_inputs
-from service.registry.base import Registry, VersionInfo
+from service.registry.base import Registry, RolloutMode, VersionInfo
+from service.rollouts import Arm, TrialStats, scores_other_arm, serving_arm
 from service.settings import ServiceSettings
 from service.tasks import TaskRef
 from service.tenancy import Tenancy
@@ -83,6 +84,12 @@ class Snapshot:
     registry_up: bool
     precision: PrecisionChoice
     usage: UsageMeter
+    trials: dict[TaskRef, TrialStats]
+
+
+MAX_BACKGROUND_SCORES = 8
+"""Background scores of the other version in flight per replica (canary and shadow trials);
+beyond it a comparison is skipped, so a trial never queues work without bound."""
 
 
 class Runtime:
@@ -114,6 +121,8 @@ class Runtime:
         self.draining = False  # set on SIGTERM (service.serve): /readyz answers 503, requests still served
         self._sync_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self.trials: dict[TaskRef, TrialStats] = {}  # this replica's canary / shadow comparisons
+        self._scoring: set[asyncio.Task[None]] = set()  # background scores of the other version
 
     async def start(self) -> None:
         self.engine.start()
@@ -129,6 +138,8 @@ class Runtime:
         self._flush_task = asyncio.create_task(self._flush_usage_every(), name="usage-flush")
 
     async def stop(self) -> None:
+        for scoring in list(self._scoring):
+            scoring.cancel()
         for task in (self._sync_task, self._flush_task):
             if task is not None:
                 task.cancel()
@@ -188,13 +199,106 @@ class Runtime:
     ) -> tuple[Classification, int]:
         settings = self.settings
         check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
+        started = time.perf_counter()
         deadline = time.monotonic() + settings.request_timeout_s
-        memory = await self.memory(ref)
+        info = await self.resolve(ref)
+        rollout = info.rollout
+        arm = serving_arm(rollout)
+        memory = await self.cache.get(
+            ref, rollout.version if rollout and arm == "candidate" else info.version
+        )
         self.tenancy.limiter.admit(ref.tenant, len(inputs))
         rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
         results = await self.engine.submit(rows, deadline)
         answer = Classification(ref.task, memory.version, [result.prediction for result in results])
+        if rollout is not None:
+            trial = self._trial(ref, rollout.version)
+            trial.served[arm].record(time.perf_counter() - started)
+            if scores_other_arm(rollout, arm):
+                other = info.version if arm == "candidate" else rollout.version
+                self._score_in_background(ref, other, inputs, answer, trial, arm)
         return answer, sum(result.tokens for result in results)
+
+    # --- canary and shadow trials (service.rollouts) -------------------------------------
+
+    def _trial(self, ref: TaskRef, candidate: int) -> TrialStats:
+        trial = self.trials.get(ref)
+        if trial is None or trial.candidate != candidate:
+            trial = self.trials[ref] = TrialStats(candidate)
+        return trial
+
+    def _score_in_background(
+        self,
+        ref: TaskRef,
+        version: int,
+        inputs: Sequence[TextInput],
+        served: Classification,
+        trial: TrialStats,
+        served_by: Arm,
+    ) -> None:
+        if len(self._scoring) >= MAX_BACKGROUND_SCORES:
+            trial.skipped += 1
+            return
+        task = asyncio.create_task(self._score(ref, version, inputs, served, trial, served_by))
+        self._scoring.add(task)
+        task.add_done_callback(self._scoring.discard)
+
+    async def _score(
+        self,
+        ref: TaskRef,
+        version: int,
+        inputs: Sequence[TextInput],
+        served: Classification,
+        trial: TrialStats,
+        served_by: Arm,
+    ) -> None:
+        """Score ``inputs`` with the other version and compare with what was served."""
+        started = time.perf_counter()
+        try:
+            memory = await self.cache.get(ref, version)
+            rows = [RowRequest(item.text, item.pair, memory, "none") for item in inputs]
+            results = await self.engine.submit(rows, time.monotonic() + self.settings.request_timeout_s)
+        except SpartanError:
+            trial.failed += 1
+            return
+        other: Arm = "current" if served_by == "candidate" else "candidate"
+        trial.scored[other].record(time.perf_counter() - started)
+        scored = [result.prediction for result in results]
+        if served_by == "candidate":
+            trial.compare(scored, served.predictions)
+        else:
+            trial.compare(served.predictions, scored)
+
+    def trial(self, info: VersionInfo) -> TrialStats:
+        """This replica's comparison of the task's candidate (empty before its first request)."""
+        assert info.rollout is not None, "only a task with a candidate has a trial"
+        return self.trials.get(info.ref) or TrialStats(info.rollout.version)
+
+    async def stage(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        mode: RolloutMode,
+        share: float,
+        if_match: int | None,
+    ) -> VersionInfo:
+        """Validate a candidate completely, then store it beside the current version on trial."""
+        memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
+        check_backbone(memfile.metadata, self.backbone)
+        quota = self.tenancy.quota(ref.tenant)
+        metadata = memfile.metadata.model_dump()
+        staged = await self.registry.stage(ref, data, memfile.sha256, metadata, mode, share, if_match, quota)
+        self._apply(ref, staged)
+        return staged
+
+    async def end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None) -> VersionInfo:
+        """Promote the candidate (current at once on every replica) or abort its trial (the
+        candidate is deleted)."""
+        await self.resolve(ref)
+        ended = await self.registry.end_rollout(ref, promote, if_match)
+        self._apply(ref, ended)
+        self.trials.pop(ref, None)
+        return ended
 
     # --- reading -------------------------------------------------------------------------
 
@@ -252,6 +356,7 @@ class Runtime:
             registry_up=self.registry_error is None,
             precision=self.precision,
             usage=self.usage,
+            trials=dict(self.trials),
         )
 
     async def resolve(self, ref: TaskRef) -> VersionInfo:
@@ -284,9 +389,11 @@ class Runtime:
         check_backbone(memfile.metadata, self.backbone)
         return _loaded(ref, version, memfile, self.settings.resident_dtype, self.backbone.dtype)
 
-    async def versions(self, ref: TaskRef) -> list[VersionInfo]:
-        """The task's kept versions, newest first; TaskNotFoundError if it does not exist."""
-        return await self.registry.versions(ref)
+    async def versions(self, ref: TaskRef) -> tuple[VersionInfo, list[VersionInfo]]:
+        """The task's current record and its kept versions, newest first (a candidate on trial
+        among them); TaskNotFoundError if it does not exist."""
+        kept = await self.registry.versions(ref)
+        return await self.resolve(ref), kept
 
     async def version_file(self, ref: TaskRef, version: int) -> tuple[VersionInfo, bytes]:
         """One kept version's record and bytes; TaskNotFoundError naming the kept ones if gone."""
@@ -357,17 +464,22 @@ class Runtime:
             self.cache.discard(ref)
         else:
             self.unknown.pop(ref, None)
-            if ref not in self.catalog or self.catalog[ref].version < info.version:
+            known = self.catalog.get(ref)
+            if (
+                known is None
+                or known.version < info.version
+                or (known.version == info.version and known.rollout != info.rollout)
+            ):
                 self.catalog[ref] = info
 
     async def _catch_up(self) -> None:
-        """Compare every task's version with the registry and fetch what changed."""
-        versions = await self.registry.current_versions()
-        for ref in set(self.catalog) - set(versions):
+        """Compare every task's versions (current and candidate) with the registry; fetch changes."""
+        states = await self.registry.current_states()
+        for ref in set(self.catalog) - set(states):
             self._apply(ref, None)
-        for ref, version in versions.items():
+        for ref, state in states.items():
             known = self.catalog.get(ref)
-            if known is None or known.version != version:
+            if known is None or known.state != state:
                 self._apply(ref, await self.registry.current(ref))
 
     async def _sync(self) -> None:
@@ -380,7 +492,7 @@ class Runtime:
                         known = self.catalog.get(event.ref)
                         if event.version is None:
                             self._apply(event.ref, None)
-                        elif known is None or known.version < event.version:
+                        elif known is None or known.version <= event.version:  # equal: a rollout change
                             self._apply(event.ref, await self.registry.current(event.ref))
                 except RegistryUnavailableError as exc:
                     self.registry_error = str(exc)

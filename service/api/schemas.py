@@ -115,6 +115,19 @@ class PipelineAnswer(RootModel[list[PipelineScore] | list[list[PipelineScore]]])
     ``{label, score}`` per input, or with ``top_k`` a list per input (one flat list for one text)."""
 
 
+class RolloutInfo(BaseModel):
+    """A candidate on trial beside the current version."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int = Field(description="the candidate version")
+    mode: Literal["canary", "shadow"] = Field(
+        description="canary: serves a share of the requests; shadow: scored beside, answers unchanged"
+    )
+    share: float = Field(description="canary: the share of requests the candidate serves")
+    started_at: float
+
+
 class MemoryInfo(BaseModel):
     """One stored version of a task's memory (the current one, unless listed among versions)."""
 
@@ -126,6 +139,43 @@ class MemoryInfo(BaseModel):
     created_at: float = Field(description="Unix time it was stored (0: unknown, stored by an old release)")
     metadata: dict[str, Any]
     restored_from: int | None = Field(None, description="the older version this one restored (a rollback)")
+    rollout: RolloutInfo | None = Field(None, description="on the current version: a candidate on trial")
+
+
+class ArmNumbers(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    requests: int
+    mean_latency_s: float | None
+
+
+class TrialNumbers(BaseModel):
+    """How the candidate compares with the current version on this replica's traffic."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    served: dict[Literal["current", "candidate"], ArmNumbers] = Field(
+        description="requests each version answered and their latency"
+    )
+    scored: dict[Literal["current", "candidate"], ArmNumbers] = Field(
+        description="background scores of the other version (for the comparison) and their latency"
+    )
+    compared_rows: int
+    agreement: float | None = Field(description="share of compared rows with the same label")
+    mean_difference: float | None = Field(
+        description="mean absolute probability difference over the labels (regression: of the value)"
+    )
+    skipped: int = Field(description="comparisons skipped: too many background scores in flight")
+    failed: int
+
+
+class CandidateStatus(BaseModel):
+    """A task's candidate on trial and how it compares, as this replica saw it."""
+
+    task: str
+    current: int
+    rollout: RolloutInfo
+    replica: TrialNumbers
 
 
 class VersionList(BaseModel):

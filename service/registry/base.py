@@ -6,7 +6,12 @@ sequence of immutable versions (1, 2, 3, ...; numbers are never reused, not even
 and one *current* version. Writes are atomic: a reader sees the previous current version or the
 new one, never a partial file. ``put`` takes an optional ``if_match`` version for
 compare-and-set. Every change is announced as a :class:`ChangeEvent`; a replica that missed
-events catches up by comparing :meth:`Registry.current_versions`.
+events catches up by comparing :meth:`Registry.current_states`.
+
+A task may have a *candidate* on trial (:class:`Rollout`, kept in the current version's record):
+a version stored by :meth:`Registry.stage` that is not current, served to a share of requests
+(canary) or scored beside the current one (shadow) until :meth:`Registry.end_rollout` promotes
+or aborts it. Every rollout change is announced like an upload.
 
 Registries written before namespaces existed (one global namespace, each task owned by a tenant)
 are moved into their owners' namespaces by :meth:`Registry.migrate`: idempotent, one task at a
@@ -29,11 +34,31 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from service.errors import StorageQuotaError, VersionConflictError
 from service.quotas import Quota
 from service.tasks import TaskRef
+
+RolloutMode = Literal["canary", "shadow"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A candidate version on trial beside the current one: ``canary`` serves it to a ``share``
+    of the task's requests; ``shadow`` scores it on live traffic without changing any answer."""
+
+    version: int
+    mode: RolloutMode
+    share: float
+    started_at: float
+
+
+class TaskState(NamedTuple):
+    """What replicas compare to catch up: the current version and the candidate's (0: none)."""
+
+    version: int
+    candidate: int
 
 
 @dataclass(frozen=True)
@@ -50,17 +75,25 @@ class VersionInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     restored_from: int | None = None
     """The older version whose bytes this one holds again (a rollback), or None."""
+    rollout: Rollout | None = None
+    """On the current version's record only: the candidate on trial, if any."""
 
     @property
     def ref(self) -> TaskRef:
         return TaskRef(self.owner, self.task)
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self.version, self.rollout.version if self.rollout else 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> VersionInfo:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        rollout = fields.pop("rollout", None)
+        return cls(**fields, rollout=Rollout(**rollout) if rollout else None)
 
 
 HOUR_S = 3600
@@ -137,8 +170,30 @@ class Registry(ABC):
         """Remove a task and all its versions; TaskNotFoundError if absent."""
 
     @abstractmethod
-    async def current_versions(self) -> dict[TaskRef, int]:
-        """Every tenant's tasks and their current versions (the catch-up view for replicas)."""
+    async def stage(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        mode: RolloutMode,
+        share: float,
+        if_match: int | None = None,
+        quota: Quota | None = None,
+    ) -> VersionInfo:
+        """Store ``data`` as the task's next version *without* making it current: it becomes the
+        candidate of a rollout (replacing any earlier candidate). Returns the current record with
+        its rollout. TaskNotFoundError without a current version; ``if_match``, ``quota`` as put."""
+
+    @abstractmethod
+    async def end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None = None) -> VersionInfo:
+        """Promote the candidate (it becomes current) or abort the rollout (the current version
+        stays; the candidate, never current, is deleted); returns the new current record.
+        TaskNotFoundError when the task has no candidate."""
+
+    @abstractmethod
+    async def current_states(self) -> dict[TaskRef, TaskState]:
+        """Every tenant's tasks with their current and candidate versions (the catch-up view)."""
 
     @abstractmethod
     def events(self) -> AsyncIterator[ChangeEvent]:
@@ -205,6 +260,13 @@ def next_version(
         metadata=metadata,
         restored_from=restored_from,
     )
+
+
+def prunable(stored: Sequence[int], keep: int, current: VersionInfo) -> list[int]:
+    """The version numbers to delete after a write: all but the newest ``keep``, never the
+    current version or the candidate."""
+    protected = {current.version, current.state.candidate}
+    return [v for v in sorted(stored)[:-keep] if v not in protected]
 
 
 def described(ref: TaskRef, version: int, data: bytes, stored_at: float) -> VersionInfo:

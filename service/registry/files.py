@@ -47,6 +47,7 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ from service.quotas import Quota
 from service.registry.base import (
     ChangeEvent,
     Registry,
+    Rollout,
+    RolloutMode,
+    TaskState,
     UsageRecord,
     VersionInfo,
     check_if_match,
@@ -64,6 +68,7 @@ from service.registry.base import (
     described,
     limits_storage,
     next_version,
+    prunable,
     sum_usage,
 )
 from service.tasks import TaskRef, name_from_key, storage_key
@@ -96,6 +101,13 @@ def _read_current(folder: Path) -> VersionInfo | None:
         return VersionInfo.from_json((folder / _CURRENT).read_text())
     except FileNotFoundError:
         return None
+
+
+def _current_or_missing(ref: TaskRef, folder: Path) -> VersionInfo:
+    current = _read_current(folder)
+    if current is None:
+        raise TaskNotFoundError(f"task {ref.task!r} not found")
+    return current
 
 
 def _version_file(folder: Path, version: int) -> Path:
@@ -242,9 +254,95 @@ class FileRegistry(Registry):
                 _remove_version(version_file)  # not committed: nothing may point at it
                 raise
             self._announce()
-            for old in sorted(folder.glob("v*.bin"))[: -self.keep_versions]:
-                _remove_version(old)
+            self._prune(folder, info)
         return info
+
+    def _prune(self, folder: Path, current: VersionInfo) -> None:
+        stored = [int(path.stem[1:]) for path in folder.glob("v*.bin")]
+        for version in prunable(stored, self.keep_versions, current):
+            _remove_version(_version_file(folder, version))
+
+    def _stage(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        rollout: tuple[RolloutMode, float],
+        if_match: int | None,
+        quota: Quota | None,
+    ) -> VersionInfo:
+        with self._faults.writing("the candidate upload"):
+            if not limits_storage(quota):
+                return self._stage_task(ref, data, sha256, metadata, rollout, if_match)
+            tenant = self._tenant_dir(ref.tenant)
+            with _flock(tenant / ".lock"):
+                check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
+                return self._stage_task(ref, data, sha256, metadata, rollout, if_match)
+
+    def _stage_task(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        rollout: tuple[RolloutMode, float],
+        if_match: int | None,
+    ) -> VersionInfo:
+        with self._locked(ref) as folder:
+            current = _current_or_missing(ref, folder)
+            counter = folder / "counter"
+            candidate = next_version(ref, current, int(counter.read_text()), data, sha256, metadata, if_match)
+            atomic_write(counter, str(candidate.version).encode())
+            version_file = _version_file(folder, candidate.version)
+            mode, share = rollout
+            staged = replace(current, rollout=Rollout(candidate.version, mode, share, candidate.created_at))
+            try:
+                atomic_write(version_file, data)
+                atomic_write(_record_file(version_file), candidate.to_json().encode())
+                atomic_write(folder / _CURRENT, staged.to_json().encode())
+            except BaseException:
+                _remove_version(version_file)
+                raise
+            self._announce()
+            self._prune(folder, staged)
+        return staged
+
+    def _end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None) -> VersionInfo:
+        with self._faults.writing("the promotion" if promote else "the abort"), self._locked(ref) as folder:
+            current = _current_or_missing(ref, folder)
+            check_if_match(ref, current, if_match)
+            if current.rollout is None:
+                raise TaskNotFoundError(f"task {ref.task!r} has no candidate on trial")
+            candidate = _version_file(folder, current.rollout.version)
+            ended = VersionInfo.from_json(_record_file(candidate).read_bytes()) if promote else None
+            atomic_write(folder / _CURRENT, (ended or replace(current, rollout=None)).to_json().encode())
+            if ended is None:
+                _remove_version(candidate)  # never current: an aborted candidate is not kept
+            self._announce()
+        return ended or replace(current, rollout=None)
+
+    async def stage(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        mode: RolloutMode,
+        share: float,
+        if_match: int | None = None,
+        quota: Quota | None = None,
+    ) -> VersionInfo:
+        staged = await asyncio.to_thread(
+            self._stage, ref, data, sha256, metadata, (mode, share), if_match, quota
+        )
+        self._changed.set()
+        return staged
+
+    async def end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None = None) -> VersionInfo:
+        ended = await asyncio.to_thread(self._end_rollout, ref, promote, if_match)
+        self._changed.set()
+        return ended
 
     def _announce(self) -> None:
         """Tell watchers in other processes that a commit happened (after the commit point)."""
@@ -291,8 +389,8 @@ class FileRegistry(Registry):
             kept = []
             for version_file in sorted(folder.glob("v*.bin"), reverse=True):
                 record, version = _record_file(version_file), int(version_file.stem[1:])
-                if version > current.version:  # a crash between its write and the commit
-                    continue
+                if version > current.version and version != current.state.candidate:
+                    continue  # a crash between its write and the commit
                 with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: not kept any more
                     if record.exists():
                         kept.append(VersionInfo.from_json(record.read_bytes()))
@@ -340,18 +438,18 @@ class FileRegistry(Registry):
         await asyncio.to_thread(self._delete, ref, if_match)
         self._changed.set()
 
-    def _current_versions(self) -> dict[TaskRef, int]:
-        versions = {}
+    def _current_states(self) -> dict[TaskRef, TaskState]:
+        states = {}
         with self._faults.reading():
             for tenant in (self.root / _TENANTS).iterdir():
                 for folder in tenant.iterdir() if tenant.is_dir() else ():
                     info = _read_current(folder) if folder.is_dir() else None
                     if info is not None:
-                        versions[info.ref] = info.version
-        return versions
+                        states[info.ref] = info.state
+        return states
 
-    async def current_versions(self) -> dict[TaskRef, int]:
-        return await asyncio.to_thread(self._current_versions)
+    async def current_states(self) -> dict[TaskRef, TaskState]:
+        return await asyncio.to_thread(self._current_states)
 
     def _migrate(self) -> int:
         moved = 0
@@ -447,7 +545,7 @@ class FileRegistry(Registry):
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         token = await asyncio.to_thread(self._change_token)
-        known = await self.current_versions()
+        known = await self.current_states()
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.poll_interval)
@@ -456,10 +554,10 @@ class FileRegistry(Registry):
             seen, token = token, await asyncio.to_thread(self._change_token)
             if not woken and token == seen:
                 continue
-            now = await self.current_versions()
-            for ref, version in sorted(now.items()):
-                if known.get(ref) != version:
-                    yield ChangeEvent(ref, version)
+            now = await self.current_states()
+            for ref, state in sorted(now.items()):
+                if known.get(ref) != state:
+                    yield ChangeEvent(ref, state.version)
             for ref in sorted(set(known) - set(now)):
                 yield ChangeEvent(ref, None)
             known = now

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
@@ -44,6 +45,9 @@ from service.registry.base import (
     HOUR_S,
     ChangeEvent,
     Registry,
+    Rollout,
+    RolloutMode,
+    TaskState,
     UsageRecord,
     VersionInfo,
     check_if_match,
@@ -51,6 +55,7 @@ from service.registry.base import (
     described,
     limits_storage,
     next_version,
+    prunable,
     sum_usage,
 )
 from service.tasks import TaskRef, storage_key
@@ -138,12 +143,83 @@ class RedisRegistry(Registry):
             pipe.set(counter_key, info.version)
             pipe.set(current_key, info.to_json())
             pipe.zadd(self.index, {str(ref): 0})
-            if info.version > self.keep_versions:
-                pipe.delete(*self._version_keys(ref, info.version - self.keep_versions))
+            self._prune(pipe, ref, info)
             pipe.publish(self.channel, self._event(ref, info.version))
             return info
 
         return await self._transaction(transaction, *watched)
+
+    def _prune(self, pipe: Pipeline, ref: TaskRef, current: VersionInfo) -> None:
+        """Delete the version that a write pushed out of the kept window (one per write)."""
+        newest = max(current.state)
+        for version in prunable([newest - self.keep_versions, newest], 1, current):
+            if version > 0:
+                pipe.delete(*self._version_keys(ref, version))
+
+    async def stage(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        sha256: str,
+        metadata: dict[str, Any],
+        mode: RolloutMode,
+        share: float,
+        if_match: int | None = None,
+        quota: Quota | None = None,
+    ) -> VersionInfo:
+        current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
+        watched = [current_key, counter_key]
+        if limits_storage(quota):
+            watched.append(self._gen(ref.tenant))
+
+        async def transaction(pipe: Pipeline) -> VersionInfo:
+            raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
+            if not raw:
+                raise TaskNotFoundError(f"task {ref.task!r} not found")
+            current = VersionInfo.from_json(raw)
+            candidate = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
+            if limits_storage(quota):
+                tenant_tasks = await self._read_index(pipe, *self._tenant_range(ref.tenant))
+                check_storage(ref, tenant_tasks, len(data), quota)
+            rollout = Rollout(candidate.version, mode, share, candidate.created_at)
+            staged = replace(current, rollout=rollout)
+            pipe.multi()
+            pipe.incr(self._gen(ref.tenant))
+            pipe.set(self._key(ref, "v", str(candidate.version)), data)
+            pipe.set(self._key(ref, "vi", str(candidate.version)), candidate.to_json())
+            pipe.set(counter_key, candidate.version)
+            pipe.set(current_key, staged.to_json())
+            self._prune(pipe, ref, staged)
+            pipe.publish(self.channel, self._event(ref, staged.version))
+            return staged
+
+        return await self._transaction(transaction, *watched)
+
+    async def end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None = None) -> VersionInfo:
+        current_key = self._key(ref, "current")
+
+        async def transaction(pipe: Pipeline) -> VersionInfo:
+            raw = await pipe.get(current_key)
+            if not raw:
+                raise TaskNotFoundError(f"task {ref.task!r} not found")
+            current = VersionInfo.from_json(raw)
+            check_if_match(ref, current, if_match)
+            if current.rollout is None:
+                raise TaskNotFoundError(f"task {ref.task!r} has no candidate on trial")
+            ended = replace(current, rollout=None)
+            if promote:
+                record = await pipe.get(self._key(ref, "vi", str(current.rollout.version)))
+                if not record:
+                    raise TaskNotFoundError(f"task {ref.task!r}: the candidate's version is gone")
+                ended = VersionInfo.from_json(record)
+            pipe.multi()
+            pipe.set(current_key, ended.to_json())
+            if not promote:  # never current: an aborted candidate is not kept
+                pipe.delete(*self._version_keys(ref, current.rollout.version))
+            pipe.publish(self.channel, self._event(ref, ended.version))
+            return ended
+
+        return await self._transaction(transaction, current_key)
 
     def _version_keys(self, ref: TaskRef, version: int) -> tuple[str, str]:
         return self._key(ref, "v", str(version)), self._key(ref, "vi", str(version))
@@ -162,7 +238,8 @@ class RedisRegistry(Registry):
         current = await self.current(ref)
         if current is None:
             raise TaskNotFoundError(f"task {ref.task!r} not found")
-        numbers = range(current.version, max(0, current.version - self.keep_versions), -1)
+        older = range(current.version, max(0, current.version - self.keep_versions), -1)
+        numbers = [*([current.rollout.version] if current.rollout else []), *older]
         records = await self._call(lambda: self._redis.mget([self._key(ref, "vi", str(v)) for v in numbers]))
         kept = []
         for version, record in zip(numbers, records, strict=True):
@@ -210,20 +287,23 @@ class RedisRegistry(Registry):
             first = max(1, current.version - self.keep_versions + 1)
             pipe.multi()
             pipe.incr(self._gen(ref.tenant))
-            kept = range(first, current.version + 1)
+            kept = [
+                *range(first, current.version + 1),
+                *([current.rollout.version] if current.rollout else []),
+            ]
             pipe.delete(current_key, *(key for v in kept for key in self._version_keys(ref, v)))
             pipe.zrem(self.index, str(ref))
             pipe.publish(self.channel, self._event(ref, None))
 
         await self._transaction(transaction, current_key)
 
-    async def current_versions(self) -> dict[TaskRef, int]:
-        versions: dict[TaskRef, int] = {}
+    async def current_states(self) -> dict[TaskRef, TaskState]:
+        states: dict[TaskRef, TaskState] = {}
         start = "-"
         while page := await self._index_page(start, "+", 500):
-            versions.update((info.ref, info.version) for info in page)
+            states.update((info.ref, info.state) for info in page)
             start = f"({page[-1].ref}"
-        return versions
+        return states
 
     async def _migrate_task(self, task_hex: str) -> bool:
         """Move one task of the old layout into its owner's namespace; False if already gone."""

@@ -43,7 +43,17 @@ def test_sync_client_round_trip(
         assert [item.label for item in client.classify_pipeline("a", ["x", "y"]).root] == [
             p.label for p in top
         ]
-        client.delete_memory("a", if_match=3)
+        staged = client.put_candidate("a", make_memfile(roberta_tiny, seed=9).to_bytes(), "canary", 1.0, 3)
+        assert (staged.current, staged.rollout.version, staged.rollout.mode) == (3, 4, "canary")
+        assert client.classify("a", "x").version == 4
+        assert client.get_candidate("a").replica.served["candidate"].requests == 1
+        assert client.promote_candidate("a", if_match=3).version == 4
+        client.put_candidate("a", make_memfile(roberta_tiny, seed=10).to_bytes())
+        client.abort_candidate("a")
+        with pytest.raises(ServiceHTTPError) as none:
+            client.get_candidate("a")
+        assert none.value.problem_type == "tag:spartan-serve,2026:task-not-found"
+        client.delete_memory("a", if_match=4)
         with pytest.raises(ServiceHTTPError) as missing:
             client.classify("a", "x")
         assert missing.value.status == 404
@@ -68,6 +78,9 @@ def test_async_client_round_trip(
             versions = await client.list_versions("a")
             assert (versions.current, [v.version for v in versions.items]) == (3, [3, 2, 1])
             assert await client.download_version("a", 3) == await client.download_version("a", 1)
+            staged = await client.put_candidate("a", make_memfile(roberta_tiny, seed=5).to_bytes())
+            assert (await client.get_candidate("a")).rollout.mode == "shadow"
+            await client.abort_candidate("a", if_match=staged.current)
             piped = await client.classify_pipeline("a", "x", top_k=2)
             assert [len(piped.root)] == [2]
             await client.delete_memory("a")

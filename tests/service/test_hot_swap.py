@@ -136,3 +136,31 @@ def test_a_rollback_on_one_replica_reaches_the_other(replicas: list[str]) -> Non
     assert answer["predictions"] != good, "version 3 answers as version 1, not as version 2"
     first = writer.get("/v1/memories/live/versions/1/file").content
     assert reader.get("/v1/memories/live/versions/3/file").content == first
+
+
+def test_a_canary_staged_on_one_replica_serves_on_the_other(replicas: list[str]) -> None:
+    backbone = load_backbone("roberta-tiny-random")
+    writer, reader = (httpx.Client(base_url=url, timeout=10) for url in replicas)
+    octet = {"content-type": "application/octet-stream"}
+    writer.put("/v1/memories/live", content=make_memfile(backbone, seed=1).to_bytes(), headers=octet)
+    staged = writer.put(
+        "/v1/memories/live/candidate",
+        content=make_memfile(backbone, seed=2).to_bytes(),
+        headers=octet,
+        params={"mode": "canary", "share": 1.0},
+    )
+    assert staged.status_code == 200, staged.text
+
+    def served_by(client: httpx.Client) -> int:
+        version: int = client.post("/v1/live/classify", json={"inputs": ["x"]}).json()["version"]
+        return version
+
+    started = time.monotonic()
+    while served_by(reader) != 2:
+        assert time.monotonic() - started < 2.0, "the canary did not reach the other replica"
+        time.sleep(0.02)
+    writer.delete("/v1/memories/live/candidate")
+    started = time.monotonic()
+    while served_by(reader) != 1:
+        assert time.monotonic() - started < 2.0, "the abort did not reach the other replica"
+        time.sleep(0.02)

@@ -1,5 +1,6 @@
 """PUT / GET / DELETE /v1/memories: upload, inspect and remove task memories; list, download and
-restore (roll back to) a task's kept versions."""
+restore (roll back to) a task's kept versions; try a candidate beside the current version
+(canary or shadow, service.rollouts), then promote or abort it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from service.api.bodies import read_limited
 from service.api.deps import IfMatch, NamespaceDep, RuntimeDep, TaskRefDep
 from service.api.problems import problem_responses
-from service.api.schemas import MemoryInfo, MemoryPage, VersionList
-from service.errors import UnsupportedMediaTypeError
-from service.registry.base import VersionInfo
+from service.api.schemas import (
+    CandidateStatus,
+    MemoryInfo,
+    MemoryPage,
+    RolloutInfo,
+    TrialNumbers,
+    VersionList,
+)
+from service.errors import TaskNotFoundError, UnsupportedMediaTypeError
+from service.registry.base import RolloutMode, VersionInfo
+from service.runtime import Runtime
 
 router = APIRouter(tags=["memories"])
 
@@ -26,6 +35,14 @@ def _links(task: str, *operations: str) -> dict[str, dict[str, object]]:
     return {
         op.title().replace("_", ""): {"operationId": op, "parameters": {"task": task}} for op in operations
     }
+
+
+def _octet_stream(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != OCTET_STREAM:
+        raise UnsupportedMediaTypeError(
+            f"send the memory file as {OCTET_STREAM}, not {content_type or 'no content type'}"
+        )
 
 
 def _info(info: VersionInfo) -> MemoryInfo:
@@ -53,11 +70,7 @@ async def put_memory(
     if_match: IfMatch = None,
 ) -> MemoryInfo:
     """Upload a memory file (the raw safetensors bytes) as the task's next version."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    if content_type != OCTET_STREAM:
-        raise UnsupportedMediaTypeError(
-            f"send the memory file as {OCTET_STREAM}, not {content_type or 'no content type'}"
-        )
+    _octet_stream(request)
     data = await read_limited(request, runtime.max_upload_bytes, "the memory file")
     return _info(await runtime.upload(ref, data, if_match))
 
@@ -124,8 +137,8 @@ VERSION_PATH = Path(ge=1, description="a kept version number (GET .../versions l
 )
 async def list_versions(ref: TaskRefDep, runtime: RuntimeDep) -> VersionList:
     """The task's kept versions, newest (current) first, each with its sha256, size, time and metadata."""
-    kept = await runtime.versions(ref)
-    return VersionList(task=ref.task, current=kept[0].version, items=[_info(i) for i in kept])
+    current, kept = await runtime.versions(ref)
+    return VersionList(task=ref.task, current=current.version, items=[_info(i) for i in kept])
 
 
 @router.get(
@@ -173,3 +186,84 @@ async def restore_version(
     """Roll back: the kept ``version``'s bytes become the task's next version, current at once on
     every replica (like an upload; ``restored_from`` says which). If-Match: the current version."""
     return _info(await runtime.restore(ref, version, if_match))
+
+
+CANDIDATE_LINKS = _links("$response.body#/task", "get_candidate", "classify", "promote_candidate")
+
+
+def _status(info: VersionInfo, runtime: Runtime) -> CandidateStatus:
+    assert info.rollout is not None, "a candidate status is of a task with a candidate"
+    return CandidateStatus(
+        task=info.task,
+        current=info.version,
+        rollout=RolloutInfo.model_validate(info.rollout, from_attributes=True),
+        replica=TrialNumbers.model_validate(runtime.trial(info), from_attributes=True),
+    )
+
+
+@router.put(
+    "/v1/memories/{task}/candidate",
+    response_model=CandidateStatus,
+    responses={
+        200: {"links": CANDIDATE_LINKS},
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503, 507),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def put_candidate(
+    ref: TaskRefDep,
+    request: Request,
+    runtime: RuntimeDep,
+    mode: Annotated[
+        RolloutMode,
+        Query(description="canary: serves a share of requests; shadow: scored beside, answers unchanged"),
+    ] = "shadow",
+    share: Annotated[
+        float, Query(ge=0, le=1, description="canary: the share of requests the candidate serves")
+    ] = 0.1,
+    if_match: IfMatch = None,
+) -> CandidateStatus:
+    """Upload a candidate memory without making it current: it is tried beside the current version
+    (replacing an earlier candidate) on every replica, until promoted or aborted."""
+    _octet_stream(request)
+    data = await read_limited(request, runtime.max_upload_bytes, "the memory file")
+    return _status(await runtime.stage(ref, data, mode, share, if_match), runtime)
+
+
+@router.get(
+    "/v1/memories/{task}/candidate",
+    response_model=CandidateStatus,
+    responses={200: {"links": CANDIDATE_LINKS}, **problem_responses(401, 403, 404, 422, 503)},
+)
+async def get_candidate(ref: TaskRefDep, runtime: RuntimeDep) -> CandidateStatus:
+    """The candidate on trial and how it compares with the current version on this replica."""
+    info = await runtime.resolve(ref)
+    if info.rollout is None:
+        raise TaskNotFoundError(f"task {ref.task!r} has no candidate on trial")
+    return _status(info, runtime)
+
+
+@router.post(
+    "/v1/memories/{task}/candidate/promote",
+    response_model=MemoryInfo,
+    responses=problem_responses(401, 403, 404, 412, 422, 503, 507),
+)
+async def promote_candidate(ref: TaskRefDep, runtime: RuntimeDep, if_match: IfMatch = None) -> MemoryInfo:
+    """Make the candidate the current version on every replica (If-Match: the current version)."""
+    return _info(await runtime.end_rollout(ref, True, if_match))
+
+
+@router.delete(
+    "/v1/memories/{task}/candidate",
+    status_code=204,
+    responses=problem_responses(401, 403, 404, 412, 422, 503, 507),
+)
+async def abort_candidate(ref: TaskRefDep, runtime: RuntimeDep, if_match: IfMatch = None) -> Response:
+    """End the trial: the current version stays; the candidate (never current) is deleted."""
+    await runtime.end_rollout(ref, False, if_match)
+    return Response(status_code=204)

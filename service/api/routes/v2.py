@@ -63,8 +63,8 @@ async def server_ready(runtime: RuntimeDep, response: Response) -> Ready:
 )
 async def model_metadata(ref: TaskRefDep, runtime: RuntimeDep) -> ModelMetadata:
     """The task as a v2 model: kept versions, inputs and outputs."""
-    kept = await runtime.versions(ref)
-    inputs, outputs = oip.signature(kept[0].metadata)
+    current, kept = await runtime.versions(ref)
+    inputs, outputs = oip.signature(current.metadata)
     return ModelMetadata(
         name=ref.task,
         versions=[str(info.version) for info in kept],

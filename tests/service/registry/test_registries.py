@@ -18,7 +18,7 @@ from service.errors import (
     VersionConflictError,
 )
 from service.quotas import Quota
-from service.registry.base import ChangeEvent, Registry, UsageRecord, VersionInfo
+from service.registry.base import ChangeEvent, Registry, TaskState, UsageRecord, VersionInfo
 from service.registry.files import FileRegistry
 from service.registry.redis import RedisRegistry
 from service.tasks import TaskRef
@@ -82,7 +82,7 @@ async def test_put_read_list_and_versions(registry: Registry) -> None:
     assert [i.task for i in await registry.list("acme")] == ["bbc", "sst2"]
     assert [i.task for i in await registry.list("acme", after="bbc")] == ["sst2"]
     assert [i.task for i in await registry.list("acme", limit=1)] == ["bbc"]
-    assert await registry.current_versions() == {ref("sst2"): 2, ref("bbc"): 1}
+    assert await registry.current_states() == {ref("sst2"): (2, 0), ref("bbc"): (1, 0)}
 
 
 @pytest.mark.anyio
@@ -135,7 +135,10 @@ async def test_each_tenant_has_its_own_namespace(registry: Registry) -> None:
     assert await registry.list("initech") == []
     await registry.delete(ref("sentiment", "globex"))
     assert await registry.current(ref("sentiment", "acme")) is not None, "a delete stays in its namespace"
-    assert await registry.current_versions() == {ref("sentiment", "acme"): 1, ref("other", "acme0"): 1}
+    assert await registry.current_states() == {
+        ref("sentiment", "acme"): (1, 0),
+        ref("other", "acme0"): (1, 0),
+    }
 
 
 @pytest.mark.anyio
@@ -191,9 +194,9 @@ async def test_file_registry_watcher_compares_versions_only_after_a_commit(tmp_p
     class Counting(FileRegistry):
         scans = 0
 
-        def _current_versions(self) -> dict[TaskRef, int]:
+        def _current_states(self) -> dict[TaskRef, TaskState]:
             self.scans += 1
-            return super()._current_versions()
+            return super()._current_states()
 
     mine, theirs = Counting(tmp_path, poll_interval=0.01), FileRegistry(tmp_path)
     events = mine.events()
@@ -349,3 +352,56 @@ async def test_versions_stored_before_records_are_described_from_their_bytes(
         (1, hashlib.sha256(b"old").hexdigest(), 3),
     ]
     assert kept[0] == await registry.current(ref("t")), "the current version's record is current.json"
+
+
+@pytest.mark.anyio
+async def test_a_candidate_is_staged_beside_the_current_version_then_promoted(registry: Registry) -> None:
+    sha = hashlib.sha256(b"cand").hexdigest()
+    with pytest.raises(TaskNotFoundError, match="not found"):
+        await registry.stage(ref("t"), b"cand", sha, {}, "canary", 0.1)
+    await _put(registry, "t", b"one")
+    with pytest.raises(VersionConflictError):
+        await registry.stage(ref("t"), b"cand", sha, {}, "canary", 0.1, if_match=7)
+    staged = await registry.stage(ref("t"), b"cand", sha, {"labels": ["x", "y"]}, "canary", 0.25, if_match=1)
+    assert (staged.version, staged.state) == (1, (1, 2)), "version 1 stays current, 2 is the candidate"
+    assert staged.rollout is not None
+    assert (staged.rollout.mode, staged.rollout.share) == ("canary", 0.25)
+    assert await registry.current(ref("t")) == staged
+    assert await registry.read(ref("t"), 2) == b"cand"
+    assert await registry.current_states() == {ref("t"): (1, 2)}
+    assert [v.version for v in await registry.versions(ref("t"))] == [2, 1]
+    promoted = await registry.end_rollout(ref("t"), promote=True, if_match=1)
+    assert (promoted.version, promoted.rollout, promoted.sha256) == (2, None, sha)
+    assert promoted.metadata == {"labels": ["x", "y"]}
+    assert await registry.current_states() == {ref("t"): (2, 0)}
+    with pytest.raises(TaskNotFoundError, match="no candidate"):
+        await registry.end_rollout(ref("t"), promote=False)
+
+
+@pytest.mark.anyio
+async def test_an_aborted_candidate_leaves_the_current_version(registry: Registry) -> None:
+    await _put(registry, "t", b"one")
+    await registry.stage(ref("t"), b"bad", "0" * 64, {}, "shadow", 1.0)
+    aborted = await registry.end_rollout(ref("t"), promote=False)
+    assert (aborted.version, aborted.rollout) == (1, None)
+    assert await registry.read(ref("t"), 1) == b"one"
+    assert await registry.current_states() == {ref("t"): (1, 0)}
+    with pytest.raises(TaskNotFoundError):
+        await registry.read(ref("t"), 2)  # never current: not kept
+    staged = await registry.stage(ref("t"), b"again", "0" * 64, {}, "canary", 0.5)
+    assert staged.state == (1, 3), "numbers are never reused"
+    assert await _put(registry, "t", b"upload") == 4
+    current = await registry.current(ref("t"))
+    assert current is not None
+    assert current.rollout is None, "an upload ends the trial: the candidate was compared with version 1"
+    await registry.delete(ref("t"))
+    assert await registry.current_states() == {}
+
+
+@pytest.mark.anyio
+async def test_staging_keeps_the_current_version_however_few_are_kept(tmp_path: Path) -> None:
+    reg = FileRegistry(tmp_path / "reg", keep_versions=1)
+    await _put(reg, "t", b"one")
+    await reg.stage(ref("t"), b"cand", "0" * 64, {}, "canary", 0.5)
+    assert await reg.read(ref("t"), 1) == b"one", "keep_versions=1 never prunes the current version"
+    assert await reg.read(ref("t"), 2) == b"cand"
