@@ -24,8 +24,6 @@ from service.predictions import Classification, TextInput
 TEXT, TEXT_PAIR = "text", "text_pair"
 LABEL, PROBABILITIES, VALUE = "label", "probabilities", "value"
 BINARY_SIZE = "binary_data_size"
-HEADER_LENGTH = "inference-header-content-length"
-"""The request header that says where the JSON ends and binary tensor data begins."""
 
 
 @dataclass(frozen=True)

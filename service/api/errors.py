@@ -102,10 +102,6 @@ def kind_of(exc: Exception) -> Kind:
     return next(kind for kind in KINDS if isinstance(exc, kind.cls))
 
 
-def status_of(exc: Exception) -> int:
-    return kind_of(exc).status
-
-
 def _answer(request: Request, kind: Kind, detail: str, **extra: Any) -> Response:
     return problem(kind.status, kind.slug, kind.title, detail, request.url.path, **extra)
 

@@ -45,7 +45,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -220,15 +220,24 @@ class FileRegistry(Registry):
         quota: Quota | None,
         restored_from: int | None,
     ) -> VersionInfo:
-        args = (ref, data, sha256, metadata, if_match, restored_from)
-        with self._faults.writing("the upload"):
+        def write() -> VersionInfo:
+            return self._put_task(ref, data, sha256, metadata, if_match, restored_from)
+
+        return self._within_quota(ref, len(data), quota, "the upload", write)
+
+    def _within_quota(
+        self, ref: TaskRef, size: int, quota: Quota | None, doing: str, write: Callable[[], VersionInfo]
+    ) -> VersionInfo:
+        """Run ``write`` (storing ``size`` bytes for ``ref``) with the storage faults mapped and,
+        when the tenant has storage limits, under its lock after checking them."""
+        with self._faults.writing(doing):
             if not limits_storage(quota):
-                return self._put_task(*args)
+                return write()
             tenant = self._tenant_dir(ref.tenant)
             tenant.mkdir(exist_ok=True)
             with _flock(tenant / ".lock"):  # every write of the tenant waits: the usage cannot change
-                check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
-                return self._put_task(*args)
+                check_storage(ref, self._list(ref.tenant, None, None), size, quota)
+                return write()
 
     def _put_task(
         self,
@@ -272,13 +281,10 @@ class FileRegistry(Registry):
         if_match: int | None,
         quota: Quota | None,
     ) -> VersionInfo:
-        with self._faults.writing("the candidate upload"):
-            if not limits_storage(quota):
-                return self._stage_task(ref, data, sha256, metadata, rollout, if_match)
-            tenant = self._tenant_dir(ref.tenant)
-            with _flock(tenant / ".lock"):
-                check_storage(ref, self._list(ref.tenant, None, None), len(data), quota)
-                return self._stage_task(ref, data, sha256, metadata, rollout, if_match)
+        def write() -> VersionInfo:
+            return self._stage_task(ref, data, sha256, metadata, rollout, if_match)
+
+        return self._within_quota(ref, len(data), quota, "the candidate upload", write)
 
     def _stage_task(
         self,

@@ -123,6 +123,22 @@ class RedisRegistry(Registry):
         quota: Quota | None = None,
         restored_from: int | None = None,
     ) -> VersionInfo:
+        def plan(current: VersionInfo | None, issued: int) -> tuple[VersionInfo, VersionInfo]:
+            info = next_version(ref, current, issued, data, sha256, metadata, if_match, restored_from)
+            return info, info
+
+        return await self._store(ref, data, quota, plan)
+
+    async def _store(
+        self,
+        ref: TaskRef,
+        data: bytes,
+        quota: Quota | None,
+        plan: Callable[[VersionInfo | None, int], tuple[VersionInfo, VersionInfo]],
+    ) -> VersionInfo:
+        """Store ``data`` as a new version in one transaction. ``plan(current, last issued)`` gives
+        the stored version's record and the task's new current record (or raises: nothing is
+        written); the tenant's quota is checked in the same transaction."""
         current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
         watched = [current_key, counter_key]
         if limits_storage(quota):
@@ -130,22 +146,20 @@ class RedisRegistry(Registry):
 
         async def transaction(pipe: Pipeline) -> VersionInfo:
             raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
-            current = VersionInfo.from_json(raw) if raw else None
-            issued_number = int(issued or 0)
-            info = next_version(ref, current, issued_number, data, sha256, metadata, if_match, restored_from)
+            stored, current = plan(VersionInfo.from_json(raw) if raw else None, int(issued or 0))
             if limits_storage(quota):
                 tenant_tasks = await self._read_index(pipe, *self._tenant_range(ref.tenant))
                 check_storage(ref, tenant_tasks, len(data), quota)
             pipe.multi()
             pipe.incr(self._gen(ref.tenant))
-            pipe.set(self._key(ref, "v", str(info.version)), data)
-            pipe.set(self._key(ref, "vi", str(info.version)), info.to_json())
-            pipe.set(counter_key, info.version)
-            pipe.set(current_key, info.to_json())
+            pipe.set(self._key(ref, "v", str(stored.version)), data)
+            pipe.set(self._key(ref, "vi", str(stored.version)), stored.to_json())
+            pipe.set(counter_key, stored.version)
+            pipe.set(current_key, current.to_json())
             pipe.zadd(self.index, {str(ref): 0})
-            self._prune(pipe, ref, info)
-            pipe.publish(self.channel, self._event(ref, info.version))
-            return info
+            self._prune(pipe, ref, current)
+            pipe.publish(self.channel, self._event(ref, current.version))
+            return current
 
         return await self._transaction(transaction, *watched)
 
@@ -167,33 +181,14 @@ class RedisRegistry(Registry):
         if_match: int | None = None,
         quota: Quota | None = None,
     ) -> VersionInfo:
-        current_key, counter_key = self._key(ref, "current"), self._key(ref, "counter")
-        watched = [current_key, counter_key]
-        if limits_storage(quota):
-            watched.append(self._gen(ref.tenant))
-
-        async def transaction(pipe: Pipeline) -> VersionInfo:
-            raw, issued = await pipe.get(current_key), await pipe.get(counter_key)
-            if not raw:
+        def plan(current: VersionInfo | None, issued: int) -> tuple[VersionInfo, VersionInfo]:
+            if current is None:
                 raise TaskNotFoundError(f"task {ref.task!r} not found")
-            current = VersionInfo.from_json(raw)
-            candidate = next_version(ref, current, int(issued or 0), data, sha256, metadata, if_match)
-            if limits_storage(quota):
-                tenant_tasks = await self._read_index(pipe, *self._tenant_range(ref.tenant))
-                check_storage(ref, tenant_tasks, len(data), quota)
+            candidate = next_version(ref, current, issued, data, sha256, metadata, if_match)
             rollout = Rollout(candidate.version, mode, share, candidate.created_at)
-            staged = replace(current, rollout=rollout)
-            pipe.multi()
-            pipe.incr(self._gen(ref.tenant))
-            pipe.set(self._key(ref, "v", str(candidate.version)), data)
-            pipe.set(self._key(ref, "vi", str(candidate.version)), candidate.to_json())
-            pipe.set(counter_key, candidate.version)
-            pipe.set(current_key, staged.to_json())
-            self._prune(pipe, ref, staged)
-            pipe.publish(self.channel, self._event(ref, staged.version))
-            return staged
+            return candidate, replace(current, rollout=rollout)
 
-        return await self._transaction(transaction, *watched)
+        return await self._store(ref, data, quota, plan)
 
     async def end_rollout(self, ref: TaskRef, promote: bool, if_match: int | None = None) -> VersionInfo:
         current_key = self._key(ref, "current")
