@@ -283,10 +283,8 @@ class Runtime:
         if_match: int | None,
     ) -> VersionInfo:
         """Validate a candidate completely, then store it beside the current version on trial."""
-        memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
-        check_backbone(memfile.metadata, self.backbone)
-        quota = self.tenancy.quota(ref.tenant)
-        metadata = memfile.metadata.model_dump()
+        memfile = await self._validated(data)
+        metadata, quota = memfile.metadata.model_dump(), self.tenancy.quota(ref.tenant)
         staged = await self.registry.stage(ref, data, memfile.sha256, metadata, mode, share, if_match, quota)
         self._apply(ref, staged)
         return staged
@@ -426,15 +424,19 @@ class Runtime:
     async def _store(
         self, ref: TaskRef, data: bytes, if_match: int | None, restored_from: int | None
     ) -> VersionInfo:
-        memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
-        check_backbone(memfile.metadata, self.backbone)
-        quota = self.tenancy.quota(ref.tenant)
-        metadata = memfile.metadata.model_dump()
+        memfile = await self._validated(data)
+        metadata, quota = memfile.metadata.model_dump(), self.tenancy.quota(ref.tenant)
         info = await self.registry.put(ref, data, memfile.sha256, metadata, if_match, quota, restored_from)
         self._apply(ref, info)
         resident, compute = self.settings.resident_dtype, self.backbone.dtype
         self.cache.prime(await asyncio.to_thread(_loaded, ref, info.version, memfile, resident, compute))
         return info
+
+    async def _validated(self, data: bytes) -> MemoryFile:
+        """An uploaded file parsed and checked completely (off the event loop) before any write."""
+        memfile: MemoryFile = await asyncio.to_thread(parse_memory, data, self.settings.max_upload_bytes)
+        check_backbone(memfile.metadata, self.backbone)
+        return memfile
 
     async def delete(self, ref: TaskRef, if_match: int | None) -> None:
         await self.resolve(ref)
