@@ -494,7 +494,10 @@ class Runtime:
                         known = self.catalog.get(event.ref)
                         if event.version is None:
                             self._apply(event.ref, None)
-                        elif known is None or known.version <= event.version:  # equal: a rollout change
+                        elif known is None or (
+                            known.version <= event.version
+                            and known.state != (event.version, event.candidate)  # not already applied
+                        ):
                             self._apply(event.ref, await self.registry.current(event.ref))
                 except RegistryUnavailableError as exc:
                     self.registry_error = str(exc)

@@ -119,10 +119,12 @@ class UsageRecord:
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """Task ``ref`` now has current version ``version`` (None: the task was deleted)."""
+    """Task ``ref`` now has current version ``version`` (None: the task was deleted) and
+    candidate ``candidate`` (0: none)."""
 
     ref: TaskRef
     version: int | None
+    candidate: int = 0
 
 
 class Registry(ABC):

@@ -563,7 +563,7 @@ class FileRegistry(Registry):
             now = await self.current_states()
             for ref, state in sorted(now.items()):
                 if known.get(ref) != state:
-                    yield ChangeEvent(ref, state.version)
+                    yield ChangeEvent(ref, state.version, state.candidate)
             for ref in sorted(set(known) - set(now)):
                 yield ChangeEvent(ref, None)
             known = now

@@ -86,8 +86,12 @@ class RedisRegistry(Registry):
     def _key(self, ref: TaskRef, *parts: str) -> str:
         return ":".join((self.prefix, "ns", storage_key(ref.tenant), storage_key(ref.task), *parts))
 
-    def _event(self, ref: TaskRef, version: int | None) -> str:
-        return json.dumps({"tenant": ref.tenant, "task": ref.task, "version": version})
+    def _event(self, ref: TaskRef, current: VersionInfo | None) -> str:
+        """The announcement of ``ref``'s new state (``current`` None: deleted)."""
+        version, candidate = current.state if current is not None else (None, 0)
+        return json.dumps(
+            {"tenant": ref.tenant, "task": ref.task, "version": version, "candidate": candidate}
+        )
 
     async def _transaction(self, body: Callable[[Pipeline], Awaitable[T]], *watched: str) -> T:
         """Run ``body`` under WATCH of ``watched`` as one MULTI/EXEC, retried by redis-py whenever
@@ -158,7 +162,7 @@ class RedisRegistry(Registry):
             pipe.set(current_key, current.to_json())
             pipe.zadd(self.index, {str(ref): 0})
             self._prune(pipe, ref, current)
-            pipe.publish(self.channel, self._event(ref, current.version))
+            pipe.publish(self.channel, self._event(ref, current))
             return current
 
         return await self._transaction(transaction, *watched)
@@ -211,7 +215,7 @@ class RedisRegistry(Registry):
             pipe.set(current_key, ended.to_json())
             if not promote:  # never current: an aborted candidate is not kept
                 pipe.delete(*self._version_keys(ref, current.rollout.version))
-            pipe.publish(self.channel, self._event(ref, ended.version))
+            pipe.publish(self.channel, self._event(ref, ended))
             return ended
 
         return await self._transaction(transaction, current_key)
@@ -325,7 +329,7 @@ class RedisRegistry(Registry):
             pipe.rename(current_key, self._key(ref, "current"))
             pipe.zadd(self.index, {str(ref): 0})
             pipe.zrem(f"{self.prefix}:tasks", ref.task)
-            pipe.publish(self.channel, self._event(ref, info.version))
+            pipe.publish(self.channel, self._event(ref, info))
             return True
 
         return await self._transaction(transaction, current_key, counter_key)
@@ -351,7 +355,8 @@ class RedisRegistry(Registry):
                     continue
                 body = json.loads(message["data"])
                 if "tenant" in body:  # not an event of the pre-namespace layout
-                    yield ChangeEvent(TaskRef(body["tenant"], body["task"]), body["version"])
+                    ref = TaskRef(body["tenant"], body["task"])
+                    yield ChangeEvent(ref, body["version"], body.get("candidate", 0))
         finally:
             await pubsub.aclose()
 
