@@ -75,18 +75,34 @@ async def _first_line(reader: asyncio.StreamReader) -> str:
     return line.split(b" ")[1].decode() if line.startswith(b"HTTP/1.1 ") else "closed"
 
 
-async def _slow_headers(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -> None:
+async def _dribble(
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    outcomes: Outcomes,
+    what: str,
+    head: bytes,
+    piece: bytes,
+    every_s: float,
+) -> None:
+    """Send ``head``, then ``piece`` every ``every_s`` until the server ends the connection
+    (counted under ``what`` with how it ended) or the phase stops; then again."""
     while not stop.is_set():
         reader, writer = await asyncio.open_connection(host, port)
         ended = asyncio.ensure_future(_first_line(reader))
-        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        writer.write(head)
         while not stop.is_set() and not ended.done():
-            writer.write(b"a")
-            await asyncio.wait([ended], timeout=0.5)
+            writer.write(piece)
+            await asyncio.wait([ended], timeout=every_s)
         if ended.done():
-            outcomes[f"slow-headers {ended.result()}"] += 1
+            outcomes[f"{what} {ended.result()}"] += 1
         ended.cancel()
         writer.close()
+
+
+async def _slow_headers(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: "  # a header that never ends: a byte per 0.5 s
+    await _dribble(host, port, stop, outcomes, "slow-headers", head, b"a", 0.5)
 
 
 async def _idle(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -> None:
@@ -108,20 +124,11 @@ async def _idle(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -
 
 
 async def _slow_body(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -> None:
-    while not stop.is_set():
-        reader, writer = await asyncio.open_connection(host, port)
-        ended = asyncio.ensure_future(_first_line(reader))
-        writer.write(
-            f"PUT /v1/memories/{TASK}-slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
-            "content-length: 1000000\r\n\r\n".encode()
-        )
-        while not stop.is_set() and not ended.done():
-            writer.write(b"x" * 1000)
-            await asyncio.wait([ended], timeout=1.0)
-        if ended.done():
-            outcomes[f"slow-body {ended.result()}"] += 1
-        ended.cancel()
-        writer.close()
+    head = (  # 1 MB announced, 1 kB sent per second
+        f"PUT /v1/memories/{TASK}-slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+        "content-length: 1000000\r\n\r\n"
+    ).encode()
+    await _dribble(host, port, stop, outcomes, "slow-body", head, b"x" * 1000, 1.0)
 
 
 async def _non_reader(host: str, port: int, stop: asyncio.Event, outcomes: Outcomes) -> None:
