@@ -66,11 +66,13 @@ class RowRequest:
 
 @dataclass(frozen=True)
 class RowResult:
-    """The head output of one row (one float per output), its token count and its prediction."""
+    """The head output of one row (one float per output), its token count, its prediction, and
+    the number of the batch that ran it (``EngineStats.batches`` once that batch was counted)."""
 
     logits: list[float]
     tokens: int
     prediction: Prediction
+    batch: int
 
 
 @dataclass
@@ -274,7 +276,7 @@ class Engine:
                 self.stats.failed += 1
                 results.append((row, exc))
                 continue
-            results.append((row, RowResult(logits, tokens, prediction)))
+            results.append((row, RowResult(logits, tokens, prediction, self.stats.batches)))
         _resolve_all(results)
 
 
