@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from memories.errors import ConfigError
+from memories.fused import FusedRouting
 
 Pooling = Literal["cls", "mean"]
 POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
@@ -136,6 +137,7 @@ class Backbone:
         self.fingerprint = fingerprint(model)
         self.precision = "fp32"  # memories.precision.set_precision switches it
         self.compiled = False  # memories.compiled.compile_backbone switches it
+        self.routing: FusedRouting | None = None  # memories.fused.build_fused_routing makes it
         self._slot = _MemorySlot()
         encoder: Any = model.encoder
         layers: nn.ModuleList = encoder.layer

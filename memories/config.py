@@ -14,6 +14,9 @@ from memories.errors import ConfigError
 
 Method = Literal["spartan", "pfeiffer", "houlsby", "full", "probe"]
 METHODS: tuple[Method, ...] = ("spartan", "pfeiffer", "houlsby", "full", "probe")
+FusedSetting = Literal["auto", "on", "off"]
+"""Whether the SPARTAN op's routing runs as one compiled kernel (memories.fused)."""
+FUSED_SETTINGS: tuple[FusedSetting, ...] = ("auto", "on", "off")
 TrainPrecision = Literal["fp32", "bf16"]
 TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = ("fp32", "bf16")
 

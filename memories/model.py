@@ -26,6 +26,7 @@ from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool
 from memories.config import SpartanConfig
+from memories.fused import FusedRouting
 from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
 RESIDENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -219,8 +220,9 @@ def _rows_by_memory(memories: Sequence[PackedMemory], rows: Sequence[int]) -> di
 class _MixedApply:
     """The per-layer memory of one mixed batch (called by the backbone after every layer)."""
 
-    def __init__(self, memories: Sequence[PackedMemory], record: bool) -> None:
+    def __init__(self, memories: Sequence[PackedMemory], record: bool, routing: FusedRouting | None) -> None:
         self.memories = memories
+        self.routing_kernels = routing
         self.groups = _group_rows(memories)
         self.shared = [len(_rows_by_memory(memories, rows)) == 1 for rows in self.groups]
         # routing[layer] = [(rows, gate [len(rows), S, Np]), ...]
@@ -237,7 +239,8 @@ class _MixedApply:
             keys = torch.stack([k for k, _ in per_row])  # [G, M, d]
             values = torch.stack([v for _, v in per_row])  # [G, Nc*Np, d]
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
-        out = spartan_dense(x, keys, values, first.config, record, inplace=True)
+        router = self.routing_kernels.router(first.config, x.dtype) if self.routing_kernels else None
+        out = spartan_dense(x, keys, values, first.config, record, inplace=True, router=router)
         return out, (record[0] if record else None)
 
     def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -276,15 +279,17 @@ def run_batch(
     """One backbone pass; row r uses ``memories[r]`` (rows may repeat or mix tasks freely)."""
     batch_size = batch.input_ids.shape[0]
     assert len(memories) == batch_size, f"{len(memories)} memories for {batch_size} rows"
-    apply = _MixedApply(memories, record_routing)
+    apply = _MixedApply(memories, record_routing, backbone.routing)
     with torch.no_grad():
         hidden = backbone.forward(batch, apply)  # [B, S, d]
         logits: list[torch.Tensor] = [torch.empty(0)] * batch_size
+        # Pooled once per pooling kind for the whole batch: [B, d] each
+        pooled = {
+            kind: pool(hidden, batch.attention_mask, kind).float() for kind in {m.pooling for m in memories}
+        }
         for rows in _rows_by_memory(memories, range(batch_size)).values():
             memory = memories[rows[0]]
-            idx = torch.tensor(rows)
-            pooled = pool(hidden[idx], batch.attention_mask[idx], memory.pooling).float()  # [G, d]
-            out = memory.classify(pooled)  # [G, num_outputs]
+            out = memory.classify(pooled[memory.pooling][rows])  # [G, num_outputs]
             for pos, row in enumerate(rows):
                 logits[row] = out[pos]
     routing = apply.routing_per_row(batch_size) if record_routing else None

@@ -25,10 +25,15 @@ memory per row (keys ``[B, M, d]``), which is how mixed-task batches run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from memories.config import SpartanConfig
+
+Router = Callable[[torch.Tensor], torch.Tensor]
+"""scores [N, Np + Nc*Np] -> child weights [N, Nc*Np] in the hidden states' dtype (memories.fused)."""
 
 
 def spartan_reference(
@@ -78,12 +83,27 @@ def top_k_gate(parent_logits: torch.Tensor, top_k: int) -> torch.Tensor:
     """Renormalised parent attention with exactly ``top_k`` non-zeros per token.
 
     parent_logits [..., Np] -> gate [..., Np]; the softmax over the chosen logits equals
-    g_i / sum_{j in S} g_j of the paper.
+    g_i / sum_{j in S} g_j of the paper. That softmax is written out (max, exp, sum):
+    ``torch.softmax`` over a last dimension of 8 took 0.25 ms for 2048 tokens on a Xeon, these
+    three kernels 0.04 ms.
     """
     if top_k == parent_logits.shape[-1]:
         return torch.softmax(parent_logits, dim=-1)
-    top = parent_logits.topk(top_k, dim=-1)
-    return torch.zeros_like(parent_logits).scatter(-1, top.indices, torch.softmax(top.values, dim=-1))
+    top = parent_logits.topk(top_k, dim=-1)  # values sorted, largest first
+    e = (top.values - top.values[..., :1]).exp()  # [..., K]
+    return torch.zeros_like(parent_logits).scatter(-1, top.indices, e / e.sum(-1, keepdim=True))
+
+
+def child_weights(scores: torch.Tensor, config: SpartanConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The routing between the op's GEMMs, in eager kernels.
+
+    scores [..., Np + Nc*Np] (fp32) -> (weights [..., Nc*Np], each child's softmax over its
+    parent's Nc children times its parent's gate; gate [..., Np]).
+    """
+    np_, nc = config.num_parents, config.num_children
+    gate = top_k_gate(scores[..., :np_], config.top_k)  # [..., Np]
+    child = torch.softmax(scores[..., np_:].unflatten(-1, (nc, np_)), dim=-2)  # [..., Nc, Np], over Nc
+    return (child * gate.unsqueeze(-2)).flatten(-2), gate  # [..., Nc*Np], [..., Np]
 
 
 def spartan_dense(
@@ -93,6 +113,7 @@ def spartan_dense(
     config: SpartanConfig,
     record: list[torch.Tensor] | None = None,
     inplace: bool = False,
+    router: Router | None = None,
 ) -> torch.Tensor:
     """Production path: every child via two GEMMs and a top-K mask. Returns x + v_O.
 
@@ -100,17 +121,19 @@ def spartan_dense(
     [Nc*Np, d] or [B, Nc*Np, d] from :func:`pack_values`. ``inplace`` adds v_O into x itself
     (no 6 MB temporary per RoBERTa-base layer and batch); only for inference on a tensor the
     caller owns. When ``record`` is given the parent gate [B, S, Np] is appended to it.
+    ``router`` (memories.fused) computes the weights from the scores [N, M] in one compiled
+    kernel, in x's dtype; without it, or when recording, the eager :func:`child_weights` do.
     """
-    np_, nc = config.num_parents, config.num_children
     # The GEMMs run in x's dtype (bf16 in bf16 mode); the routing maths in fp32, so that the
     # top-K choice and the softmaxes do not round to bf16's 8-bit mantissa.
-    scores = (x @ keys.transpose(-1, -2)).float()  # [B, S, Np + Nc*Np]
-    gate = top_k_gate(scores[..., :np_], config.top_k)  # [B, S, Np]
-    child = torch.softmax(scores[..., np_:].unflatten(-1, (nc, np_)), dim=-2)  # [B, S, Nc, Np], over Nc
-    weights = child * gate.unsqueeze(-2)  # child softmax times its parent's gate
-    if record is not None:
-        record.append(gate.detach())
-    flat = weights.flatten(-2).to(x.dtype)  # [B, S, Nc*Np]
+    scores = x @ keys.transpose(-1, -2)  # [B, S, Np + Nc*Np]
+    if router is not None and record is None:
+        flat = router(scores.view(-1, scores.shape[-1])).view(*scores.shape[:-1], -1)  # [B, S, Nc*Np]
+    else:
+        weights, gate = child_weights(scores.float(), config)
+        if record is not None:
+            record.append(gate.detach())
+        flat = weights.to(x.dtype)  # [B, S, Nc*Np]
     if not inplace:
         return x + flat @ values  # [B, S, d]
     if values.dim() == 2:

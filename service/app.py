@@ -9,6 +9,7 @@ finish admitted requests, close the registry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,9 @@ from prometheus_client import CollectorRegistry
 from memories.backbone import Backbone
 from memories.backbones import default_cache_dir, load_backbone
 from memories.compiled import Buckets, compile_backbone
+from memories.config import SpartanConfig
 from memories.errors import ConfigError
+from memories.fused import fuse_routing
 from service.api import errors
 from service.api.openapi import spec_builder
 from service.api.routes import classify, health, memories, usage, v2
@@ -87,6 +90,13 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             raise ConfigError(
                 f"the given backbone is {model.precision}, the settings ask for {settings.precision}"
             )
+        if model.routing is None:  # a given backbone may come fused already
+            shapes = [SpartanConfig()]  # the paper's; memories of other shapes route eagerly
+            routing = await asyncio.to_thread(fuse_routing, [model], settings.fused_routing, shapes)
+        else:
+            routing = model.routing.describe()
+        log.info("memory routing: %s", routing)
+        precision = dataclasses.replace(precision, routing=routing)
         threads = settings.threads or available_cpus()
         buckets = None
         if settings.compile:  # before readiness: /readyz answers once every bucket is compiled

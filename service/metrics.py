@@ -72,6 +72,13 @@ class RuntimeCollector(Collector):
         )
         info.add_metric([now.precision.mode, now.precision.setting], 1)
         yield info
+        routing = GaugeMetricFamily(
+            "spartan_memory_routing_info",
+            "how the SPARTAN op routes: fused (one compiled kernel, memories.fused) or eager",
+            labels=["routing"],
+        )
+        routing.add_metric([now.precision.routing.split(" ", 1)[0]], 1)
+        yield routing
         decision = now.precision.decision
         yield GaugeMetricFamily(
             "spartan_precision_decision_seconds",

@@ -35,6 +35,7 @@ class PrecisionChoice:
     setting: PrecisionSetting
     mode: Precision
     decision: Decision | None = None
+    routing: str = "eager"  # the SPARTAN op's routing: memories.fused.fuse_routing's description
 
 
 async def _probe_memories(

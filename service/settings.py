@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memories.config import FusedSetting
 from memories.precision import PrecisionSetting, ResidentDType
 from service.auth import ApiKey
 from service.errors import SettingsError
@@ -114,6 +115,12 @@ class ServiceSettings(BaseSettings):
         True,
         description="reuse precision auto's decision for this backbone on this CPU (kept under cache_dir); "
         "off: measure at every start",
+    )
+    fused_routing: FusedSetting = Field(
+        "auto",
+        description="run the SPARTAN op's routing as one kernel compiled at start-up (needs a C++ "
+        "compiler): auto = on a bf16 backbone when a compiler is there, on = in every mode or fail "
+        "to start, off = eager kernels",
     )
     compile: bool = Field(
         False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"

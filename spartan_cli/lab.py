@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from memories.config import METHODS
+from memories.config import FUSED_SETTINGS, METHODS
 from spartan_cli.common import (
     add_spartan_options,
     backbone,
@@ -22,6 +22,7 @@ from spartan_cli.common import (
 def cmd_bench(args: argparse.Namespace) -> int:
     from memories.autoprecision import decide
     from memories.compiled import Buckets, compile_backbone
+    from memories.fused import fuse_routing
     from memories.lab.bench import BenchOptions, format_table, needed_copies, run_bench
     from memories.model import TaskMemory
     from memories.precision import set_precision
@@ -43,7 +44,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             set_precision(copy, kind)
         copies[kind] = copy
+    routing = fuse_routing([model, *copies.values()], args.fused_routing, [options.spartan])
+    log(f"memory routing: {routing}")
     report = run_bench(model, options, log, copies)
+    report["routing"] = routing
     if decision is not None:
         report["auto_decision"] = decision.to_json()
     print(format_table(report))
@@ -109,6 +113,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="any of: bare spartan-dense spartan-gather mixed-dense (the default); bare, spartan-dense "
         "and mixed-dense with -int8, -bf16, -auto (the mode precision auto picks here) or -compiled; "
         "pfeiffer houlsby (the paper's adapter baselines)",
+    )
+    bench.add_argument(
+        "--fused-routing",
+        choices=FUSED_SETTINGS,
+        default="auto",
+        help="the SPARTAN op's routing as one compiled kernel (memories.fused): auto = on bf16 "
+        "backbones when a C++ compiler is there",
     )
     add_spartan_options(bench)
     bench.set_defaults(func=cmd_bench)

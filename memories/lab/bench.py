@@ -43,7 +43,7 @@ from memories.lab.host import machine
 from memories.lab.timing import interleaved, median_ratio
 from memories.model import PackedMemory, TaskMemory, run_batch
 from memories.precision import FP32_LAYERS
-from memories.spartan import SpartanLayer, spartan_dense, spartan_gather
+from memories.spartan import Router, SpartanLayer, spartan_dense, spartan_gather
 
 VARIANTS = (
     "bare",
@@ -165,17 +165,17 @@ def _variants(
 
 
 def _memory_ops(
-    packed: list[tuple[torch.Tensor, torch.Tensor]], config: SpartanConfig
+    packed: list[tuple[torch.Tensor, torch.Tensor]], config: SpartanConfig, router: Router | None
 ) -> dict[str, Callable[[torch.Tensor], None]]:
     """The dense op in place on a layer output: one memory, or one per row (incl. the engine's stack)."""
 
     def shared(hidden: torch.Tensor) -> None:
-        spartan_dense(hidden, packed[0][0], packed[0][1], config, inplace=True)
+        spartan_dense(hidden, packed[0][0], packed[0][1], config, inplace=True, router=router)
 
     def per_row(hidden: torch.Tensor) -> None:
         keys = torch.stack([k for k, _ in packed])
         values = torch.stack([v for _, v in packed])
-        spartan_dense(hidden, keys, values, config, inplace=True)
+        spartan_dense(hidden, keys, values, config, inplace=True, router=router)
 
     return {"shared": shared, "per_row": per_row}
 
@@ -212,7 +212,8 @@ def layer_bench(
         hidden: torch.Tensor = out[0] if isinstance(out, tuple) else out
         return hidden
 
-    ops = _memory_ops(packed, config)
+    router = backbone.routing.router(config, backbone.dtype) if backbone.routing else None
+    ops = _memory_ops(packed, config, router)
     times = interleaved(
         {
             "bare": run_layer,
@@ -231,6 +232,7 @@ def layer_bench(
     op = {name: min(ts) for name, ts in alone.items()}
     return {
         "precision": backbone.precision,
+        "routing": "fused" if router else "eager",
         "layer_index": index,
         "milliseconds_best": {name: round(1000 * t, 3) for name, t in best.items()},
         "milliseconds_median": {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()},

@@ -221,6 +221,10 @@ class PrecisionStatus(BaseModel):
     decided_in_s: float | None = None
     cached: bool = Field(False, description="auto reused its decision from an earlier start on this CPU")
     candidates: list[PrecisionCandidate] = []
+    routing: str = Field(
+        "eager",
+        description="the SPARTAN op's routing: fused (one compiled kernel, with its shapes) or eager (why)",
+    )
 
 
 class Readiness(BaseModel):

@@ -8,6 +8,7 @@ import pytest
 
 from loadtest.launcher import free_port
 from memories.backbones import load_backbone
+from memories.fused import compiler_available
 from memories.precision import set_precision
 from service.settings import ServiceSettings
 from tests.conftest import make_memfile
@@ -102,6 +103,10 @@ def test_an_explicit_precision_wins_and_serves_an_fp32_memory(tmp_path: Path, mo
         precision, metrics = _status(running)
         assert (precision["setting"], precision["mode"], precision["candidates"]) == (mode, mode, [])
         assert f'spartan_precision_info{{mode="{mode}",setting="{mode}"}} 1.0' in metrics
+        # fused_routing auto: one compiled routing kernel on a bf16 backbone, where a compiler is
+        routing = "fused" if mode == "bf16" and compiler_available() else "eager"
+        assert str(precision["routing"]).split(" ")[0] == routing, precision["routing"]
+        assert f'spartan_memory_routing_info{{routing="{routing}"}} 1.0' in metrics
     finally:
         running.server.should_exit = True
         thread.join(30)

@@ -25,7 +25,7 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
     503 while draining after SIGTERM (requests are still served; see service.serve)."""
     status = await runtime.status()
     choice, decision = status.precision, status.precision.decision
-    precision = PrecisionStatus(setting=choice.setting, mode=choice.mode)
+    precision = PrecisionStatus(setting=choice.setting, mode=choice.mode, routing=choice.routing)
     if decision is not None:
         precision = PrecisionStatus(
             setting=choice.setting,
@@ -36,6 +36,7 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
             decided_in_s=decision.seconds,
             cached=decision.cached,
             candidates=[PrecisionCandidate.model_validate(c) for c in decision.candidates],
+            routing=choice.routing,
         )
     if runtime.draining:
         response.status_code = 503
