@@ -57,6 +57,7 @@ class Sample:
     inputs: int
     task: int
     version: int | None = None
+    retry_after: float | None = None  # seconds, from a refusal's Retry-After header
 
 
 def check_loopback(url: str) -> None:
@@ -87,12 +88,12 @@ class LoadGenerator:
         self._rng = random.Random(options.seed)
         self._sent = 0
         self._stopped = False
-        self._started = 0.0
+        self.started_at = 0.0  # time.monotonic() when run() began; samples' start is relative to it
         self.sending_seconds = 0.0  # how long requests were being sent (the run minus the drain)
 
     def _next_request(self) -> tuple[int, list[str]] | None:
         """(task index, texts) of the next request, or None when the count or time bound is reached."""
-        elapsed = time.monotonic() - self._started
+        elapsed = time.monotonic() - self.started_at
         if (
             self._stopped
             or (self.options.max_requests is not None and self._sent >= self.options.max_requests)
@@ -107,15 +108,17 @@ class LoadGenerator:
 
     async def _one(self, client: AsyncSpartanClient, task: int, texts: list[str]) -> None:
         start = time.monotonic()
-        status, version = 200, None
+        status, version, retry_after = 200, None, None
         try:
             version = (await client.classify(self.task_names[task], texts)).version
         except ServiceHTTPError as exc:
-            status = exc.status
+            status, retry_after = exc.status, exc.retry_after
         except httpx.HTTPError:
             status = NO_ANSWER
         now = time.monotonic()
-        self.samples.append(Sample(start - self._started, now - start, status, len(texts), task, version))
+        self.samples.append(
+            Sample(start - self.started_at, now - start, status, len(texts), task, version, retry_after)
+        )
 
     def stop(self) -> None:
         """Send no further request (those in flight are still answered): ends :meth:`run` early."""
@@ -124,7 +127,7 @@ class LoadGenerator:
     async def run(self, on_progress: Callable[[float], None] | None = None) -> float:
         """Send the load until a bound is reached and every answer is in; returns the seconds taken."""
         client = AsyncSpartanClient(self.url, self.api_key, self.options.timeout_s, max_connections=None)
-        self._started = time.monotonic()
+        self.started_at = time.monotonic()
         reporter = asyncio.create_task(self._report(on_progress)) if on_progress else None
         try:
             async with client:
@@ -137,7 +140,7 @@ class LoadGenerator:
         finally:
             if reporter is not None:
                 reporter.cancel()
-        return time.monotonic() - self._started
+        return time.monotonic() - self.started_at
 
     async def _client_loop(self, client: AsyncSpartanClient) -> None:
         while (request := self._next_request()) is not None:
@@ -148,7 +151,7 @@ class LoadGenerator:
         next_at = time.monotonic()
         while (request := self._next_request()) is not None:
             if len(in_flight) >= self.options.max_in_flight:
-                self.samples.append(Sample(time.monotonic() - self._started, 0.0, DROPPED, 0, request[0]))
+                self.samples.append(Sample(time.monotonic() - self.started_at, 0.0, DROPPED, 0, request[0]))
             else:
                 task = asyncio.create_task(self._one(client, *request))
                 in_flight.add(task)
@@ -160,4 +163,4 @@ class LoadGenerator:
     async def _report(self, on_progress: Callable[[float], None]) -> None:
         while True:
             await asyncio.sleep(1.0)
-            on_progress(time.monotonic() - self._started)
+            on_progress(time.monotonic() - self.started_at)

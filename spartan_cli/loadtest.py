@@ -234,6 +234,26 @@ def cmd_rolling_restart(args: argparse.Namespace) -> int:
     return 0 if report["target_zero_failed"] else 1
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from loadtest.soak import SoakOptions, plot_soak, run_soak
+
+    options = options_from(
+        args,
+        SoakOptions,
+        kind=args.kind,
+        server_settings=tuple(_setting(item) for item in args.server_setting),
+    )
+    report = run_soak(options, args.command_line, log)
+    _emit(report, args.json, args.command_line)
+    if args.json is not None:
+        plot_soak(report, args.json.with_suffix(".png"))
+        log(f"wrote {args.json.with_suffix('.png')}")
+    targets = report["targets"]
+    assert isinstance(targets, dict)
+    log(f"targets: {targets['met']}")
+    return 0 if report["server_exit"] is None and all(targets["met"].values()) else 1
+
+
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from loadtest.scenarios import SCENARIOS
 
@@ -456,6 +476,54 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rolling.add_argument("--seed", type=int, default=0)
     rolling.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
     rolling.set_defaults(func=cmd_rolling_restart)
+
+    for kind, summary in (
+        (
+            "soak",
+            "long mixed load: Zipf tenants, hot swaps, uploads and deletes, 2x bursts; RSS, p95 drift",
+        ),
+        (
+            "overload",
+            "normal load, then 2x capacity for 10 minutes, then normal: shedding, deadline, recovery",
+        ),
+    ):
+        soak = commands.add_parser(kind, help=summary)
+        soak.add_argument("--data", type=Path, required=True, help="data root; dev texts are sent")
+        soak.add_argument("--texts", default="sst2", help="data set whose texts are sent")
+        soak.add_argument("--backbone", default="minilm")
+        soak.add_argument("--tenants", type=int, default=4)
+        soak.add_argument("--tasks-per-tenant", type=int, default=12)
+        soak.add_argument("--texts-per-request", type=int, default=8)
+        soak.add_argument("--base-load", type=float, default=0.6, help="x the capacity measured first")
+        soak.add_argument(
+            "--burst-load", type=float, default=2.0, help="x capacity in a burst / the overload"
+        )
+        if kind == "soak":
+            soak.add_argument("--duration", dest="duration_s", type=float, default=1800.0, help="seconds")
+            soak.add_argument("--burst-every", dest="burst_every_s", type=float, default=180.0)
+            soak.add_argument("--burst", dest="burst_s", type=float, default=20.0, help="seconds per burst")
+            soak.add_argument("--warmup", dest="warmup_s", type=float, default=120.0)
+            soak.add_argument(
+                "--compare", dest="compare_s", type=float, default=120.0, help="p95 drift windows"
+            )
+            soak.add_argument("--hot-swap-every", dest="hot_swap_every_s", type=float, default=5.0)
+            soak.add_argument("--churn-every", dest="churn_every_s", type=float, default=15.0)
+        else:
+            soak.add_argument(
+                "--normal", dest="normal_s", type=float, default=60.0, help="seconds before and after"
+            )
+            soak.add_argument(
+                "--overload", dest="overload_s", type=float, default=600.0, help="seconds at 2x"
+            )
+            soak.add_argument("--recover-within", dest="recover_within_s", type=float, default=5.0)
+        soak.add_argument("--sample-every", dest="sample_every_s", type=float, default=5.0)
+        soak.add_argument("--server-cpus", dest="server_cpuset", help="cpuset for the server, e.g. 0")
+        soak.add_argument(
+            "--server-setting", action="append", default=[], metavar="NAME=VALUE", help="a SPARTAN_* setting"
+        )
+        soak.add_argument("--seed", type=int, default=0)
+        soak.add_argument("--json", type=Path, help="report path; the PNG is written beside it")
+        soak.set_defaults(func=cmd_soak, kind=kind)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(func=cmd_scenarios)
