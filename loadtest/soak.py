@@ -113,7 +113,7 @@ def soak_schedule(options: SoakOptions) -> list[Segment]:
     last_burst_end = options.duration_s - options.compare_s - options.settle_s
     while t < options.duration_s:
         burst_at = t + options.burst_every_s - options.burst_s
-        if burst_at >= options.warmup_s and burst_at + options.burst_s <= last_burst_end:
+        if burst_at >= options.warmup_s + options.compare_s and burst_at + options.burst_s <= last_burst_end:
             segments.append(Segment(t, burst_at - t, options.base_load, False))
             segments.append(Segment(burst_at, options.burst_s, options.burst_load, True))
             t = burst_at + options.burst_s
