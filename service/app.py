@@ -114,6 +114,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             tenant_queue_rows=settings.tenant_queue(),
             weight=tenancy.weight,
             max_batch_tokens=settings.max_batch_tokens,
+            trim_every_s=settings.trim_every_s,
         )
         cache_bytes = settings.cache_bytes
         if cache_bytes is None:  # sized once the backbone is resident, so its bytes are counted

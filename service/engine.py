@@ -49,6 +49,7 @@ from memories.model import run_batch
 from service.cache import LoadedMemory
 from service.errors import DeadlineExceededError, ShuttingDownError
 from service.fairqueue import FairQueue
+from service.memlimit import HeapTrimmer
 from service.predictions import Explain, Prediction, predict
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class EngineStats:
     busy_seconds: float = 0.0
     tokens: int = 0  # real tokens run
     padded_tokens: int = 0  # token slots run, padding included (tokens / padded_tokens = padding efficiency)
+    heap_trims: int = 0  # times the idle engine handed freed heap pages back (service.memlimit.HeapTrimmer)
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
 
 
@@ -116,8 +118,10 @@ class Engine:
         tenant_queue_rows: int | None = None,
         weight: Callable[[str], float] = lambda tenant: 1.0,
         max_batch_tokens: int | None = None,
+        trim_every_s: float = 0.0,
     ) -> None:
         self.backbone = backbone
+        self.trimmer = HeapTrimmer(trim_every_s)  # freed heap pages back to the system when idle
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens  # token slots per batch (None: no limit)
@@ -176,6 +180,8 @@ class Engine:
                 if first is None:
                     if not self._accepting:
                         return
+                    if self.trimmer.maybe_trim():
+                        self.stats.heap_trims += 1
                     continue
                 rows = [first]
             if len(rows) + self._queue.qsize() < self.max_batch_size:
@@ -187,6 +193,7 @@ class Engine:
             if full and full < len(rows):
                 rows, carried = rows[:full], rows[full:]  # run full batches; the rest waits for company
             self._process(rows)
+            self.trimmer.worked()
 
     def _process(self, rows: list[_Row]) -> None:
         now = time.monotonic()

@@ -105,6 +105,12 @@ class ServiceSettings(BaseSettings):
     )
     keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
+    trim_every_s: float = Field(
+        10.0,
+        ge=0,
+        description="when the engine goes idle, hand freed heap pages back to the system (glibc "
+        "malloc_trim) at most this often, so bursts do not ratchet the resident set up; 0 = never",
+    )
     precision: PrecisionSetting = Field(
         "auto",
         description="backbone precision: auto (the fastest mode that keeps fp32's answers, measured at "

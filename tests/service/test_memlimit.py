@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from service.errors import SettingsError
 from service.memlimit import (
     DEFAULT_CACHE_BYTES,
     HEADROOM_MIN_BYTES,
+    HeapTrimmer,
     cache_budget,
     memory_limit,
     resident_bytes,
@@ -91,3 +93,17 @@ def test_a_server_under_a_memory_limit_sizes_its_cache_to_fit() -> None:
             "a quarter of the limit stays free, and the backbone's bytes"
         )
         assert "cache budget: memory limit 1536 MiB - resident" in log.read_text()
+
+
+def test_the_heap_trimmer_trims_only_after_work_and_at_most_every_interval() -> None:
+    never = HeapTrimmer(0)
+    never.worked()
+    assert not never.maybe_trim(), "0 turns trimming off"
+    trimmer = HeapTrimmer(0.05)
+    assert not trimmer.maybe_trim(), "nothing ran yet"
+    trimmer.worked()
+    assert not trimmer.maybe_trim(), "not due yet"
+    time.sleep(0.06)
+    assert trimmer.maybe_trim(), "work since the last trim and the interval passed"
+    time.sleep(0.06)
+    assert not trimmer.maybe_trim(), "no work since"
