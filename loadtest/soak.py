@@ -248,8 +248,8 @@ async def _segment(
     seg: Segment,
     t0: float,
     seed: int,
-) -> list[tuple[float, Sample, bool]]:
-    """One segment's load, started at its time; (absolute start since t0, sample, in a burst)."""
+) -> list[tuple[float, Sample]]:
+    """One segment's load, started at its time; (start in seconds since t0, sample) per request."""
     await asyncio.sleep(max(0.0, t0 + seg.start_s - time.monotonic()))
     per_request = options.texts_per_request
     generators = []
@@ -261,11 +261,11 @@ async def _segment(
         popularity = Zipf(len(tenant.tasks), options.zipf_s, seed + j)
         generators.append(LoadGenerator(url, tenant.tasks, texts, popularity, load, tenant.key))
     await asyncio.gather(*(g.run() for g in generators))
-    return [(g.started_at - t0 + s.start, s, seg.burst) for g in generators for s in g.samples]
+    return [(g.started_at - t0 + s.start, s) for g in generators for s in g.samples]
 
 
 def _windows(
-    timed: Sequence[tuple[float, Sample, bool]],
+    timed: Sequence[tuple[float, Sample]],
     metrics: Sequence[dict[str, float | None]],
     every_s: float,
     end: float,
@@ -274,7 +274,7 @@ def _windows(
     the last metrics sample taken in it."""
     count = max(1, int(end // every_s) + 1)
     bins: list[list[Sample]] = [[] for _ in range(count)]
-    for start, sample, _ in timed:
+    for start, sample in timed:
         bins[min(count - 1, int((start + sample.latency) // every_s))].append(sample)
     rows = []
     for i, samples in enumerate(bins):
@@ -295,6 +295,10 @@ def _windows(
             }
         )
     return rows
+
+
+def _five_xx(statuses: Counter[str]) -> int:
+    return sum(n for code, n in statuses.items() if code.isdigit() and int(code) >= 500)
 
 
 def _status(sample: Sample) -> str:
@@ -319,7 +323,7 @@ def rss_slope_mib_per_min(
 
 
 def _p95(
-    timed: Sequence[tuple[float, Sample, bool]],
+    timed: Sequence[tuple[float, Sample]],
     since: float,
     until: float,
     schedule: Sequence[Segment],
@@ -330,19 +334,19 @@ def _p95(
     def steady(t: float) -> bool:
         return not any(s.burst and s.start_s <= t < s.start_s + s.duration_s + settle_s for s in schedule)
 
-    latencies = sorted(s.latency for t, s, _ in timed if since <= t < until and s.status == 200 and steady(t))
+    latencies = sorted(s.latency for t, s in timed if since <= t < until and s.status == 200 and steady(t))
     return percentile(latencies, 95)
 
 
 def _soak_targets(
-    timed: Sequence[tuple[float, Sample, bool]],
+    timed: Sequence[tuple[float, Sample]],
+    statuses: Counter[str],
     metrics: Sequence[dict[str, float | None]],
     options: SoakOptions,
     schedule: Sequence[Segment],
     end: float,
 ) -> dict[str, object]:
-    statuses = Counter(_status(s) for _, s, _ in timed)
-    five_xx = sum(n for code, n in statuses.items() if code.isdigit() and int(code) >= 500)
+    five_xx = _five_xx(statuses)
     slope = rss_slope_mib_per_min(metrics, options.warmup_s, end)
     first = _p95(timed, options.warmup_s, options.warmup_s + options.compare_s, schedule, options.settle_s)
     last = _p95(timed, options.duration_s - options.compare_s, options.duration_s, schedule, options.settle_s)
@@ -364,29 +368,29 @@ def _soak_targets(
 
 
 def _overload_targets(
-    timed: Sequence[tuple[float, Sample, bool]],
+    timed: Sequence[tuple[float, Sample]],
+    statuses: Counter[str],
     metrics: Sequence[dict[str, float | None]],
     options: SoakOptions,
     deadline_s: float,
     queue_size: int,
 ) -> dict[str, object]:
     n, o = options.normal_s, options.overload_s
-    during = [s for t, s, _ in timed if n <= t < n + o]
+    during = [s for t, s in timed if n <= t < n + o]
     admitted = sorted(s.latency for s in during if s.status == 200)
     shed = [s for s in during if s.status == 429]
-    normal = percentile(sorted(s.latency for t, s, _ in timed if t < n and s.status == 200), 95)
+    normal = percentile(sorted(s.latency for t, s in timed if t < n and s.status == 200), 95)
     bound = 1.2 * normal if normal is not None else None
     recovered_after = None
     for second in range(int(options.normal_s)):  # requests started in each second after the overload
         t_lo = n + o + second
-        window = sorted(s.latency for t, s, _ in timed if t_lo <= t < t_lo + 1 and s.status == 200)
+        window = sorted(s.latency for t, s in timed if t_lo <= t < t_lo + 1 and s.status == 200)
         p95 = percentile(window, 95)
         if bound is not None and p95 is not None and p95 <= bound:
             recovered_after = second + 1
             break
     depth = [d for m in metrics if (d := m["queue_depth"]) is not None]
-    statuses = Counter(_status(s) for _, s, _ in timed)
-    five_xx = sum(v for code, v in statuses.items() if code.isdigit() and int(code) >= 500)
+    five_xx = _five_xx(statuses)
     p99 = percentile(admitted, 99)
     slope = rss_slope_mib_per_min(metrics, n, n + o)
     without_retry = sum(1 for s in shed if s.retry_after is None)
@@ -477,13 +481,14 @@ async def _run(
         job.cancel()
     await asyncio.gather(*jobs, reporter, return_exceptions=True)
     timed = sorted((item for part in parts for item in part), key=lambda item: item[0])
-    finished = max((t + s.latency for t, s, _ in timed), default=end)
+    finished = max((t + s.latency for t, s in timed), default=end)
+    statuses = Counter(_status(s) for _, s in timed)
     report: dict[str, object] = {
         "capacity_inst_per_min": round(60 * capacity, 1),
         "schedule": [asdict(s) for s in schedule],
         "requests": len(timed),
-        "statuses": dict(sorted(Counter(_status(s) for _, s, _ in timed).items())),
-        "latency_s": latency_summary(sorted(s.latency for _, s, _ in timed if s.status == 200)),
+        "statuses": dict(sorted(statuses.items())),
+        "latency_s": latency_summary(sorted(s.latency for _, s in timed if s.status == 200)),
         "registry_jobs": {
             "hot_swaps": background.hot_swaps,
             "uploads": background.uploads,
@@ -495,12 +500,12 @@ async def _run(
         "metrics_samples": metrics,
     }
     if options.kind == "soak":
-        report["targets"] = _soak_targets(timed, metrics, options, schedule, end)
+        report["targets"] = _soak_targets(timed, statuses, metrics, options, schedule, end)
     else:
         settings = dict(options.server_settings)
         deadline = float(settings.get("request_timeout_s", DEFAULTS["request_timeout_s"]))
         queue = int(settings.get("queue_size", DEFAULTS["queue_size"]))
-        report["targets"] = _overload_targets(timed, metrics, options, deadline, queue)
+        report["targets"] = _overload_targets(timed, statuses, metrics, options, deadline, queue)
     return report
 
 
