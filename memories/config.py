@@ -1,7 +1,8 @@
 """The core's hyper-parameters and choices, importable without torch (the CLI builds its help from them).
 
-:class:`SpartanConfig` is one memory's shape; :data:`METHODS` names what ``spartan train`` can
-train, with each method's paper learning rate in :data:`DEFAULT_LR`.
+:class:`SpartanConfig` is one memory's shape, :class:`ExitConfig` its early exits
+(memories.exits); :data:`METHODS` names what ``spartan train`` can train, with each method's
+paper learning rate in :data:`DEFAULT_LR`.
 """
 
 from __future__ import annotations
@@ -57,3 +58,32 @@ class SpartanConfig:
     def num_keys(self) -> int:
         """Rows of the packed key matrix ``[P; CK]``: Np + Np * Nc."""
         return self.num_parents + self.num_cells
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """Where a task's exits sit (0-based layers), their hidden width, and the confidence a row's
+    answer must exceed to leave there."""
+
+    layers: tuple[int, ...]
+    hidden: int = 128
+    threshold: float = 0.9
+
+    def check(self, num_layers: int, num_outputs: int) -> None:
+        """Raise ConfigError unless these exits fit a backbone of ``num_layers`` and a task with
+        ``num_outputs`` classes."""
+        if not self.layers:
+            raise ConfigError("an exit configuration needs at least one exit layer")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ConfigError(f"exit layers must be strictly increasing, got {list(self.layers)}")
+        if self.layers[0] < 0 or self.layers[-1] > num_layers - 2:
+            raise ConfigError(
+                f"exit layers must be in [0, {num_layers - 2}] (the last layer has the head), "
+                f"got {list(self.layers)}"
+            )
+        if not 1 <= self.hidden <= 16384:
+            raise ConfigError(f"exit hidden width must be in [1, 16384], got {self.hidden}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"exit threshold must be in (0, 1], got {self.threshold}")
+        if num_outputs < 2:
+            raise ConfigError("exits need a classification task: a regression head has no confidence")

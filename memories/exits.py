@@ -8,10 +8,13 @@ Zero Time Waste (Wołczyk et al., 2021), reuses what the exits before it compute
     log p_m = b_m + sum_{j <= m} w_{m, j} log_softmax(z_j)     ensemble of every exit so far
 
 ``z_{-1}`` is zeros; ``w`` starts as the identity and ``b`` as zeros, so an untrained ensemble is
-exit m alone. At inference a row leaves the backbone at the first exit whose confidence
-(max_c p_m) reaches its threshold, the task's ``exit_threshold`` unless the request gives one;
-its answer is log p_m. The other rows run on as a smaller batch (memories.backbone drops the
-rows). Exits are for classification tasks; a regression head has no confidence to stop on.
+exit m alone. Training reads the pooled states detached (the memory is not changed by its
+exits) and, as in Zero Time Waste's second stage, the ensemble's loss trains only ``w`` and ``b``.
+
+At inference a row leaves the backbone at the first exit whose confidence (max_c p_m) exceeds its
+threshold, the task's ``threshold`` unless the request gives one (1.0: never leave early); its
+answer is log p_m. The other rows run on as a smaller batch (memories.model.run_batch,
+memories.backbone). Exits are for classification; a regression head has no confidence to stop on.
 """
 
 from __future__ import annotations
@@ -22,35 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memories.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ExitConfig:
-    """Where a task's exits sit, their hidden width, and the confidence that lets a row leave."""
-
-    layers: tuple[int, ...]
-    hidden: int = 128
-    threshold: float = 0.9
-
-    def check(self, num_layers: int, num_outputs: int) -> None:
-        """Raise ConfigError unless these exits fit a backbone of ``num_layers`` and a task with
-        ``num_outputs`` classes."""
-        if not self.layers:
-            raise ConfigError("an exit configuration needs at least one exit layer")
-        if list(self.layers) != sorted(set(self.layers)):
-            raise ConfigError(f"exit layers must be strictly increasing, got {list(self.layers)}")
-        if self.layers[0] < 0 or self.layers[-1] > num_layers - 2:
-            raise ConfigError(
-                f"exit layers must be in [0, {num_layers - 2}] (the last layer has the head), "
-                f"got {list(self.layers)}"
-            )
-        if not 1 <= self.hidden <= 16384:
-            raise ConfigError(f"exit hidden width must be in [1, 16384], got {self.hidden}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"exit threshold must be in (0, 1], got {self.threshold}")
-        if num_outputs < 2:
-            raise ConfigError("exits need a classification task: a regression head has no confidence")
+from memories.config import ExitConfig
 
 
 def exit_shapes(config: ExitConfig, hidden_size: int, num_outputs: int) -> dict[str, tuple[int, ...]]:
@@ -89,14 +64,15 @@ class ExitClassifiers(nn.Module):
 
     def forward(self, pooled: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """pooled[m] [B, d] after exit m's layer -> (logits z_m [B, C], ensembled log p_m [B, C]) per
-        exit. The cascade passes z_{m-1} detached, so each exit's loss trains its own classifier."""
+        exit. The cascade and the ensemble read the exits' outputs detached, so each exit's loss
+        trains its own classifier and the ensemble's loss only the ensemble weights."""
         exits = PackedExits.of(self)
         logits: list[torch.Tensor] = []
         log_probs: list[torch.Tensor] = []
         for m, state in enumerate(pooled):
             previous = logits[-1].detach() if logits else None
             logits.append(exits.logits(m, state, previous))
-            log_probs.append(exits.ensemble(m, [torch.log_softmax(z, dim=-1) for z in logits]))
+            log_probs.append(exits.ensemble(m, [torch.log_softmax(z.detach(), dim=-1) for z in logits]))
         return logits, log_probs
 
 

@@ -2,9 +2,11 @@
 
 A memory file is a safetensors file (never pickle) holding the tensors of a
 :class:`~memories.model.TaskMemory` (``layers.<i>.parent_keys|child_keys|child_values``,
-``head.dense.*``, ``head.out.*``) in fp32 or fp16, and a ``__metadata__`` header with the format
-version, the backbone it was trained on (name and fingerprint), its shape, hyper-parameters,
-task type, label names, pooling, maximum sequence length and a training summary.
+``head.dense.*``, ``head.out.*``, and ``exits.*`` when the task has early exits) in fp32 or fp16,
+and a ``__metadata__`` header with the format version, the backbone it was trained on (name and
+fingerprint), its shape, hyper-parameters, task type, label names, pooling, maximum sequence
+length, the exits (``exits``: layers, hidden width, threshold; absent without exits, so such a
+file reads as before) and a training summary.
 
 Header values are strings (a safetensors rule): text fields as they are, everything else as
 JSON. :func:`parse_memory` treats the bytes as untrusted: it checks the size, the framing, every
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memories.atomic import atomic_write
 from memories.backbone import Backbone, Pooling
-from memories.config import SpartanConfig
+from memories.config import ExitConfig, SpartanConfig
 from memories.data import TaskType
 from memories.errors import (
     BackboneMismatchError,
@@ -60,6 +62,24 @@ _FP16_MAX = 65504.0
 _TEXT_FIELDS = frozenset({"format", "backbone", "backbone_fingerprint", "task_type", "pooling", "task"})
 
 
+class ExitMetadata(BaseModel):
+    """A task's early exits (memories.exits): after which layers, how wide, how sure to leave."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    layers: list[int] = Field(min_length=1, max_length=256)
+    hidden: int = Field(ge=1, le=16384)
+    threshold: float = Field(gt=0, le=1)
+
+    @property
+    def config(self) -> ExitConfig:
+        return ExitConfig(tuple(self.layers), self.hidden, self.threshold)
+
+    @classmethod
+    def of(cls, config: ExitConfig) -> ExitMetadata:
+        return cls(layers=list(config.layers), hidden=config.hidden, threshold=config.threshold)
+
+
 class MemoryMetadata(BaseModel):
     """The ``__metadata__`` header of a memory file, validated field by field."""
 
@@ -80,6 +100,7 @@ class MemoryMetadata(BaseModel):
     pooling: Pooling
     max_seq_length: int = Field(ge=8, le=8192)
     task: str = Field(default="", max_length=256)
+    exits: ExitMetadata | None = None
     training: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("format_version")
@@ -102,6 +123,11 @@ class MemoryMetadata(BaseModel):
                 raise ValueError("label names must be 1-128 characters")
         elif self.labels:
             raise ValueError("a regression memory has no label names")
+        if self.exits is not None:
+            try:
+                self.exits.config.check(self.num_layers, self.num_outputs)
+            except ConfigError as exc:
+                raise ValueError(f"exits: {exc}") from None
         return self
 
     @classmethod
@@ -114,9 +140,10 @@ class MemoryMetadata(BaseModel):
         max_seq_length: int,
         task: str = "",
         training: dict[str, Any] | None = None,
+        exits: ExitConfig | None = None,
     ) -> MemoryMetadata:
         """Metadata of a memory for ``backbone``: its identity and shape, the hyper-parameters,
-        the labels (none: a regression task)."""
+        the labels (none: a regression task), the early exits if any."""
         return cls(
             backbone=backbone.name,
             backbone_fingerprint=backbone.fingerprint,
@@ -131,6 +158,7 @@ class MemoryMetadata(BaseModel):
             pooling=pooling,
             max_seq_length=max_seq_length,
             task=task,
+            exits=ExitMetadata.of(exits) if exits is not None else None,
             training=training or {},
         )
 
@@ -142,11 +170,17 @@ class MemoryMetadata(BaseModel):
     def num_outputs(self) -> int:
         return len(self.labels) if self.task_type == "classification" else 1
 
+    @property
+    def exit_config(self) -> ExitConfig | None:
+        return self.exits.config if self.exits is not None else None
+
     def to_header(self) -> dict[str, str]:
-        """String-valued safetensors metadata: text as is, everything else as JSON."""
+        """String-valued safetensors metadata: text as is, everything else as JSON (no ``exits``
+        field without exits: such a file is what builds before exits wrote)."""
+        fields = self.model_dump(exclude={"exits"} if self.exits is None else set())
         return {
             name: value if name in _TEXT_FIELDS else json.dumps(value, sort_keys=True)
-            for name, value in self.model_dump().items()
+            for name, value in fields.items()
         }
 
     @classmethod
@@ -203,7 +237,9 @@ class MemoryFile:
     def to_task_memory(self) -> TaskMemory:
         """A trainable fp32 module holding these tensors (e.g. to continue training)."""
         meta = self.metadata
-        task = TaskMemory(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
+        task = TaskMemory(
+            meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config, meta.exit_config
+        )
         task.load_state_dict({name: t.float() for name, t in self.tensors.items()})
         return task
 
@@ -220,8 +256,15 @@ class MemoryFile:
             dtype = head_dtype = _RESIDENT[resident]
         else:
             dtype, head_dtype = (torch.bfloat16 if compute == torch.bfloat16 else stored), stored
-        config = meta.spartan_config
-        return pack_tensors(self.tensors, config, meta.num_layers, meta.pooling, dtype, head_dtype)
+        return pack_tensors(
+            self.tensors,
+            meta.spartan_config,
+            meta.num_layers,
+            meta.pooling,
+            dtype,
+            head_dtype,
+            meta.exit_config,
+        )
 
     def to_bytes(self, dtype: FileDType = "float32") -> bytes:
         from safetensors.torch import save
@@ -320,7 +363,9 @@ def _parse_header(data: bytes) -> tuple[dict[str, str], dict[str, dict[str, Any]
 
 
 def _check_tensors(meta: MemoryMetadata, shapes: dict[str, tuple[int, ...]]) -> None:
-    expected = TaskMemory.shapes(meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config)
+    expected = TaskMemory.shapes(
+        meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config, meta.exit_config
+    )
     missing = sorted(set(expected) - set(shapes))
     if missing:
         raise InvalidMemoryFileError(

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling
-from memories.config import Method, SpartanConfig
+from memories.config import ExitConfig, Method, SpartanConfig
 from memories.data import TaskSpec
 from memories.errors import ConfigError
 from memories.evaluate import Predictor, memory_predictor
-from memories.memfile import FileDType, MemoryFile, MemoryMetadata
+from memories.memfile import FileDType, MemoryFile, MemoryMetadata, check_backbone
 from memories.model import TaskMemory
 
 
@@ -50,6 +50,14 @@ class TaskModel(nn.Module):
         """Training path (differentiable): logits [B, num_outputs]."""
         raise NotImplementedError
 
+    def training_outputs(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> list[torch.Tensor]:
+        """Every output the loss is summed over, each [B, num_outputs]: the logits by default."""
+        return [self(backbone, batch, pooling)]
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Trained parameters in the groups whose gradient norm is clipped on its own."""
+        return [[p for p in self.parameters() if p.requires_grad]]
+
     def predictor(self, backbone: Backbone, pooling: Pooling) -> Predictor:
         """Inference with the current weights (eval mode, no gradients)."""
 
@@ -71,17 +79,49 @@ class TaskModel(nn.Module):
 
 
 class SpartanModel(TaskModel):
-    """SPARTAN: a memory after every layer and the head; saved as a servable memory file."""
+    """SPARTAN: a memory after every layer, the head and optional early exits (memories.exits);
+    saved as a servable memory file. The exits' gradients are clipped apart from the memory's,
+    so training exits beside a memory leaves the memory as it would be without them."""
 
     method: Method = "spartan"
 
-    def __init__(self, backbone: Backbone, num_outputs: int, config: SpartanConfig) -> None:
+    def __init__(
+        self, backbone: Backbone, num_outputs: int, config: SpartanConfig, exits: ExitConfig | None = None
+    ) -> None:
         super().__init__()
-        self.memory = TaskMemory(backbone.hidden_size, backbone.num_layers, num_outputs, config)
+        self.memory = TaskMemory(backbone.hidden_size, backbone.num_layers, num_outputs, config, exits)
+
+    @classmethod
+    def exits_on(cls, backbone: Backbone, memfile: MemoryFile, exits: ExitConfig) -> SpartanModel:
+        """New exits on a trained memory, which stays frozen: only the exits train (the backbone
+        and the memory then run forward only, Zero Time Waste's setting)."""
+        check_backbone(memfile.metadata, backbone)
+        meta = memfile.metadata
+        model = cls(backbone, meta.num_outputs, meta.spartan_config, exits)
+        trained = model.memory.load_state_dict(
+            {n: t.float() for n, t in memfile.tensors.items()}, strict=False
+        )
+        assert not trained.unexpected_keys, f"unexpected tensors {trained.unexpected_keys}"
+        assert all(k.startswith("exits.") for k in trained.missing_keys), f"missing {trained.missing_keys}"
+        for name, param in model.memory.named_parameters():
+            param.requires_grad_(name.startswith("exits."))
+        return model
 
     def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
         logits: torch.Tensor = self.memory(backbone, batch, pooling)
         return logits
+
+    def training_outputs(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> list[torch.Tensor]:
+        outputs = self.memory.training_outputs(backbone, batch, pooling)
+        return [t for t in outputs if t.requires_grad]
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        named = [(n, p) for n, p in self.memory.named_parameters() if p.requires_grad]
+        groups = [
+            [p for n, p in named if not n.startswith("exits.")],
+            [p for n, p in named if n.startswith("exits.")],
+        ]
+        return [group for group in groups if group]
 
     def predictor(self, backbone: Backbone, pooling: Pooling) -> Predictor:
         """The service's path (packed memory, :func:`~memories.model.run_batch`)."""
@@ -96,6 +136,7 @@ class SpartanModel(TaskModel):
             task.max_seq_length,
             task.spec.name,
             task.summary,
+            self.memory.exits.config if self.memory.exits is not None else None,
         )
         MemoryFile.from_task(self.memory, meta).save(path, dtype)
         return path.stat().st_size

@@ -12,7 +12,8 @@
 * :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
   memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
   keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
-  uses one memory.
+  uses one memory. A task may carry early exits (memories.exits): its rows that are sure enough
+  after an exit layer leave the batch there, and the others run on as a smaller batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool
-from memories.config import SpartanConfig
+from memories.config import ExitConfig, SpartanConfig
+from memories.exits import ExitClassifiers, PackedExits, exit_shapes
 from memories.fused import FusedRouting
 from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
@@ -48,17 +50,38 @@ class Head(nn.Module):
 
 
 class TaskMemory(nn.Module):
-    """All trainable tensors of one task: a memory per backbone layer and the head."""
+    """All trainable tensors of one task: a memory per backbone layer, the head, optional exits.
 
-    def __init__(self, hidden_size: int, num_layers: int, num_outputs: int, config: SpartanConfig) -> None:
+    The exits are initialised from a generator of their own, so a memory trained with exits is
+    the memory trained without them (same seed): the exits read its states, never change them.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_outputs: int,
+        config: SpartanConfig,
+        exits: ExitConfig | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList(SpartanLayer(hidden_size, config) for _ in range(num_layers))
         self.head = Head(hidden_size, num_outputs)
+        self.exits: ExitClassifiers | None = None
+        if exits is not None:
+            exits.check(num_layers, num_outputs)
+            with torch.random.fork_rng():
+                torch.manual_seed(torch.initial_seed() + 1)
+                self.exits = ExitClassifiers(exits, hidden_size, num_outputs)
 
     @staticmethod
     def shapes(
-        hidden_size: int, num_layers: int, num_outputs: int, config: SpartanConfig
+        hidden_size: int,
+        num_layers: int,
+        num_outputs: int,
+        config: SpartanConfig,
+        exits: ExitConfig | None = None,
     ) -> dict[str, tuple[int, ...]]:
         """``state_dict`` name -> shape, without building the module (a cold load checks every
         uploaded file against it; tests/memories/test_model.py checks it against the module)."""
@@ -76,19 +99,33 @@ class TaskMemory(nn.Module):
                 "head.out.bias": (num_outputs,),
             }
         )
+        if exits is not None:
+            shapes.update(exit_shapes(exits, hidden_size, num_outputs))
         return shapes
 
     def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
         """Training path (differentiable): logits [B, num_outputs]."""
+        return self.training_outputs(backbone, batch, pooling)[0]
+
+    def training_outputs(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> list[torch.Tensor]:
+        """Every output a training loss is taken on, each [B, num_outputs]: the head's logits, then
+        per exit its logits z_m and its ensembled log p_m (a cross-entropy on log p_m is its NLL)."""
         layers = self.layers
+        exit_layers = set(self.exits.config.layers) if self.exits is not None else set()
+        pooled: list[torch.Tensor] = []  # [B, d] after each exit layer, detached
 
         def apply(index: int, hidden: torch.Tensor) -> torch.Tensor:
             out: torch.Tensor = layers[index](hidden)
+            if index in exit_layers:
+                pooled.append(pool(out.detach(), batch.attention_mask, pooling))
             return out
 
         hidden = backbone.forward(batch, apply)  # [B, S, d]
-        logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
-        return logits
+        outputs: list[torch.Tensor] = [self.head(pool(hidden, batch.attention_mask, pooling))]
+        if self.exits is not None:
+            logits, log_probs = self.exits(pooled)
+            outputs += [t for pair in zip(logits, log_probs, strict=True) for t in pair]
+        return outputs
 
     def pack(
         self, pooling: Pooling, dtype: torch.dtype = torch.float32, head_dtype: torch.dtype | None = None
@@ -96,7 +133,8 @@ class TaskMemory(nn.Module):
         """A detached copy in inference form, the layers resident in ``dtype``, the head in
         ``head_dtype`` (default: ``dtype``)."""
         tensors = {name: t.detach().clone() for name, t in self.state_dict().items()}
-        return pack_tensors(tensors, self.config, len(self.layers), pooling, dtype, head_dtype)
+        exits = self.exits.config if self.exits is not None else None
+        return pack_tensors(tensors, self.config, len(self.layers), pooling, dtype, head_dtype, exits)
 
 
 def pack_tensors(
@@ -106,10 +144,12 @@ def pack_tensors(
     pooling: Pooling,
     dtype: torch.dtype = torch.float32,
     head_dtype: torch.dtype | None = None,
+    exits: ExitConfig | None = None,
 ) -> PackedMemory:
     """The inference form of a task's tensors (``TaskMemory.state_dict`` names): the layers
-    resident in ``dtype``, the head in ``head_dtype`` (default: ``dtype``). Keys are packed in
-    fp32, then cast. The result is a copy, in one memory mapping of its own (:func:`in_own_mapping`)."""
+    resident in ``dtype``, the head and the ``exits`` in ``head_dtype`` (default: ``dtype``).
+    Keys are packed in fp32, then cast. The result is a copy, in one memory mapping of its own
+    (:func:`in_own_mapping`)."""
     head_dtype = dtype if head_dtype is None else head_dtype
     for name, wanted in (("resident", dtype), ("head", head_dtype)):
         assert wanted in RESIDENT_DTYPES, f"{name} dtype must be one of {RESIDENT_DTYPES}, got {wanted}"
@@ -124,10 +164,17 @@ def pack_tensors(
         tensors[f"head.{name}"].to(head_dtype)
         for name in ("dense.weight", "dense.bias", "out.weight", "out.bias")
     ]
-    owned = in_own_mapping([t for pair in layers for t in pair] + head)
+    exit_names = sorted(name for name in tensors if name.startswith("exits.")) if exits else []
+    exit_tensors = [tensors[name].to(head_dtype) for name in exit_names]
+    owned = in_own_mapping([t for pair in layers for t in pair] + head + exit_tensors)
     pairs = tuple((owned[2 * i], owned[2 * i + 1]) for i in range(num_layers))
-    dense_w, dense_b, out_w, out_b = owned[2 * num_layers :]
-    return PackedMemory(config, pooling, pairs, (dense_w, dense_b, out_w, out_b))
+    dense_w, dense_b, out_w, out_b = owned[2 * num_layers : 2 * num_layers + 4]
+    packed_exits = None
+    if exits is not None:
+        packed_exits = PackedExits.from_tensors(
+            exits, dict(zip(exit_names, owned[2 * num_layers + 4 :], strict=True))
+        )
+    return PackedMemory(config, pooling, pairs, (dense_w, dense_b, out_w, out_b), packed_exits)
 
 
 def in_own_mapping(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -157,12 +204,14 @@ def in_own_mapping(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 class PackedMemory:
     """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head's
     (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]);
-    the layers in one resident dtype (fp32, fp16 or bf16), the head in one (its own or theirs)."""
+    the layers in one resident dtype (fp32, fp16 or bf16), the head in one (its own or theirs),
+    and the task's early exits if it has any (in the head's dtype)."""
 
     config: SpartanConfig
     pooling: Pooling
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    exits: PackedExits | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -188,17 +237,21 @@ class PackedMemory:
     def nbytes(self) -> int:
         """Resident bytes of every tensor (what a byte-bounded cache charges for this task)."""
         tensors = [t for pair in self.layers for t in pair] + list(self.head)
+        tensors += self.exits.tensors if self.exits is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """Per row: the head output [num_outputs of that row's task]; optionally the routing.
+    """Per row: the head output [num_outputs of that row's task], or for a row that left early
+    its exit's log-probabilities (the same softmax); the layer it left after (the last layer for
+    a row that ran them all); optionally the routing.
 
-    ``routing[r]`` is row r's parent gate per layer, [L, S, Np] (zero outside the top-K).
+    ``routing[r]`` is row r's parent gate per layer it ran, [L_r, S, Np] (zero outside the top-K).
     """
 
     logits: list[torch.Tensor]
+    exit_layers: list[int]
     routing: list[torch.Tensor] | None = None
 
 
@@ -218,19 +271,31 @@ def _rows_by_memory(memories: Sequence[PackedMemory], rows: Sequence[int]) -> di
 
 
 class _MixedApply:
-    """The per-layer memory of one mixed batch (called by the backbone after every layer)."""
+    """The per-layer memory of one mixed batch (called by the backbone after every layer).
+
+    ``running`` lists the batch rows still in the backbone, in the order of the hidden state's
+    rows; groups hold positions in it. Rows that leave early are dropped with :meth:`keep`."""
 
     def __init__(self, memories: Sequence[PackedMemory], record: bool, routing: FusedRouting | None) -> None:
         self.memories = memories
         self.routing_kernels = routing
-        self.groups = _group_rows(memories)
-        self.shared = [len(_rows_by_memory(memories, rows)) == 1 for rows in self.groups]
-        # routing[layer] = [(rows, gate [len(rows), S, Np]), ...]
+        self.running = list(range(len(memories)))
+        self._regroup()
+        # routing[layer] = [(batch rows, gate [len(rows), S, Np]), ...]
         self.routing: list[list[tuple[list[int], torch.Tensor]]] | None = [] if record else None
 
-    def _apply_group(
-        self, index: int, x: torch.Tensor, rows: list[int], shared: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _regroup(self) -> None:
+        running = [self.memories[row] for row in self.running]
+        self.groups = _group_rows(running)
+        self.shared = [len(_rows_by_memory(running, positions)) == 1 for positions in self.groups]
+
+    def keep(self, positions: Sequence[int]) -> None:
+        """Only the rows at these positions of the running ones run on."""
+        self.running = [self.running[p] for p in positions]
+        self._regroup()
+
+    def _apply_group(self, index: int, x: torch.Tensor, positions: list[int], shared: bool) -> torch.Tensor:
+        rows = [self.running[p] for p in positions]
         first = self.memories[rows[0]]
         if shared:
             keys, values = first.layer(index, x.dtype)  # [M, d], [Nc*Np, d]
@@ -241,26 +306,24 @@ class _MixedApply:
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
         router = self.routing_kernels.router(first.config, x.dtype) if self.routing_kernels else None
         out = spartan_dense(x, keys, values, first.config, record, inplace=True, router=router)
-        return out, (record[0] if record else None)
+        if self.routing is not None and record:
+            self.routing[-1].append((rows, record[0]))
+        return out
 
     def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         if self.routing is not None:
             self.routing.append([])
         if len(self.groups) == 1:
-            out, gate = self._apply_group(index, hidden, self.groups[0], self.shared[0])
-            if self.routing is not None and gate is not None:
-                self.routing[-1].append((self.groups[0], gate))
-            return out
-        for rows, shared in zip(self.groups, self.shared, strict=True):
-            idx = torch.tensor(rows)
-            part, gate = self._apply_group(index, hidden[idx], rows, shared)
-            hidden[idx] = part  # the layer's fresh output: ours to overwrite
-            if self.routing is not None and gate is not None:
-                self.routing[-1].append((rows, gate))
+            return self._apply_group(index, hidden, self.groups[0], self.shared[0])
+        for positions, shared in zip(self.groups, self.shared, strict=True):
+            idx = torch.tensor(positions)
+            hidden[idx] = self._apply_group(
+                index, hidden[idx], positions, shared
+            )  # the layer's fresh output: ours to overwrite
         return hidden
 
     def routing_per_row(self, batch_size: int) -> list[torch.Tensor]:
-        """Row r -> its gates stacked over layers, [L, S, Np]."""
+        """Row r -> its gates stacked over the layers it ran, [L_r, S, Np]."""
         assert self.routing is not None, "routing was not recorded"
         per_row: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
         for layer in self.routing:
@@ -270,27 +333,108 @@ class _MixedApply:
         return [torch.stack(gates) for gates in per_row]
 
 
+class _EarlyExits:
+    """The exit policy of one batch (memories.backbone.ExitPolicy): after a layer where some
+    running rows' tasks have an exit, those rows' exits run (grouped by task) and the rows whose
+    confidence exceeds their threshold leave; their answers and exit layers are kept here."""
+
+    def __init__(
+        self,
+        apply: _MixedApply,
+        memories: Sequence[PackedMemory],
+        thresholds: Sequence[float | None],
+        attention_mask: torch.Tensor,
+    ) -> None:
+        self.apply = apply
+        self.memories = memories
+        self.attention_mask = attention_mask  # [B, S]
+        self.thresholds = [
+            (t if t is not None else m.exits.config.threshold) if m.exits is not None else 1.0
+            for m, t in zip(memories, thresholds, strict=True)
+        ]
+        self.layers = {layer for m in memories if m.exits is not None for layer in m.exits.config.layers}
+        self.previous: dict[int, torch.Tensor] = {}  # row -> z of its latest exit [C]
+        self.history: dict[int, list[torch.Tensor]] = {}  # row -> log_softmax(z_j) of its exits so far
+        self.answers: dict[int, torch.Tensor] = {}  # row -> log p_m [C] of the exit it left at
+        self.left_at: dict[int, int] = {}  # row -> the layer it left after
+
+    def _run_exit(
+        self, index: int, memory: PackedMemory, rows: list[int], pooled: torch.Tensor
+    ) -> torch.Tensor:
+        """The exit after layer ``index`` for ``rows`` of one task: pooled [G, d] -> log p [G, C]."""
+        assert memory.exits is not None, "only tasks with exits run one"
+        m = memory.exits.config.layers.index(index)
+        previous = torch.stack([self.previous[r] for r in rows]) if m else None  # [G, C]
+        z = memory.exits.logits(m, pooled, previous)  # [G, C]
+        earlier = [torch.stack([self.history[r][j] for r in rows]) for j in range(m)]  # m x [G, C]
+        log_probs = [*earlier, torch.log_softmax(z, dim=-1)]
+        for pos, row in enumerate(rows):
+            self.previous[row] = z[pos]
+            self.history.setdefault(row, []).append(log_probs[-1][pos])
+        return memory.exits.ensemble(m, log_probs)
+
+    def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B', S, d] of the running rows -> bool [B'], True = leaves after this layer."""
+        leaving = torch.zeros(hidden.shape[0], dtype=torch.bool)
+        if index not in self.layers:
+            return leaving
+        running = self.apply.running
+        with_exit = [
+            p
+            for p, row in enumerate(running)
+            if (exits := self.memories[row].exits) is not None and index in exits.config.layers
+        ]
+        for positions in _rows_by_memory([self.memories[r] for r in running], with_exit).values():
+            rows = [running[p] for p in positions]
+            memory = self.memories[rows[0]]
+            idx = torch.tensor(positions)
+            pooled = pool(hidden[idx], self.attention_mask[rows], memory.pooling).float()  # [G, d]
+            log_p = self._run_exit(index, memory, rows, pooled)  # [G, C]
+            confident = log_p.exp().amax(dim=-1) > torch.tensor([self.thresholds[r] for r in rows])  # [G]
+            for pos in confident.nonzero().flatten().tolist():
+                self.answers[rows[pos]], self.left_at[rows[pos]] = log_p[pos], index
+                leaving[positions[pos]] = True
+        if leaving.any():
+            self.apply.keep((~leaving).nonzero().flatten().tolist())
+        return leaving
+
+
 def run_batch(
     backbone: Backbone,
     batch: Encoded,
     memories: Sequence[PackedMemory],
     record_routing: bool = False,
+    exit_thresholds: Sequence[float | None] | None = None,
 ) -> BatchOutput:
-    """One backbone pass; row r uses ``memories[r]`` (rows may repeat or mix tasks freely)."""
+    """One backbone pass; row r uses ``memories[r]`` (rows may repeat or mix tasks freely).
+
+    A row whose task has exits may leave early: when its confidence at an exit exceeds
+    ``exit_thresholds[r]`` (None, or no list: the task's own threshold; 1.0: never)."""
     batch_size = batch.input_ids.shape[0]
     assert len(memories) == batch_size, f"{len(memories)} memories for {batch_size} rows"
+    thresholds = list(exit_thresholds) if exit_thresholds is not None else [None] * batch_size
+    assert len(thresholds) == batch_size, f"{len(thresholds)} exit thresholds for {batch_size} rows"
+    assert all(t is None or 0.0 < t <= 1.0 for t in thresholds), f"exit thresholds in (0, 1]: {thresholds}"
     apply = _MixedApply(memories, record_routing, backbone.routing)
+    exits = None
+    if any(m.exits is not None for m in memories):
+        exits = _EarlyExits(apply, memories, thresholds, batch.attention_mask)
     with torch.no_grad():
-        hidden = backbone.forward(batch, apply)  # [B, S, d]
+        hidden = backbone.forward(batch, apply, exits)  # [B', S, d]: the rows in apply.running
+        ran = apply.running
         logits: list[torch.Tensor] = [torch.empty(0)] * batch_size
-        # Pooled once per pooling kind for the whole batch: [B, d] each
-        pooled = {
-            kind: pool(hidden, batch.attention_mask, kind).float() for kind in {m.pooling for m in memories}
-        }
-        for rows in _rows_by_memory(memories, range(batch_size)).values():
-            memory = memories[rows[0]]
-            out = memory.classify(pooled[memory.pooling][rows])  # [G, num_outputs]
-            for pos, row in enumerate(rows):
-                logits[row] = out[pos]
+        exit_layers = [backbone.num_layers - 1] * batch_size
+        if exits is not None:
+            for row, answer in exits.answers.items():
+                logits[row], exit_layers[row] = answer, exits.left_at[row]
+        mask = batch.attention_mask[ran]  # [B', S]
+        # Pooled once per pooling kind for the rows that ran every layer: [B', d] each
+        pooled = {kind: pool(hidden, mask, kind).float() for kind in {memories[r].pooling for r in ran}}
+        ran_memories = [memories[r] for r in ran]
+        for positions in _rows_by_memory(ran_memories, range(len(ran))).values():
+            memory = ran_memories[positions[0]]
+            out = memory.classify(pooled[memory.pooling][positions])  # [G, num_outputs]
+            for pos, position in enumerate(positions):
+                logits[ran[position]] = out[pos]
     routing = apply.routing_per_row(batch_size) if record_routing else None
-    return BatchOutput(logits, routing)
+    return BatchOutput(logits, exit_layers, routing)

@@ -16,7 +16,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,12 +24,19 @@ from pydantic_core import to_jsonable_python
 from tqdm import tqdm
 
 from memories.backbone import Backbone, Pooling
-from memories.config import DEFAULT_LR, Method, SpartanConfig, TrainPrecision
+from memories.config import DEFAULT_LR, ExitConfig, Method, SpartanConfig, TrainPrecision
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
-from memories.memfile import FileDType
-from memories.methods import ModelBuilder, SavedTask, TaskModel, build_spartan, trainable_parameters
+from memories.memfile import FileDType, read_memory
+from memories.methods import (
+    ModelBuilder,
+    SavedTask,
+    SpartanModel,
+    TaskModel,
+    build_spartan,
+    trainable_parameters,
+)
 
 FEW_SHOT_SPLIT = "fewshot200"
 FEW_SHOT_STEPS = 1000
@@ -63,6 +70,8 @@ class TrainOptions:
     bottleneck: int = 64  # adapters only
     dtype: FileDType = "float32"
     precision: TrainPrecision = "fp32"  # bf16: forward passes under bf16 autocast (weights stay fp32)
+    exits: ExitConfig | None = None  # early exits trained beside the memory (memories.exits)
+    exits_on: Path | None = None  # train only the exits, on this trained memory (kept frozen)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_every < 1 or (self.lr is not None and self.lr <= 0):
@@ -73,6 +82,10 @@ class TrainOptions:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.exits is not None and self.method != "spartan":
+            raise ConfigError(f"early exits are trained with a SPARTAN memory, not with {self.method!r}")
+        if self.exits_on is not None and self.exits is None:
+            raise ConfigError("exits_on trains exits on a memory: say which exit layers (--exits)")
 
     @property
     def learning_rate(self) -> float:
@@ -124,6 +137,9 @@ def train(
 
     ``build`` makes the model of ``options.method``: SPARTAN by default, every method with
     memories.lab.baselines.build_model."""
+    base = read_memory(options.exits_on) if options.exits_on is not None else None
+    if base is not None:  # the exits read the memory's states: its pooling and its input length
+        options = replace(options, pooling=base.metadata.pooling, max_seq_length=base.metadata.max_seq_length)
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     train_split = FEW_SHOT_SPLIT if options.few_shot else options.train_split
@@ -137,7 +153,17 @@ def train(
     pooling = options.pooling or backbone.pooling
     regression = spec.task_type == "regression"
 
-    task = build(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
+    if base is not None:
+        if base.metadata.labels != list(spec.labels):
+            raise ConfigError(
+                f"{options.exits_on} predicts {base.metadata.labels}, the data {list(spec.labels)}"
+            )
+        assert options.exits is not None, "checked by TrainOptions"
+        task: TaskModel = SpartanModel.exits_on(backbone, base, options.exits)
+    elif options.exits is not None:
+        task = SpartanModel(backbone, len(spec.labels) or 1, options.spartan, options.exits)
+    else:
+        task = build(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
     trained = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=options.learning_rate, weight_decay=options.weight_decay)
     total = _total_steps(options, len(train_set))
@@ -196,14 +222,19 @@ def train(
         pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
         batch = backbone.tokenize([e.text for e in chunk], pairs, options.max_seq_length)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.precision == "bf16"):
-            logits = task(backbone, batch, pooling).float()  # [B, outputs]
+            outputs = [
+                o.float() for o in task.training_outputs(backbone, batch, pooling)
+            ]  # each [B, outputs]
         if regression:
-            loss = loss_fn(logits[:, 0], torch.tensor([train_targets[i] for i in rows], dtype=torch.float32))
+            gold = torch.tensor([train_targets[i] for i in rows], dtype=torch.float32)
+            loss = torch.stack([loss_fn(o[:, 0], gold) for o in outputs]).sum()
         else:
-            loss = loss_fn(logits, torch.tensor([train_targets[i] for i in rows]))
+            gold = torch.tensor([train_targets[i] for i in rows])
+            loss = torch.stack([loss_fn(o, gold) for o in outputs]).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        for group in task.clip_groups():
+            torch.nn.utils.clip_grad_norm_(group, 1.0)
         optimizer.step()
         scheduler.step()
         train_seconds += time.perf_counter() - tick

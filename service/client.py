@@ -69,19 +69,23 @@ class _Calls:
 
     @staticmethod
     def classify(
-        task: str, inputs: Inputs, explain: Explain, answer_format: AnswerFormat, top_k: int | None
+        task: str,
+        inputs: Inputs,
+        explain: Explain,
+        answer_format: AnswerFormat,
+        top_k: int | None,
+        exit_threshold: float | None = None,
     ) -> _Request:
         if isinstance(inputs, str):
             body: Any = inputs
         else:
             body = [PairInput(text=i[0], pair=i[1]) if isinstance(i, tuple) else i for i in inputs]
-        request = ClassifyRequest(inputs=body, explain=explain)
+        request = ClassifyRequest(inputs=body, explain=explain, exit_threshold=exit_threshold)
         params: dict[str, Any] = {"format": answer_format} if answer_format != "spartan" else {}
         if top_k is not None:
             params["top_k"] = top_k
-        return _Request(
-            "POST", f"/v1/{task}/classify", json=request.model_dump(mode="json"), params=params or None
-        )
+        payload = request.model_dump(mode="json", exclude_none=True)
+        return _Request("POST", f"/v1/{task}/classify", json=payload, params=params or None)
 
     @staticmethod
     def versions(task: str) -> _Request:
@@ -205,10 +209,16 @@ class SpartanClient:
         return response.content
 
     def classify(
-        self, task: str, inputs: Inputs, explain: Explain = "none", top_k: int | None = None
+        self,
+        task: str,
+        inputs: Inputs,
+        explain: Explain = "none",
+        top_k: int | None = None,
+        exit_threshold: float | None = None,
     ) -> ClassifyResponse:
-        """``top_k``: only the k most probable labels' scores (default: every label)."""
-        request = _Calls.classify(task, inputs, explain, "spartan", top_k)
+        """``top_k``: only the k most probable labels' scores (default: every label);
+        ``exit_threshold``: a task's early-exit threshold for this request (default: the task's)."""
+        request = _Calls.classify(task, inputs, explain, "spartan", top_k, exit_threshold)
         return _required(self._send(request, ClassifyResponse))
 
     def classify_pipeline(self, task: str, inputs: Inputs, top_k: int | None = None) -> PipelineAnswer:
@@ -329,9 +339,14 @@ class AsyncSpartanClient:
         return response.content
 
     async def classify(
-        self, task: str, inputs: Inputs, explain: Explain = "none", top_k: int | None = None
+        self,
+        task: str,
+        inputs: Inputs,
+        explain: Explain = "none",
+        top_k: int | None = None,
+        exit_threshold: float | None = None,
     ) -> ClassifyResponse:
-        request = _Calls.classify(task, inputs, explain, "spartan", top_k)
+        request = _Calls.classify(task, inputs, explain, "spartan", top_k, exit_threshold)
         return _required(await self._send(request, ClassifyResponse))
 
     async def classify_pipeline(self, task: str, inputs: Inputs, top_k: int | None = None) -> PipelineAnswer:

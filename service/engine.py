@@ -63,6 +63,7 @@ class RowRequest:
     pair: str | None
     memory: LoadedMemory
     explain: Explain = "none"
+    exit_threshold: float | None = None  # early exits: None = the task's threshold
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class EngineStats:
     busy_seconds: float = 0.0
     tokens: int = 0  # real tokens run
     padded_tokens: int = 0  # token slots run, padding included (tokens / padded_tokens = padding efficiency)
+    exited_early: int = 0  # rows that left the backbone at an early exit (memories.exits)
     heap_trims: int = 0  # times the idle engine handed freed heap pages back (service.memlimit.HeapTrimmer)
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
 
@@ -255,11 +257,14 @@ class Engine:
         try:
             batch = self.backbone.collate([r.encoding for r in rows])
             memories = [r.request.memory.packed for r in rows]
+            thresholds = [r.request.exit_threshold for r in rows]
             if self.buckets is not None:
                 batch = self.buckets.fit(batch, self.backbone.tokenizer.pad_token_id or 0)
-                memories += memories[:1] * (batch.input_ids.shape[0] - len(rows))  # padding rows copy row 0
+                padding = batch.input_ids.shape[0] - len(rows)
+                memories += memories[:1] * padding  # padding rows copy row 0
+                thresholds += thresholds[:1] * padding
             explain = any(r.request.explain != "none" for r in rows)
-            out = run_batch(self.backbone, batch, memories, record_routing=explain)
+            out = run_batch(self.backbone, batch, memories, explain, thresholds)
         except Exception as exc:  # a bug, not user input: answer every row, keep serving
             log.exception("batch of %d rows failed", len(rows))
             self.stats.failed += len(rows)
@@ -271,13 +276,17 @@ class Engine:
         self.stats.tokens += int(batch.attention_mask[: len(rows)].sum())  # bucket padding rows excluded
         self.stats.padded_tokens += batch.attention_mask.numel()
         self.stats.batch_sizes[len(rows)] = self.stats.batch_sizes.get(len(rows), 0) + 1
+        last = self.backbone.num_layers - 1
+        self.stats.exited_early += sum(layer < last for layer in out.exit_layers[: len(rows)])
         results: list[tuple[_Row, RowResult | BaseException]] = []
         for i, row in enumerate(rows):
             request, tokens = row.request, len(row.encoding["input_ids"])
             routing = out.routing[i][:, :tokens] if out.routing is not None else None  # [L, S, Np]
             logits = out.logits[i].tolist()
             try:
-                prediction = predict(request.memory.metadata, logits, routing, request.explain)
+                prediction = predict(
+                    request.memory.metadata, logits, routing, request.explain, out.exit_layers[i]
+                )
             except Exception as exc:  # a bug, not user input: this row fails, the others are answered
                 log.exception("prediction of one row failed")
                 self.stats.failed += 1

@@ -47,6 +47,7 @@ class RuntimeCollector(Collector):
             ("engine_busy_seconds", engine.busy_seconds, "time the engine spent running batches"),
             ("engine_tokens", engine.tokens, "real tokens run through the backbone"),
             ("engine_padded_tokens", engine.padded_tokens, "token slots run, padding included"),
+            ("engine_early_exit_rows", engine.exited_early, "inputs that left the backbone at an early exit"),
             ("engine_heap_trims", engine.heap_trims, "times the idle engine gave freed heap pages back"),
             (
                 "unknown_task_hits",

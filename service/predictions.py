@@ -46,6 +46,7 @@ class Prediction:
     scores: dict[str, float] | None = None
     value: float | None = None
     parents: list[ParentUse] | None = None
+    exit_layer: int | None = None  # with explain: the layer the input left the backbone after
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,25 @@ def _parents(routing: torch.Tensor, explain: Explain) -> list[ParentUse]:
 
 
 def predict(
-    meta: MemoryMetadata, logits: list[float], routing: torch.Tensor | None, explain: Explain
+    meta: MemoryMetadata,
+    logits: list[float],
+    routing: torch.Tensor | None,
+    explain: Explain,
+    exit_layer: int | None = None,
 ) -> Prediction:
-    """One row's prediction from its head output; ``routing`` [L, S, Np] is given when explained."""
-    parents = _parents(routing, explain) if routing is not None and explain != "none" else None
+    """One row's prediction from its head output (or its exit's log-probabilities, the same
+    softmax); ``routing`` [L, S, Np] of the layers it ran and the layer it left after are given
+    when explained."""
+    explained = explain != "none"
+    parents = _parents(routing, explain) if routing is not None and explained else None
+    left = exit_layer if explained else None
     if meta.task_type == "regression":
-        return Prediction(value=logits[0], parents=parents)
+        return Prediction(value=logits[0], parents=parents, exit_layer=left)
     probs = softmax(logits)
     scores = {label: round(p, 6) for label, p in zip(meta.labels, probs, strict=True)}
-    return Prediction(label=meta.labels[probs.index(max(probs))], scores=scores, parents=parents)
+    return Prediction(
+        label=meta.labels[probs.index(max(probs))], scores=scores, parents=parents, exit_layer=left
+    )
 
 
 AnswerFormat = Literal["spartan", "pipeline"]
@@ -131,7 +142,7 @@ def top_scores(prediction: Prediction, top_k: int | None) -> Prediction:
     if top_k is None or prediction.scores is None:
         return prediction
     kept = {item.label: item.score for item in ranked(prediction, top_k)}
-    return Prediction(prediction.label, kept, prediction.value, prediction.parents)
+    return Prediction(prediction.label, kept, prediction.value, prediction.parents, prediction.exit_layer)
 
 
 def as_pipeline(

@@ -175,13 +175,18 @@ class Runtime:
     # --- classifying ---------------------------------------------------------------------
 
     async def classify(
-        self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain = "none"
+        self,
+        ref: TaskRef,
+        inputs: Sequence[TextInput],
+        explain: Explain = "none",
+        exit_threshold: float | None = None,
     ) -> Classification:
         """Classify ``inputs`` with the task's current memory; one version serves every input.
-        Every call is recorded in :attr:`usage` with its outcome."""
+        ``exit_threshold`` overrides a task's early-exit threshold. Every call is recorded in
+        :attr:`usage` with its outcome."""
         started = time.perf_counter()
         try:
-            answer, tokens = await self._classify(ref, inputs, explain)
+            answer, tokens = await self._classify(ref, inputs, explain, exit_threshold)
         except OverloadedError:
             self.usage.record(ref, "rejected", len(inputs), 0, time.perf_counter() - started)
             raise
@@ -195,7 +200,7 @@ class Runtime:
         return answer
 
     async def _classify(
-        self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain
+        self, ref: TaskRef, inputs: Sequence[TextInput], explain: Explain, exit_threshold: float | None
     ) -> tuple[Classification, int]:
         settings = self.settings
         check_inputs(inputs, settings.max_inputs, settings.max_text_chars)
@@ -208,7 +213,7 @@ class Runtime:
             ref, rollout.version if rollout and arm == "candidate" else info.version
         )
         self.tenancy.limiter.admit(ref.tenant, len(inputs))
-        rows = [RowRequest(item.text, item.pair, memory, explain) for item in inputs]
+        rows = [RowRequest(item.text, item.pair, memory, explain, exit_threshold) for item in inputs]
         results = await self.engine.submit(rows, deadline)
         answer = Classification(ref.task, memory.version, [result.prediction for result in results])
         if rollout is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.config import SpartanConfig
+from memories.config import ExitConfig, SpartanConfig
 
 if TYPE_CHECKING:  # torch loads inside the commands that need it
     from memories.backbone import Backbone
@@ -71,6 +71,13 @@ def add_spartan_options(parser: argparse.ArgumentParser) -> None:
 
 def spartan_config(args: argparse.Namespace) -> SpartanConfig:
     return SpartanConfig(args.parents, args.children, args.top_k, args.child_temperature)
+
+
+def exit_config(args: argparse.Namespace) -> ExitConfig | None:
+    """The exits ``--exits``/``--exit-hidden``/``--exit-threshold`` ask for (None: no exits)."""
+    if not args.exits:
+        return None
+    return ExitConfig(tuple(args.exits), args.exit_hidden, args.exit_threshold)
 
 
 def set_threads(threads: int | None) -> None:

@@ -16,6 +16,7 @@ from memories.precision import PRECISION_SETTINGS, RESIDENT_DTYPES
 from spartan_cli.common import (
     add_spartan_options,
     backbone,
+    exit_config,
     log,
     options_from,
     set_threads,
@@ -34,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from memories.lab.baselines import build_model
     from memories.train import TrainOptions, train
 
-    options = options_from(args, TrainOptions, spartan=spartan_config(args))
+    options = options_from(args, TrainOptions, spartan=spartan_config(args), exits=exit_config(args))
     set_threads(args.threads)
     result = train(options, backbone(args.backbone), log, args.command_line, build_model)
     summary = {
@@ -284,6 +285,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="bf16: forward passes under bf16 autocast (fast with AMX/AVX512-BF16, slow without)",
     )
     add_spartan_options(train)
+    exits = train.add_argument_group("early exits (memories.exits)")
+    exits.add_argument(
+        "--exits", type=int, nargs="+", metavar="LAYER", help="train exits after these layers (0-based)"
+    )
+    exits.add_argument("--exit-hidden", type=int, default=128, help="hidden width of each exit")
+    exits.add_argument(
+        "--exit-threshold",
+        type=float,
+        default=0.9,
+        help="confidence a row must exceed to leave at an exit (the task's default; 1.0: never)",
+    )
+    exits.add_argument(
+        "--exits-on",
+        type=Path,
+        metavar="MEMORY",
+        help="train only the exits, on this trained memory (kept as it is; its pooling and length)",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a memory file on a data split")

@@ -9,7 +9,7 @@ import torch
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
-from memories.config import SpartanConfig
+from memories.config import ExitConfig, SpartanConfig
 from memories.memfile import MemoryFile, MemoryMetadata
 from memories.model import TaskMemory
 
@@ -35,13 +35,18 @@ def toy_data() -> Path:
 
 
 def make_memfile(
-    backbone: Backbone, labels: tuple[str, ...] = ("negative", "positive"), seed: int = 0
+    backbone: Backbone,
+    labels: tuple[str, ...] = ("negative", "positive"),
+    seed: int = 0,
+    exits: ExitConfig | None = None,
 ) -> MemoryFile:
     """A random (untrained) but valid memory file for ``backbone``; no labels: a regression memory."""
     torch.manual_seed(seed)
     config = SpartanConfig()
-    task = TaskMemory(backbone.hidden_size, backbone.num_layers, len(labels) or 1, config)
+    task = TaskMemory(backbone.hidden_size, backbone.num_layers, len(labels) or 1, config, exits)
     for layer in task.layers:  # visible effect, so different memories give different answers
         torch.nn.init.normal_(layer.child_values, std=0.5)  # type: ignore[arg-type]
-    meta = MemoryMetadata.for_backbone(backbone, config, labels, backbone.pooling, 128, "toy", {"steps": 3})
+    meta = MemoryMetadata.for_backbone(
+        backbone, config, labels, backbone.pooling, 128, "toy", {"steps": 3}, exits
+    )
     return MemoryFile.from_task(task, meta)

@@ -66,7 +66,16 @@ class ClassifyRequest(BaseModel):
 
     inputs: Inputs = Field(description="one text, a list of texts, or a list of text pairs")
     explain: Explain = Field(
-        "none", description="also return which memory parents each input chose (last layer or all layers)"
+        "none",
+        description="also return which memory parents each input chose (last layer or all layers) "
+        "and the layer it left the backbone after",
+    )
+    exit_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="for a task with early exits: the confidence an input's answer must exceed to "
+        "leave at an exit (default: the task's own; 1.0: never leave early). Ignored without exits",
     )
 
 
@@ -89,6 +98,11 @@ class Prediction(BaseModel):
     scores: dict[str, float] | None = None
     value: float | None = None
     parents: list[ParentUse] | None = None
+    exit_layer: int | None = Field(
+        None,
+        description="with explain: the layer (0-based) the input left the backbone after; the last "
+        "layer unless the task's early exit was sure enough before",
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save
 
 from memories.backbone import Backbone
+from memories.config import ExitConfig
 from memories.errors import BackboneMismatchError, ConfigError, InvalidMemoryFileError, MemoryTooLargeError
 from memories.memfile import (
     FileDType,
@@ -246,3 +247,59 @@ def test_regression_memory_has_one_output_and_no_labels(roberta_tiny: Backbone) 
         **{**make_memfile(roberta_tiny).metadata.model_dump(), "task_type": "regression", "labels": []}
     )
     assert meta.num_outputs == 1
+
+
+EXITS = ExitConfig((0,), hidden=4, threshold=0.8)
+
+
+def test_exits_round_trip_and_a_file_without_them_has_no_exits_field(roberta_tiny: Backbone) -> None:
+    memfile = make_memfile(roberta_tiny, exits=EXITS)
+    loaded = parse_memory(memfile.to_bytes())
+    assert loaded.metadata.exit_config == EXITS
+    packed = loaded.to_packed()
+    assert packed.exits is not None
+    assert packed.exits.config == EXITS
+    with_exits = make_memfile(roberta_tiny).to_bytes()
+    (length,) = struct.unpack("<Q", with_exits[:8])
+    assert "exits" not in json.loads(with_exits[8 : 8 + length])["__metadata__"], "files read as before"
+    assert parse_memory(with_exits).to_packed().exits is None
+
+
+@pytest.mark.parametrize(
+    ("exits", "message"),
+    [
+        ('{"layers": [1], "hidden": 4, "threshold": 0.8}', r"exits: exit layers must be in \[0, 0\]"),
+        ('{"layers": [], "hidden": 4, "threshold": 0.8}', "exits.layers: List should have at least 1 item"),
+        ('{"layers": [0], "hidden": 0, "threshold": 0.8}', "exits.hidden: Input should be greater than or"),
+        ('{"layers": [0], "hidden": 4, "threshold": 0}', "exits.threshold: Input should be greater than 0"),
+        ('{"layers": [0], "hidden": 4, "threshold": 1.5}', "exits.threshold: Input should be less than or"),
+        ('{"layers": [0], "hidden": 4}', "exits.threshold: Field required"),
+        (
+            '{"layers": [0], "hidden": 8, "threshold": 0.8}',
+            r"exits.classifiers.0.dense.weight has shape \[4, 32\]",
+        ),
+    ],
+)
+def test_rejects_bad_exits(roberta_tiny: Backbone, exits: str, message: str) -> None:
+    def mutate(header: dict[str, dict[str, str]]) -> None:
+        header["__metadata__"]["exits"] = exits
+
+    with pytest.raises(InvalidMemoryFileError, match=message):
+        parse_memory(_reheader(make_memfile(roberta_tiny, exits=EXITS).to_bytes(), mutate))
+
+
+def test_rejects_exits_without_their_tensors_tensors_without_exits_and_exits_on_regression(
+    roberta_tiny: Backbone,
+) -> None:
+    def add_exits(header: dict[str, dict[str, str]]) -> None:
+        header["__metadata__"]["exits"] = '{"layers": [0], "hidden": 4, "threshold": 0.8}'
+
+    def drop_exits(header: dict[str, dict[str, str]]) -> None:
+        del header["__metadata__"]["exits"]
+
+    with pytest.raises(InvalidMemoryFileError, match="missing tensors: exits.classifiers.0.dense.bias"):
+        parse_memory(_reheader(make_memfile(roberta_tiny).to_bytes(), add_exits))
+    with pytest.raises(InvalidMemoryFileError, match="unexpected tensors: exits.classifiers.0.dense.bias"):
+        parse_memory(_reheader(make_memfile(roberta_tiny, exits=EXITS).to_bytes(), drop_exits))
+    with pytest.raises(InvalidMemoryFileError, match="exits: exits need a classification task"):
+        parse_memory(_reheader(make_memfile(roberta_tiny, labels=()).to_bytes(), add_exits))

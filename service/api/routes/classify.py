@@ -54,7 +54,7 @@ async def classify(
     ] = None,
 ) -> JSONModelResponse:
     """Classify one text, a list of texts or text pairs with the task's current memory."""
-    result = await runtime.classify(ref, _inputs(body), body.explain)
+    result = await runtime.classify(ref, _inputs(body), body.explain, body.exit_threshold)
     answer = render(result, answer_format, top_k, single_text=isinstance(body.inputs, str))
     if isinstance(answer, Classification):
         return JSONModelResponse(ClassifyResponse.model_validate(answer, from_attributes=True))

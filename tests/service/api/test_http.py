@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from memories.backbone import Backbone
+from memories.config import ExitConfig
 from tests.conftest import make_memfile
 from tests.service.conftest import RunningService
 
@@ -81,6 +82,37 @@ def test_explain_returns_parent_routing(http: httpx.Client, roberta_tiny: Backbo
     assert len(every["predictions"][0]["parents"]) == roberta_tiny.num_layers
     plain = http.post("/v1/t/classify", json={"inputs": "hello"}).json()
     assert plain["predictions"][0]["parents"] is None
+
+
+def test_early_exits_answer_per_request_threshold_and_explain_names_the_exit_layer(
+    http: httpx.Client, roberta_tiny: Backbone
+) -> None:
+    exits = ExitConfig((0,), hidden=4, threshold=0.5)  # two labels: every answer is above 0.5
+    _upload(http, "fast", make_memfile(roberta_tiny, exits=exits).to_bytes())
+    _upload(http, "full", make_memfile(roberta_tiny, seed=1).to_bytes())
+    last = roberta_tiny.num_layers - 1
+
+    def left(task: str, **body: Any) -> list[int | None]:
+        body = {"inputs": ["a", "b c"], "explain": "last_layer", **body}
+        response = http.post(f"/v1/{task}/classify", json=body)
+        assert response.status_code == 200, response.text
+        return [p["exit_layer"] for p in response.json()["predictions"]]
+
+    assert left("fast") == [0, 0], "the task's own threshold"
+    assert left("fast", exit_threshold=1.0) == [last, last], "1.0 never leaves early"
+    assert left("full", exit_threshold=0.5) == [last, last], "a task without exits runs every layer"
+    early = http.post("/v1/fast/classify", json={"inputs": "a", "explain": "last_layer"}).json()
+    assert [p["layer"] for p in early["predictions"][0]["parents"]] == [0], "routing up to the exit"
+    plain = http.post("/v1/fast/classify", json={"inputs": "a"}).json()["predictions"][0]
+    assert plain["exit_layer"] is None
+    assert sum(plain["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    for bad, message in ((0, "greater than 0"), (1.5, "less than or equal to 1"), ("high", "valid number")):
+        refused = http.post("/v1/fast/classify", json={"inputs": "a", "exit_threshold": bad})
+        assert refused.status_code == 422
+        assert message in refused.text
+        _no_trace(refused)
+    metrics = http.get("/metrics").text
+    assert "spartan_engine_early_exit_rows_total 4.0" in metrics
 
 
 def test_regression_task_returns_a_value(http: httpx.Client, roberta_tiny: Backbone) -> None:
