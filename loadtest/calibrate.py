@@ -157,7 +157,7 @@ def calibrate(
     if env_file is None:
         save_profiles({**profiles, name: calibrated}, path)
     else:
-        write_host_quota(env_file, name, profile, float(best["cpus"]), host.model)
+        write_host_quota(env_file, name, profile, float(best["cpus"]), host)
     within = abs(float(best["inst_per_min"]) / reference - 1) <= options.tolerance
     return {
         "profile": name,
@@ -219,6 +219,6 @@ def measure_profile(
         },
         "bare_over_paper": round(median["bare"] / reference, 3),
         "precision": profile.precision,
-        "calibrated_on": profile.device.calibration.cpu_model if profile.device.calibration else None,
-        "host_cpu": cpu().model,
+        "calibrated_on": profile.device.calibration.cpu_kind if profile.device.calibration else None,
+        "host_cpu": cpu().kind,
     }

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from loadtest.cgroup import Limits
 from loadtest.errors import LoadTestError
 from memories.atomic import atomic_write
+from memories.hardware import Cpu, cpu_kind, parse_cpu_kind
 from memories.precision import PRECISIONS, Precision
 
 PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yml"
@@ -70,6 +71,10 @@ class Calibration(BaseModel):
     @property
     def cpu_model(self) -> str:
         return self.cpu if self.cpu is not None else self.host.split(": ", 1)[-1]
+
+    @property
+    def cpu_kind(self) -> str:
+        return cpu_kind(self.cpu_model, self.cpu_flags) if self.cpu_flags else self.cpu_model
 
 
 class Device(BaseModel):
@@ -137,19 +142,27 @@ class Profile(BaseModel):
         assert value in PRECISIONS, f"SPARTAN_PRECISION of a profile must be one of {PRECISIONS}"
         return value  # type: ignore[return-value]
 
-    def check_host(self, name: str, host_cpu: str) -> None:
-        """Refuse to emulate the device with a quota measured on another CPU (it would be off by
-        the CPUs' speed ratio, e.g. 2.16x on a Xeon with a quota from an EPYC)."""
+    def check_host(self, name: str, host: Cpu) -> None:
+        """Refuse to emulate the device with a quota measured on another kind of CPU: another
+        model, or the same model name with other speed flags (it would be off by the CPUs' speed
+        ratio, e.g. 2.16x on a Xeon with a quota from an EPYC)."""
         calibration = self.device.calibration
+        recalibrate = f"run 'spartan loadtest calibrate --profile {name}' on this host first"
         if calibration is None:
             raise LoadTestError(
                 f"profile {name!r} has no calibration; run 'spartan loadtest calibrate --profile {name}' here"
             )
-        if calibration.cpu_model != host_cpu:
+        if calibration.cpu_model != host.model or (
+            calibration.cpu_flags and set(calibration.cpu_flags) != set(host.flags)
+        ):
             raise LoadTestError(
-                f"profile {name!r} was calibrated on {calibration.cpu_model!r}, this host is {host_cpu!r}: "
-                f"its CPU quota would not emulate the device here; run "
-                f"'spartan loadtest calibrate --profile {name}' on this host first"
+                f"profile {name!r} was calibrated on {calibration.cpu_kind!r}, this host is {host.kind!r}: "
+                f"its CPU quota would not emulate the device here; {recalibrate}"
+            )
+        if not calibration.cpu_flags:
+            raise LoadTestError(
+                f"profile {name!r} was calibrated on a {calibration.cpu_model!r} whose flags were not "
+                f"recorded, and CPUs of one model name differ ({host.kind!r} here); {recalibrate}"
             )
 
     @property
@@ -189,7 +202,10 @@ def load_profile(
             f"cannot be checked against this CPU; run 'spartan loadtest calibrate --profile {name} "
             f"--env-file .env' here"
         )
-    here = calibration.model_copy(update={"cpu": measured_on, "host": f"{ENV_FILE}: {measured_on}"})
+    model, flags = parse_cpu_kind(measured_on) or (measured_on, ())  # a bare model: flags not recorded
+    here = calibration.model_copy(
+        update={"cpu": model, "cpu_flags": list(flags), "host": f"{ENV_FILE}: {measured_on}"}
+    )
     return profile.model_copy(
         update={"cpus": cpus, "device": profile.device.model_copy(update={"calibration": here})}
     )
@@ -200,7 +216,7 @@ def host_env(env_file: Path = ENV_FILE) -> dict[str, str | None]:
     return {**dotenv_values(env_file), **os.environ}
 
 
-def write_host_quota(env_file: Path, name: str, profile: Profile, cpus: float, cpu_model: str) -> None:
+def write_host_quota(env_file: Path, name: str, profile: Profile, cpus: float, host: Cpu) -> None:
     """Record this host's quota of profile ``name`` in ``env_file`` (other lines are kept)."""
     if profile.cpus_variable is None:
         raise LoadTestError(
@@ -209,7 +225,7 @@ def write_host_quota(env_file: Path, name: str, profile: Profile, cpus: float, c
         )
     env_file.touch(exist_ok=True)
     set_key(env_file, profile.cpus_variable, f"{cpus:g}", quote_mode="never")
-    set_key(env_file, f"{profile.cpus_variable}_MEASURED_ON", cpu_model, quote_mode="always")
+    set_key(env_file, f"{profile.cpus_variable}_MEASURED_ON", host.kind, quote_mode="always")
 
 
 def pick_profile(profiles: dict[str, Profile], name: str, path: Path = PROFILES_FILE) -> Profile:

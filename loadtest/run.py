@@ -160,7 +160,7 @@ def run_load_test(
     memory_bytes = files[0].to_packed().nbytes()
     profile = load_profile(options.profile, options.profiles) if options.profile else None
     if profile is not None and options.url is None:
-        profile.check_host(options.profile or "", cpu().model)
+        profile.check_host(options.profile or "", cpu())
     own_cpus = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="spartan-loadtest-") as tmp:
         server: ServerProcess | None = None

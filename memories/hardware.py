@@ -4,6 +4,8 @@ and the kernel level torch dispatches to. Read once per call from /proc/cpuinfo 
 from __future__ import annotations
 
 import platform
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # The flags that change which kernels (and so which precision) win on an x86 CPU.
@@ -20,6 +22,22 @@ class Cpu:
     @property
     def has_bf16_units(self) -> bool:
         return any(flag in self.flags for flag in BF16_FLAGS)
+
+    @property
+    def kind(self) -> str:
+        """Model and speed flags, e.g. ``AMD EPYC [avx2 fma]``: a virtual CPU's model name alone
+        does not say what it is (an AVX2-only EPYC and a Zen 4 EPYC both read "AMD EPYC")."""
+        return cpu_kind(self.model, self.flags)
+
+
+def cpu_kind(model: str, flags: Sequence[str]) -> str:
+    return f"{model} [{' '.join(flags)}]"
+
+
+def parse_cpu_kind(kind: str) -> tuple[str, tuple[str, ...]] | None:
+    """(model, flags) of a :func:`cpu_kind` string; None for a bare model name (no flags known)."""
+    match = re.fullmatch(r"(.*) \[([a-z0-9_ ]*)\]", kind)
+    return (match[1], tuple(match[2].split())) if match else None
 
 
 def _cpuinfo() -> tuple[str, list[str]]:

@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from memories.hardware import cpu
 
     profile = load_profile(args.profile, _profiles(args))
-    profile.check_host(args.profile, cpu().model)
+    profile.check_host(args.profile, cpu())
     settings = {"threads": str(profile.threads), "precision": profile.precision}
     if args.backbone:
         settings["backbone"] = args.backbone

@@ -1,4 +1,4 @@
-"""Commands on the model core: ``train``, ``eval``, ``parents``, ``backbones``."""
+"""Commands on the model core: ``train``, ``eval``, ``parents``, ``exit-sweep``, ``backbones``."""
 
 from __future__ import annotations
 
@@ -230,6 +230,31 @@ def cmd_parents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exit_sweep(args: argparse.Namespace) -> int:
+    from memories.lab.early_exit import SweepOptions, plot_sweep, sweep
+    from memories.lab.host import machine
+
+    set_threads(args.threads)
+    memfile, model, spec, examples, task = _memory_on_data(args, args.precision)
+    meta = memfile.metadata
+    options = options_from(args, SweepOptions, max_seq_length=args.max_seq_length or meta.max_seq_length)
+    result = sweep(model, memfile.to_packed("auto", model.dtype), spec, examples, options, log)
+    report = {
+        **_run_facts(args, task, len(examples), model),
+        "precision": model.precision,
+        "machine": machine(),
+        **result,
+    }
+    write_report(report, args.json, args.command_line)
+    if args.json is not None:
+        title = f"{task} {args.split} on {model.name}: early exit, thresholds swept"
+        plot_sweep(report, args.json.with_suffix(".png"), title)
+        log(f"wrote {args.json.with_suffix('.png')}")
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from memories.backbones import CATALOGUE
 
@@ -337,6 +362,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parents.add_argument("--threads", type=int)
     parents.add_argument("--json", type=Path, help="write the report here and the plot beside it")
     parents.set_defaults(func=cmd_parents)
+
+    exit_sweep = sub.add_parser(
+        "exit-sweep", help="early exit: dev score and throughput of a memory with exits, thresholds swept"
+    )
+    _memory_on_data_flags(exit_sweep)
+    exit_sweep.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+    )
+    exit_sweep.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    exit_sweep.add_argument("--timed-examples", type=int, default=256, help="first n examples, timed")
+    exit_sweep.add_argument("--rounds", type=int, default=3)
+    exit_sweep.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32")
+    exit_sweep.add_argument("--threads", type=int)
+    exit_sweep.add_argument("--json", type=Path, help="write the report here and the plot beside it")
+    exit_sweep.set_defaults(func=cmd_exit_sweep)
 
     backbones = sub.add_parser("backbones", help="list the named backbones")
     backbones.set_defaults(func=cmd_backbones)

@@ -56,4 +56,4 @@ def test_calibrating_into_an_env_file_leaves_the_profiles_file_alone(
     assert profiles.read_text() == before
     here = load_profile("raspi4", profiles, host_env(env_file))
     assert here.cpus == report["cpus"]
-    here.check_host("raspi4", cpu().model)  # measured on this CPU, so it emulates the device here
+    here.check_host("raspi4", cpu())  # measured on this CPU, so it emulates the device here

@@ -14,6 +14,7 @@ from loadtest.profiles import (
     save_profiles,
     write_host_quota,
 )
+from memories.hardware import Cpu
 
 
 def test_shipped_profiles_hold_the_paper_references() -> None:
@@ -67,15 +68,26 @@ def test_profiles_name_the_precision_of_their_device() -> None:
         assert "bf16" in profile.device.precision_why
 
 
-def test_a_quota_calibrated_on_another_cpu_is_refused() -> None:
-    raspi4 = load_profile("raspi4")
+EPYC_AVX2 = Cpu("AMD EPYC", ("avx2", "fma"), "AVX2")
+EPYC_ZEN4 = Cpu("AMD EPYC", ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"), "AVX512")
+XEON = Cpu("Intel(R) Xeon(R) Processor", ("avx2", "fma", "avx512f", "amx_bf16"), "AVX512")
+
+
+def test_a_quota_calibrated_on_another_kind_of_cpu_is_refused() -> None:
+    raspi4 = load_profile("raspi4", env={})
     assert raspi4.device.calibration is not None
-    raspi4.check_host("raspi4", raspi4.device.calibration.cpu_model)  # the CPU it was measured on
-    with pytest.raises(LoadTestError, match=r"calibrated on 'AMD EPYC', this host is 'Intel\(R\) Xeon"):
-        raspi4.check_host("raspi4", "Intel(R) Xeon(R) Platinum 8480+")
+    raspi4.check_host("raspi4", EPYC_AVX2)  # the CPU it was measured on
+    with pytest.raises(LoadTestError, match=r"calibrated on 'AMD EPYC \[avx2 fma\]', this host is 'Intel"):
+        raspi4.check_host("raspi4", XEON)
+    with pytest.raises(LoadTestError, match=r"this host is 'AMD EPYC \[avx2 fma avx512f avx512_vnni"):
+        raspi4.check_host("raspi4", EPYC_ZEN4)  # same model name, another CPU
+    unflagged = raspi4.device.calibration.model_copy(update={"cpu_flags": []})
+    old = raspi4.model_copy(update={"device": raspi4.device.model_copy(update={"calibration": unflagged})})
+    with pytest.raises(LoadTestError, match="whose flags were not recorded"):
+        old.check_host("raspi4", EPYC_AVX2)
     bare = raspi4.model_copy(update={"device": raspi4.device.model_copy(update={"calibration": None})})
     with pytest.raises(LoadTestError, match="has no calibration; run 'spartan loadtest calibrate"):
-        bare.check_host("raspi4", "AMD EPYC")
+        bare.check_host("raspi4", EPYC_AVX2)
 
 
 def test_a_calibration_records_its_cpu() -> None:
@@ -107,16 +119,17 @@ def test_a_host_quota_from_the_env_file_replaces_the_recorded_one(tmp_path: Path
     env_file = tmp_path / ".env"
     env_file.write_text("REDIS_PORT=6380\n")
     recorded = load_profile("raspi4", env={})
-    write_host_quota(env_file, "raspi4", recorded, 0.263, "Intel(R) Xeon(R) Processor")
-    write_host_quota(env_file, "raspi4", recorded, 0.26, "Intel(R) Xeon(R) Processor")  # a recalibration
+    write_host_quota(env_file, "raspi4", recorded, 0.263, XEON)
+    write_host_quota(env_file, "raspi4", recorded, 0.26, XEON)  # a recalibration
     text = env_file.read_text()
     assert "REDIS_PORT=6380" in text, "other lines are kept"
     assert text.count("SPARTAN_RASPI4_CPUS=") == 1
     here = load_profile("raspi4", env=host_env(env_file))
     assert (here.cpus, here.limits.cpus) == (0.26, 0.26)
-    here.check_host("raspi4", "Intel(R) Xeon(R) Processor")
+    assert "SPARTAN_RASPI4_CPUS_MEASURED_ON='Intel(R) Xeon(R) Processor [avx2 fma avx512f amx_bf16]'" in text
+    here.check_host("raspi4", XEON)
     with pytest.raises(LoadTestError, match="calibrated on 'Intel"):
-        here.check_host("raspi4", recorded.device.calibration.cpu_model)  # type: ignore[union-attr]
+        here.check_host("raspi4", EPYC_AVX2)
     assert load_profiles() == load_profiles(), "the profiles file is not touched"
     assert load_profile("raspi4", env={}).cpus == recorded.cpus
 

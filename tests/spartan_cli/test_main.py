@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from memories.memfile import read_memory
 from spartan_cli.main import main
@@ -271,3 +272,43 @@ def test_bench_bf16_and_auto_variants(tmp_path: Path) -> None:
     decision = report["auto_decision"]
     assert decision["chosen"] in {c["mode"] for c in decision["candidates"]}
     assert report["layer"]["16-bf16"]["precision"] == "bf16"
+
+
+def test_exits_train_beside_a_memory_or_on_a_trained_one_and_leave_the_memory_as_it_is(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain, beside, on = (tmp_path / f"{name}.safetensors" for name in ("plain", "beside", "on"))
+    _train(toy_data, "toy", plain, "--seed", "3")
+    _train(toy_data, "toy", beside, "--seed", "3", "--exits", "0", "--exit-hidden", "4")
+    _train(toy_data, "toy", on, "--exits", "0", "--exit-threshold", "0.7", "--exits-on", str(plain))
+    capsys.readouterr()
+    base = read_memory(plain).tensors
+    for path in (beside, on):
+        memfile = read_memory(path)
+        exits = {n for n in memfile.tensors if n.startswith("exits.")}
+        assert exits, f"{path.name} has no exit tensors"
+        for name, tensor in base.items():
+            assert torch.equal(memfile.tensors[name], tensor), f"{path.name}: {name} changed"
+    meta = read_memory(on).metadata
+    assert meta.exits is not None
+    assert (meta.exits.layers, meta.exits.hidden, meta.exits.threshold) == ([0], 128, 0.7)
+
+    report_path = tmp_path / "sweep.json"
+    argv = ["exit-sweep", "--memory", str(on), "--data", str(toy_data), "--thresholds", "0.5", "1.0"]
+    assert main([*argv, "--batch-sizes", "1", "4", "--rounds", "1", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["scores"]["0.5"]["exited_fraction"] == 1.0, "above 0.5 of two labels: every row leaves"
+    assert report["scores"]["1.0"]["exited_fraction"] == 0.0
+    assert set(report["speed"]["4"]) == {"no-exits", "0.5", "1.0"}
+    assert report_path.with_suffix(".png").stat().st_size > 0
+
+
+def test_exits_are_refused_for_a_baseline_and_without_layers(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["train", "--task", "toy", "--data", str(toy_data), "--backbone", "roberta-tiny-random"]
+    base += ["--out", str(tmp_path / "x.safetensors"), "--steps", "1"]
+    assert main([*base, "--method", "probe", "--exits", "0"]) == 2
+    assert "early exits are trained with a SPARTAN memory, not with 'probe'" in capsys.readouterr().err
+    assert main([*base, "--exits-on", str(tmp_path / "x.safetensors")]) == 2
+    assert "say which exit layers (--exits)" in capsys.readouterr().err
