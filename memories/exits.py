@@ -125,7 +125,11 @@ class PackedExits:
     def ensemble(self, m: int, log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """log p_m [B, C] (normalised) from log_softmax(z_j) [B, C] of exits 0..m."""
         assert len(log_probs) == m + 1, f"exit {m} ensembles {m + 1} exits, got {len(log_probs)}"
+        return self.ensemble_stacked(m, torch.stack([lp.float() for lp in log_probs]))
+
+    def ensemble_stacked(self, m: int, stacked: torch.Tensor) -> torch.Tensor:
+        """log p_m [B, C] from log_softmax(z_j) of exits 0..m stacked, [m + 1, B, C]."""
+        assert stacked.shape[0] == m + 1, f"exit {m} ensembles {m + 1} exits, got {stacked.shape[0]}"
         weights = self.ensemble_weight.float()[m, : m + 1]  # [m + 1]
-        stacked = torch.stack([lp.float() for lp in log_probs])  # [m + 1, B, C]
-        combined = torch.einsum("j,jbc->bc", weights, stacked) + self.ensemble_bias.float()[m]
+        combined = torch.einsum("j,jbc->bc", weights, stacked.float()) + self.ensemble_bias.float()[m]
         return torch.log_softmax(combined, dim=-1)

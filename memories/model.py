@@ -333,10 +333,37 @@ class _MixedApply:
         return [torch.stack(gates) for gates in per_row]
 
 
+class _TaskExits:
+    """One task's rows of a batch that may leave early (threshold below 1) and their exit state:
+    the latest exit's logits and every exit's log_softmax so far, batch-sized tensors indexed by
+    the rows' places here, so an exit costs a few tensor ops per task, not per row."""
+
+    def __init__(self, memory: PackedMemory, rows: list[int], thresholds: list[float]) -> None:
+        assert memory.exits is not None, "only tasks with exits"
+        self.exits = memory.exits
+        self.pooling = memory.pooling
+        self.rows = rows
+        self.place = {row: n for n, row in enumerate(rows)}
+        self.thresholds = torch.tensor(thresholds)  # [G]
+        count, classes = len(self.exits.config.layers), memory.num_outputs
+        self.previous = torch.zeros(len(rows), classes)  # z of the latest exit [G, C]
+        self.history = torch.zeros(count, len(rows), classes)  # log_softmax(z_j) [E, G, C]
+
+    def run(self, m: int, rows: list[int], pooled: torch.Tensor) -> torch.Tensor:
+        """Exit m for ``rows`` (still running, in order): pooled [G', d] -> log p_m [G', C]."""
+        every = len(rows) == len(self.rows)  # no row of this task has left yet: no indexing
+        sel = slice(None) if every else torch.tensor([self.place[r] for r in rows])
+        z = self.exits.logits(m, pooled, self.previous[sel] if m else None)  # [G', C]
+        self.previous[sel] = z
+        self.history[m, sel] = torch.log_softmax(z, dim=-1)
+        return self.exits.ensemble_stacked(m, self.history[: m + 1, sel])
+
+
 class _EarlyExits:
     """The exit policy of one batch (memories.backbone.ExitPolicy): after a layer where some
     running rows' tasks have an exit, those rows' exits run (grouped by task) and the rows whose
-    confidence exceeds their threshold leave; their answers and exit layers are kept here."""
+    confidence exceeds their threshold leave; their answers and exit layers are kept here. Rows
+    whose threshold is 1.0 never leave, so their exits are not run at all."""
 
     def __init__(
         self,
@@ -346,32 +373,23 @@ class _EarlyExits:
         attention_mask: torch.Tensor,
     ) -> None:
         self.apply = apply
-        self.memories = memories
         self.attention_mask = attention_mask  # [B, S]
-        self.thresholds = [
-            (t if t is not None else m.exits.config.threshold) if m.exits is not None else 1.0
-            for m, t in zip(memories, thresholds, strict=True)
-        ]
-        self.layers = {layer for m in memories if m.exits is not None for layer in m.exits.config.layers}
-        self.previous: dict[int, torch.Tensor] = {}  # row -> z of its latest exit [C]
-        self.history: dict[int, list[torch.Tensor]] = {}  # row -> log_softmax(z_j) of its exits so far
+        self.tasks: dict[int, _TaskExits] = {}  # id(memory) -> its rows that may leave
+        eligible: dict[int, list[int]] = {}
+        limits: dict[int, list[float]] = {}
+        for row, (memory, given) in enumerate(zip(memories, thresholds, strict=True)):
+            if memory.exits is None:
+                continue
+            threshold = given if given is not None else memory.exits.config.threshold
+            if threshold < 1.0:
+                eligible.setdefault(id(memory), []).append(row)
+                limits.setdefault(id(memory), []).append(threshold)
+        for key, rows in eligible.items():
+            self.tasks[key] = _TaskExits(memories[rows[0]], rows, limits[key])
+        self.task_of = {row: task for task in self.tasks.values() for row in task.rows}
+        self.layers = {layer for task in self.tasks.values() for layer in task.exits.config.layers}
         self.answers: dict[int, torch.Tensor] = {}  # row -> log p_m [C] of the exit it left at
         self.left_at: dict[int, int] = {}  # row -> the layer it left after
-
-    def _run_exit(
-        self, index: int, memory: PackedMemory, rows: list[int], pooled: torch.Tensor
-    ) -> torch.Tensor:
-        """The exit after layer ``index`` for ``rows`` of one task: pooled [G, d] -> log p [G, C]."""
-        assert memory.exits is not None, "only tasks with exits run one"
-        m = memory.exits.config.layers.index(index)
-        previous = torch.stack([self.previous[r] for r in rows]) if m else None  # [G, C]
-        z = memory.exits.logits(m, pooled, previous)  # [G, C]
-        earlier = [torch.stack([self.history[r][j] for r in rows]) for j in range(m)]  # m x [G, C]
-        log_probs = [*earlier, torch.log_softmax(z, dim=-1)]
-        for pos, row in enumerate(rows):
-            self.previous[row] = z[pos]
-            self.history.setdefault(row, []).append(log_probs[-1][pos])
-        return memory.exits.ensemble(m, log_probs)
 
     def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B', S, d] of the running rows -> bool [B'], True = leaves after this layer."""
@@ -379,21 +397,22 @@ class _EarlyExits:
         if index not in self.layers:
             return leaving
         running = self.apply.running
-        with_exit = [
-            p
-            for p, row in enumerate(running)
-            if (exits := self.memories[row].exits) is not None and index in exits.config.layers
-        ]
-        for positions in _rows_by_memory([self.memories[r] for r in running], with_exit).values():
+        groups: dict[int, list[int]] = {}  # id(task) -> positions among the running rows
+        for position, row in enumerate(running):
+            task = self.task_of.get(row)
+            if task is not None and index in task.exits.config.layers:
+                groups.setdefault(id(task), []).append(position)
+        for positions in groups.values():
             rows = [running[p] for p in positions]
-            memory = self.memories[rows[0]]
-            idx = torch.tensor(positions)
-            pooled = pool(hidden[idx], self.attention_mask[rows], memory.pooling).float()  # [G, d]
-            log_p = self._run_exit(index, memory, rows, pooled)  # [G, C]
-            confident = log_p.exp().amax(dim=-1) > torch.tensor([self.thresholds[r] for r in rows])  # [G]
-            for pos in confident.nonzero().flatten().tolist():
-                self.answers[rows[pos]], self.left_at[rows[pos]] = log_p[pos], index
-                leaving[positions[pos]] = True
+            task = self.task_of[rows[0]]
+            whole = len(positions) == len(running)
+            states = hidden if whole else hidden[torch.tensor(positions)]  # [G', S, d]
+            pooled = pool(states, self.attention_mask[rows], task.pooling).float()  # [G', d]
+            log_p = task.run(task.exits.config.layers.index(index), rows, pooled)  # [G', C]
+            sure = log_p.exp().amax(dim=-1) > task.thresholds[[task.place[r] for r in rows]]  # [G']
+            for n in sure.nonzero().flatten().tolist():
+                self.answers[rows[n]], self.left_at[rows[n]] = log_p[n], index
+                leaving[positions[n]] = True
         if leaving.any():
             self.apply.keep((~leaving).nonzero().flatten().tolist())
         return leaving
@@ -419,6 +438,7 @@ def run_batch(
     exits = None
     if any(m.exits is not None for m in memories):
         exits = _EarlyExits(apply, memories, thresholds, batch.attention_mask)
+        exits = exits if exits.tasks else None  # no row may leave: nothing to run after any layer
     with torch.no_grad():
         hidden = backbone.forward(batch, apply, exits)  # [B', S, d]: the rows in apply.running
         ran = apply.running

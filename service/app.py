@@ -115,6 +115,7 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
             weight=tenancy.weight,
             max_batch_tokens=settings.max_batch_tokens,
             trim_every_s=settings.trim_every_s,
+            admit_by_deadline=settings.admit_by_deadline,
         )
         cache_bytes = settings.cache_bytes
         if cache_bytes is None:  # sized once the backbone is resident, so its bytes are counted

@@ -20,7 +20,11 @@ cost in batching to the heavy tenant), and when a tenant whose rows have all run
 waiting, the round's batches not yet run go back to the front of their queues. The other
 batches run oldest row first, so rows handed back never starve.
 
-Rows whose deadline has passed are answered with ``DeadlineExceededError`` without running.
+A request the queue cannot serve within its deadline is refused at once (``OverloadedError``,
+429 with Retry-After) rather than admitted to time out: the rows that would run before its last
+one (its tenant's and the other tenants' shares, service.fairqueue) times the engine's recent
+seconds per row is more than the time it has left. Rows whose deadline has passed anyway are
+answered with ``DeadlineExceededError`` without running.
 Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
 (service.predictions), so the event loop only hands out finished answers.
 With ``buckets`` (a compiled backbone, memories.compiled) every batch is padded to a bucket shape.
@@ -47,7 +51,7 @@ from memories.backbone import Backbone
 from memories.compiled import Buckets
 from memories.model import run_batch
 from service.cache import LoadedMemory
-from service.errors import DeadlineExceededError, ShuttingDownError
+from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
 from service.fairqueue import FairQueue
 from service.memlimit import HeapTrimmer
 from service.predictions import Explain, Prediction, predict
@@ -97,6 +101,7 @@ class EngineStats:
     batches: int = 0
     rows: int = 0
     expired: int = 0
+    refused_late: int = 0  # requests refused at admission: the queue could not serve them in time
     failed: int = 0
     busy_seconds: float = 0.0
     tokens: int = 0  # real tokens run
@@ -121,8 +126,11 @@ class Engine:
         weight: Callable[[str], float] = lambda tenant: 1.0,
         max_batch_tokens: int | None = None,
         trim_every_s: float = 0.0,
+        admit_by_deadline: bool = True,
     ) -> None:
         self.backbone = backbone
+        self.admit_by_deadline = admit_by_deadline  # refuse what the queue cannot serve in time
+        self.row_seconds: float | None = None  # engine seconds per row, averaged over recent batches
         self.trimmer = HeapTrimmer(trim_every_s)  # freed heap pages back to the system when idle
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
@@ -158,16 +166,33 @@ class Engine:
         items = [_Row(r, deadline, loop, loop.create_future()) for r in rows]
         tenants = {r.memory.ref.tenant for r in rows}
         assert len(tenants) == 1, f"a request's rows belong to one tenant, got {sorted(tenants)}"
+        tenant = tenants.pop()
         with self._admission:
             if not self._accepting:
                 raise ShuttingDownError("the service is shutting down")
-            self._queue.put_all(tenants.pop(), items)
+            self._refuse_if_late(tenant, len(items), deadline)
+            self._queue.put_all(tenant, items)
         try:
             return await asyncio.wait_for(
                 asyncio.gather(*(i.future for i in items)), max(0.0, deadline - time.monotonic())
             )
         except TimeoutError:
             raise DeadlineExceededError("the request's deadline passed before it was served") from None
+
+    def _refuse_if_late(self, tenant: str, rows: int, deadline: float) -> None:
+        """OverloadedError when the rows before this request's last one would take longer than
+        its deadline leaves (no estimate yet, or the check off: admit)."""
+        if not self.admit_by_deadline or self.row_seconds is None:
+            return
+        expected = self._queue.rows_before(tenant, rows) * self.row_seconds
+        left = deadline - time.monotonic()
+        if expected > left:
+            self.stats.refused_late += 1
+            raise OverloadedError(
+                f"the queue holds about {expected:.1f} s of work before this request, more than its "
+                f"{max(left, 0.0):.1f} s deadline; retry later",
+                retry_after=expected - left,
+            )
 
     def _run(self) -> None:
         if self.cpus is not None:
@@ -270,7 +295,10 @@ class Engine:
             self.stats.failed += len(rows)
             _resolve_all([(row, exc) for row in rows])
             return
-        self.stats.busy_seconds += time.perf_counter() - tick
+        elapsed = time.perf_counter() - tick
+        self.stats.busy_seconds += elapsed
+        per_row = elapsed / len(rows)
+        self.row_seconds = per_row if self.row_seconds is None else 0.8 * self.row_seconds + 0.2 * per_row
         self.stats.batches += 1
         self.stats.rows += len(rows)
         self.stats.tokens += int(batch.attention_mask[: len(rows)].sum())  # bucket padding rows excluded

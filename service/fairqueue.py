@@ -13,6 +13,7 @@ Thread-safe: requests are put from the event loop, rows taken by the engine thre
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -58,6 +59,19 @@ class FairQueue(Generic[T]):
     def waiting(self, tenant: str) -> int:
         queue = self._queues.get(tenant)
         return len(queue) if queue is not None else 0
+
+    def rows_before(self, tenant: str, count: int) -> int:
+        """How many waiting rows run before the last of ``count`` new rows of ``tenant`` (its own
+        included): each other tenant gets its weighted share of the turns meanwhile."""
+        with self._ready:
+            own = self.waiting(tenant) + count
+            share = own / self._weight(tenant)
+            others = sum(
+                min(len(queue), math.ceil(share * self._weight(other)))
+                for other, queue in self._queues.items()
+                if other != tenant
+            )
+            return own + others
 
     def put_all(self, tenant: str, items: Sequence[T]) -> None:
         """Admit every item or none (OverloadedError saying which limit was reached)."""

@@ -43,6 +43,11 @@ class RuntimeCollector(Collector):
             ("engine_batches", engine.batches, "batches run by the engine"),
             ("engine_rows", engine.rows, "inputs classified by the engine"),
             ("engine_expired_rows", engine.expired, "inputs dropped because their deadline passed"),
+            (
+                "engine_refused_late_requests",
+                engine.refused_late,
+                "requests refused at admission: the queue could not serve them before their deadline",
+            ),
             ("engine_failed_rows", engine.failed, "inputs that failed in the engine"),
             ("engine_busy_seconds", engine.busy_seconds, "time the engine spent running batches"),
             ("engine_tokens", engine.tokens, "real tokens run through the backbone"),

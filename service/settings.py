@@ -105,6 +105,11 @@ class ServiceSettings(BaseSettings):
     )
     keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: the CPU quota)")
+    admit_by_deadline: bool = Field(
+        True,
+        description="refuse a request (429, Retry-After) when the queue ahead of it holds more work "
+        "than its deadline (request_timeout_s) leaves, instead of admitting it to time out (504)",
+    )
     trim_every_s: float = Field(
         10.0,
         ge=0,

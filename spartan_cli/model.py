@@ -231,17 +231,35 @@ def cmd_parents(args: argparse.Namespace) -> int:
 
 
 def cmd_exit_sweep(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    from memories.hardware import cpu
     from memories.lab.early_exit import SweepOptions, plot_sweep, sweep
     from memories.lab.host import machine
 
-    set_threads(args.threads)
-    memfile, model, spec, examples, task = _memory_on_data(args, args.precision)
+    confined: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    precision, threads, budget = args.precision, args.threads, None
+    if args.profile is not None:  # the device's CPU budget, precision and threads, as the probe runs
+        from loadtest.cgroup import Limits, confine_self
+        from loadtest.profiles import PROFILES_FILE, load_profile
+
+        profile = load_profile(args.profile, args.profiles or PROFILES_FILE)
+        profile.check_host(args.profile, cpu())
+        precision, threads = profile.precision, profile.threads
+        limits = Limits(cpus=profile.cpus, cpuset=profile.cpuset)
+        budget = {"profile": args.profile, "cpus": limits.cpus, "cpuset": limits.cpuset, "threads": threads}
+        confined = confine_self(limits, f"exit-sweep-{os.getpid()}")
+    set_threads(threads)
+    memfile, model, spec, examples, task = _memory_on_data(args, precision)
     meta = memfile.metadata
     options = options_from(args, SweepOptions, max_seq_length=args.max_seq_length or meta.max_seq_length)
-    result = sweep(model, memfile.to_packed("auto", model.dtype), spec, examples, options, log)
+    with confined:
+        result = sweep(model, memfile.to_packed("auto", model.dtype), spec, examples, options, log)
     report = {
         **_run_facts(args, task, len(examples), model),
         "precision": model.precision,
+        "budget": budget,
         "machine": machine(),
         **result,
     }
@@ -375,6 +393,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exit_sweep.add_argument("--rounds", type=int, default=3)
     exit_sweep.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32")
     exit_sweep.add_argument("--threads", type=int)
+    exit_sweep.add_argument(
+        "--profile", help="run inside this device profile's CPU budget (root; its precision and threads)"
+    )
+    exit_sweep.add_argument("--profiles", type=Path, help="device profiles file (default: the shipped one)")
     exit_sweep.add_argument("--json", type=Path, help="write the report here and the plot beside it")
     exit_sweep.set_defaults(func=cmd_exit_sweep)
 

@@ -12,7 +12,7 @@ from memories.backbone import Backbone
 from memories.model import run_batch
 from service.cache import LoadedMemory
 from service.engine import Engine, RowRequest
-from service.errors import OverloadedError, ShuttingDownError
+from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
 from service.tasks import TaskRef
 from tests.conftest import make_memfile
 
@@ -163,3 +163,34 @@ def test_max_batch_tokens_splits_long_rows_into_smaller_batches(roberta_tiny: Ba
     assert engine.stats.batch_sizes[8] == 1, "the short rows fit one batch of 8"
     assert max(size for size in engine.stats.batch_sizes if size != 8) * long_tokens <= 200
     assert engine.stats.rows == 16
+
+
+@pytest.mark.parametrize("admit_by_deadline", [True, False])
+def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(
+    roberta_tiny: Backbone, admit_by_deadline: bool
+) -> None:
+    memory = _loaded(roberta_tiny, "a", 1)
+    engine = Engine(roberta_tiny, threads=1, admit_by_deadline=admit_by_deadline)
+    engine.start()
+
+    async def scenario() -> None:
+        assert engine.row_seconds is None
+        await engine.submit([RowRequest("warm up", None, memory)] * 4, time.monotonic() + 30)
+        assert engine.row_seconds is not None, "measured on the batch that ran"
+        too_soon = time.monotonic() + engine.row_seconds / 10  # less than one row's work
+        rows = [RowRequest("x", None, memory)] * 2
+        if admit_by_deadline:
+            with pytest.raises(OverloadedError, match="more than its 0.0 s deadline") as refused:
+                await engine.submit(rows, too_soon)
+            assert refused.value.retry_after > 0
+            assert (engine.stats.refused_late, engine.queued) == (1, 0), "nothing was queued"
+        else:
+            with pytest.raises(DeadlineExceededError):
+                await engine.submit(rows, too_soon)
+            assert engine.stats.refused_late == 0
+        assert len(await engine.submit(rows, time.monotonic() + 30)) == 2, "in time: served"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
