@@ -149,6 +149,7 @@ def calibrate(
                         command=command,
                         cpu=host.model,
                         cpu_flags=list(host.flags),
+                        cpu_signature=host.signature,
                     )
                 }
             ),

@@ -67,6 +67,7 @@ class Calibration(BaseModel):
     command: str
     cpu: str | None = None  # the CPU model the quota was measured on (older records: in ``host``)
     cpu_flags: list[str] = []
+    cpu_signature: str = ""  # "family 25 model 17" (older records: not recorded)
 
     @property
     def cpu_model(self) -> str:
@@ -74,7 +75,9 @@ class Calibration(BaseModel):
 
     @property
     def cpu_kind(self) -> str:
-        return cpu_kind(self.cpu_model, self.cpu_flags) if self.cpu_flags else self.cpu_model
+        return (
+            cpu_kind(self.cpu_model, self.cpu_flags, self.cpu_signature) if self.cpu_flags else self.cpu_model
+        )
 
 
 class Device(BaseModel):
@@ -144,25 +147,35 @@ class Profile(BaseModel):
 
     def check_host(self, name: str, host: Cpu) -> None:
         """Refuse to emulate the device with a quota measured on another kind of CPU: another
-        model, or the same model name with other speed flags (it would be off by the CPUs' speed
-        ratio, e.g. 2.16x on a Xeon with a quota from an EPYC)."""
+        model, or the same model name with another generation or other speed flags (it would be
+        off by the CPUs' speed ratio, e.g. 2.16x on a Xeon with a quota from an EPYC)."""
         calibration = self.device.calibration
         recalibrate = f"run 'spartan loadtest calibrate --profile {name}' on this host first"
         if calibration is None:
             raise LoadTestError(
                 f"profile {name!r} has no calibration; run 'spartan loadtest calibrate --profile {name}' here"
             )
-        if calibration.cpu_model != host.model or (
-            calibration.cpu_flags and set(calibration.cpu_flags) != set(host.flags)
+        if (
+            calibration.cpu_model != host.model
+            or (calibration.cpu_flags and set(calibration.cpu_flags) != set(host.flags))
+            or (calibration.cpu_signature and calibration.cpu_signature != host.signature)
         ):
             raise LoadTestError(
                 f"profile {name!r} was calibrated on {calibration.cpu_kind!r}, this host is {host.kind!r}: "
                 f"its CPU quota would not emulate the device here; {recalibrate}"
             )
-        if not calibration.cpu_flags:
+        unknown = [
+            what
+            for what, known in (
+                ("speed flags", calibration.cpu_flags),
+                ("generation (family, model)", calibration.cpu_signature),
+            )
+            if not known
+        ]
+        if unknown:
             raise LoadTestError(
-                f"profile {name!r} was calibrated on a {calibration.cpu_model!r} whose flags were not "
-                f"recorded, and CPUs of one model name differ ({host.kind!r} here); {recalibrate}"
+                f"profile {name!r} was calibrated on {calibration.cpu_kind!r} whose {' and '.join(unknown)} "
+                f"were not recorded, and CPUs of one model name differ ({host.kind!r} here); {recalibrate}"
             )
 
     @property
@@ -202,9 +215,14 @@ def load_profile(
             f"cannot be checked against this CPU; run 'spartan loadtest calibrate --profile {name} "
             f"--env-file .env' here"
         )
-    model, flags = parse_cpu_kind(measured_on) or (measured_on, ())  # a bare model: flags not recorded
+    model, signature, flags = parse_cpu_kind(measured_on) or (measured_on, "", ())  # a bare model name
     here = calibration.model_copy(
-        update={"cpu": model, "cpu_flags": list(flags), "host": f"{ENV_FILE}: {measured_on}"}
+        update={
+            "cpu": model,
+            "cpu_signature": signature,
+            "cpu_flags": list(flags),
+            "host": f"{ENV_FILE}: {measured_on}",
+        }
     )
     return profile.model_copy(
         update={"cpus": cpus, "device": profile.device.model_copy(update={"calibration": here})}

@@ -1,5 +1,6 @@
-"""What the CPU can do: its model, the instruction-set flags that decide which precision is fast,
-and the kernel level torch dispatches to. Read once per call from /proc/cpuinfo (Linux)."""
+"""What the CPU can do: its model, its generation (family and model numbers), the instruction-set
+flags that decide which precision is fast, and the kernel level torch dispatches to. Read once per
+call from /proc/cpuinfo (Linux)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Cpu:
     model: str
     flags: tuple[str, ...]  # the SPEED_FLAGS this CPU has
     torch_capability: str  # torch.backends.cpu.get_cpu_capability(), e.g. AVX2, AVX512, ...
+    signature: str = ""  # "family 26 model 2": the generation behind a virtual CPU's model name
 
     @property
     def has_bf16_units(self) -> bool:
@@ -25,41 +27,45 @@ class Cpu:
 
     @property
     def kind(self) -> str:
-        """Model and speed flags, e.g. ``AMD EPYC [avx2 fma]``: a virtual CPU's model name alone
-        does not say what it is (an AVX2-only EPYC and a Zen 4 EPYC both read "AMD EPYC")."""
-        return cpu_kind(self.model, self.flags)
+        """Model, generation and speed flags, e.g. ``AMD EPYC (family 26 model 2) [avx2 fma ...]``.
+        A virtual CPU's model name alone does not say what it is: AVX2-only, Zen 4 and Zen 5 EPYCs
+        all read "AMD EPYC", and Zen 4 and Zen 5 have the same speed flags."""
+        return cpu_kind(self.model, self.flags, self.signature)
 
 
-def cpu_kind(model: str, flags: Sequence[str]) -> str:
-    return f"{model} [{' '.join(flags)}]"
+def cpu_kind(model: str, flags: Sequence[str], signature: str = "") -> str:
+    generation = f" ({signature})" if signature else ""
+    return f"{model}{generation} [{' '.join(flags)}]"
 
 
-def parse_cpu_kind(kind: str) -> tuple[str, tuple[str, ...]] | None:
-    """(model, flags) of a :func:`cpu_kind` string; None for a bare model name (no flags known)."""
-    match = re.fullmatch(r"(.*) \[([a-z0-9_ ]*)\]", kind)
-    return (match[1], tuple(match[2].split())) if match else None
+def parse_cpu_kind(kind: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(model, signature, flags) of a :func:`cpu_kind` string (signature "" when the string has
+    none); None for a bare model name (no flags known)."""
+    match = re.fullmatch(r"(.*?)(?: \((family \d+ model \d+)\))? \[([a-z0-9_ ]*)\]", kind)
+    return (match[1], match[2] or "", tuple(match[3].split())) if match else None
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
-    """(model name, flags) from /proc/cpuinfo; the platform's processor string elsewhere."""
-    model, flags = platform.processor(), []
+def _cpuinfo() -> tuple[str, str, list[str]]:
+    """(model name, signature, flags) of the first CPU in /proc/cpuinfo; the platform's processor
+    string, no signature and no flags elsewhere."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = value.split()
+                if not key.strip():  # the blank line after the first CPU
                     break
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model, flags
+    family, number = fields.get("cpu family"), fields.get("model")
+    signature = f"family {family} model {number}" if family and number and number.isdigit() else ""
+    return fields.get("model name", platform.processor()), signature, fields.get("flags", "").split()
 
 
 def cpu() -> Cpu:
     import torch
 
-    model, flags = _cpuinfo()
+    model, signature, flags = _cpuinfo()
     present = tuple(flag for flag in SPEED_FLAGS if flag in flags)
-    return Cpu(model, present, torch.backends.cpu.get_cpu_capability())
+    return Cpu(model, present, torch.backends.cpu.get_cpu_capability(), signature)

@@ -13,12 +13,13 @@ from memories.hardware import cpu
 
 
 def machine() -> dict[str, object]:
-    """CPU model, its speed-relevant flags, CPU count and the software versions."""
+    """CPU model, its generation and speed-relevant flags, CPU count and the software versions."""
     import torch
 
     host = cpu()
     return {
         "cpu": host.model,
+        "cpu_signature": host.signature,
         "cpu_flags": list(host.flags),
         "torch_cpu_capability": host.torch_capability,
         "cpu_count": os.cpu_count(),

@@ -8,6 +8,7 @@ from loadtest.errors import LoadTestError
 from loadtest.profiles import (
     PROFILES_FILE,
     Calibration,
+    Profile,
     host_env,
     load_profile,
     load_profiles,
@@ -68,23 +69,43 @@ def test_profiles_name_the_precision_of_their_device() -> None:
         assert "bf16" in profile.device.precision_why
 
 
-EPYC_AVX2 = Cpu("AMD EPYC", ("avx2", "fma"), "AVX2")
-EPYC_ZEN4 = Cpu("AMD EPYC", ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"), "AVX512")
-XEON = Cpu("Intel(R) Xeon(R) Processor", ("avx2", "fma", "avx512f", "amx_bf16"), "AVX512")
+AVX512_BF16 = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
+EPYC_AVX2 = Cpu("AMD EPYC", ("avx2", "fma"), "AVX2", "family 25 model 1")
+EPYC_ZEN4 = Cpu("AMD EPYC", AVX512_BF16, "AVX512", "family 25 model 17")
+EPYC_ZEN5 = Cpu("AMD EPYC", AVX512_BF16, "AVX512", "family 26 model 2")
+XEON = Cpu(
+    "Intel(R) Xeon(R) Processor", ("avx2", "fma", "avx512f", "amx_bf16"), "AVX512", "family 6 model 143"
+)
+
+
+def _calibrated_on(profile: Profile, **cpu: object) -> Profile:
+    assert profile.device.calibration is not None
+    calibration = profile.device.calibration.model_copy(update=cpu)
+    return profile.model_copy(
+        update={"device": profile.device.model_copy(update={"calibration": calibration})}
+    )
 
 
 def test_a_quota_calibrated_on_another_kind_of_cpu_is_refused() -> None:
-    raspi4 = load_profile("raspi4", env={})
-    assert raspi4.device.calibration is not None
+    raspi4 = _calibrated_on(load_profile("raspi4", env={}), cpu_signature="family 25 model 1")
     raspi4.check_host("raspi4", EPYC_AVX2)  # the CPU it was measured on
-    with pytest.raises(LoadTestError, match=r"calibrated on 'AMD EPYC \[avx2 fma\]', this host is 'Intel"):
+    with pytest.raises(
+        LoadTestError,
+        match=r"calibrated on 'AMD EPYC \(family 25 model 1\) \[avx2 fma\]', this host is 'Intel",
+    ):
         raspi4.check_host("raspi4", XEON)
-    with pytest.raises(LoadTestError, match=r"this host is 'AMD EPYC \[avx2 fma avx512f avx512_vnni"):
+    with pytest.raises(
+        LoadTestError, match=r"this host is 'AMD EPYC \(family 25 model 17\) \[avx2 fma avx512f"
+    ):
         raspi4.check_host("raspi4", EPYC_ZEN4)  # same model name, another CPU
-    unflagged = raspi4.device.calibration.model_copy(update={"cpu_flags": []})
-    old = raspi4.model_copy(update={"device": raspi4.device.model_copy(update={"calibration": unflagged})})
-    with pytest.raises(LoadTestError, match="whose flags were not recorded"):
-        old.check_host("raspi4", EPYC_AVX2)
+    zen4 = _calibrated_on(raspi4, cpu_flags=list(AVX512_BF16), cpu_signature="family 25 model 17")
+    zen4.check_host("raspi4", EPYC_ZEN4)
+    with pytest.raises(LoadTestError, match=r"this host is 'AMD EPYC \(family 26 model 2\)"):
+        zen4.check_host("raspi4", EPYC_ZEN5)  # same model name and flags, another generation
+    with pytest.raises(LoadTestError, match=r"whose speed flags were not recorded"):
+        _calibrated_on(raspi4, cpu_flags=[]).check_host("raspi4", EPYC_AVX2)
+    with pytest.raises(LoadTestError, match=r"whose generation \(family, model\) were not recorded"):
+        _calibrated_on(raspi4, cpu_signature="").check_host("raspi4", EPYC_AVX2)
     bare = raspi4.model_copy(update={"device": raspi4.device.model_copy(update={"calibration": None})})
     with pytest.raises(LoadTestError, match="has no calibration; run 'spartan loadtest calibrate"):
         bare.check_host("raspi4", EPYC_AVX2)
@@ -126,7 +147,8 @@ def test_a_host_quota_from_the_env_file_replaces_the_recorded_one(tmp_path: Path
     assert text.count("SPARTAN_RASPI4_CPUS=") == 1
     here = load_profile("raspi4", env=host_env(env_file))
     assert (here.cpus, here.limits.cpus) == (0.26, 0.26)
-    assert "SPARTAN_RASPI4_CPUS_MEASURED_ON='Intel(R) Xeon(R) Processor [avx2 fma avx512f amx_bf16]'" in text
+    assert f"SPARTAN_RASPI4_CPUS_MEASURED_ON='{XEON.kind}'" in text
+    assert XEON.kind == "Intel(R) Xeon(R) Processor (family 6 model 143) [avx2 fma avx512f amx_bf16]"
     here.check_host("raspi4", XEON)
     with pytest.raises(LoadTestError, match="calibrated on 'Intel"):
         here.check_host("raspi4", EPYC_AVX2)
