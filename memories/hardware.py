@@ -59,7 +59,10 @@ def _cpuinfo() -> tuple[str, str, list[str]]:
     except OSError:
         pass
     family, number = fields.get("cpu family"), fields.get("model")
-    signature = f"family {family} model {number}" if family and number and number.isdigit() else ""
+    known = bool(
+        family and number and family.isdigit() and number.isdigit()
+    )  # what parse_cpu_kind reads back
+    signature = f"family {family} model {number}" if known else ""
     return fields.get("model name", platform.processor()), signature, fields.get("flags", "").split()
 
 
