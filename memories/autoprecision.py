@@ -157,11 +157,13 @@ def _check(
     diff = statistics.fmean(float((a - b).abs().max()) for a, b in zip(p_want, p_got, strict=True))
     overlaps = []
     for row, (gate_want, gate_got) in enumerate(zip(want.routing, got.routing, strict=True)):
+        if gate_want is None or gate_got is None:  # a LoRA-XS row: no parents to agree on
+            continue
         real = probe.attention_mask[row].bool()  # [S]
         chosen_want, chosen_got = gate_want[:, real] > 0, gate_got[:, real] > 0  # [L, S_real, Np]
         both = (chosen_want & chosen_got).sum(-1).float()  # [L, S_real]
         overlaps.append(both / chosen_want.sum(-1).clamp(min=1))
-    parents = float(torch.cat([o.flatten() for o in overlaps]).mean())
+    parents = float(torch.cat([o.flatten() for o in overlaps]).mean()) if overlaps else 1.0
     failed = []
     if agree < thresholds.decided_agreement:
         failed.append(f"decided-label agreement {agree:.3f} < {thresholds.decided_agreement}")

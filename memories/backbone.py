@@ -24,6 +24,7 @@ from torch import nn
 
 from memories.errors import ConfigError
 from memories.fused import FusedRouting
+from memories.loraxs import SvdFactors
 
 Pooling = Literal["cls", "mean"]
 POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
@@ -179,6 +180,7 @@ class Backbone:
         self.precision = "fp32"  # memories.precision.set_precision switches it
         self.compiled = False  # memories.compiled.compile_backbone switches it
         self.routing: FusedRouting | None = None  # memories.fused.build_fused_routing makes it
+        self.factors: SvdFactors | None = None  # LoRA-XS factors: memories.loraxs.load_factors makes them
         self._slot = _MemorySlot()
         encoder: Any = model.encoder
         layers: nn.ModuleList = encoder.layer

@@ -1,8 +1,9 @@
 """The core's hyper-parameters and choices, importable without torch (the CLI builds its help from them).
 
 :class:`SpartanConfig` is one memory's shape, :class:`ExitConfig` its early exits
-(memories.exits); :data:`METHODS` names what ``spartan train`` can train, with each method's
-paper learning rate in :data:`DEFAULT_LR`.
+(memories.exits), :class:`LoraXSConfig` a LoRA-XS memory's (memories.loraxs); :data:`METHODS`
+names what ``spartan train`` can train, with each method's paper learning rate in
+:data:`DEFAULT_LR`, and :data:`MEMORY_KINDS` the two kinds the service serves.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ from typing import Literal
 
 from memories.errors import ConfigError
 
-Method = Literal["spartan", "pfeiffer", "houlsby", "full", "probe"]
-METHODS: tuple[Method, ...] = ("spartan", "pfeiffer", "houlsby", "full", "probe")
+Method = Literal["spartan", "lora-xs", "pfeiffer", "houlsby", "full", "probe"]
+METHODS: tuple[Method, ...] = ("spartan", "lora-xs", "pfeiffer", "houlsby", "full", "probe")
+MemoryKind = Literal["spartan", "lora-xs"]
+"""The methods whose tasks are memory files the service serves (the others are lab baselines)."""
+MEMORY_KINDS: tuple[MemoryKind, ...] = ("spartan", "lora-xs")
+LoraXSSite = Literal["query", "value", "attention_output", "ffn_output"]
+"""The linear layers of an encoder layer LoRA-XS adapts (the paper's choice for GLUE)."""
+LORA_XS_SITES: tuple[LoraXSSite, ...] = ("query", "value", "attention_output", "ffn_output")
+LORA_XS_MAX_RANK = 64
+"""The largest rank a LoRA-XS memory may have: the SVD factors are kept up to a server's
+``lora_xs_max_rank`` (at most this) per backbone."""
 FusedSetting = Literal["auto", "on", "off"]
 """Whether the SPARTAN op's routing runs as one compiled kernel (memories.fused)."""
 FUSED_SETTINGS: tuple[FusedSetting, ...] = ("auto", "on", "off")
@@ -23,6 +33,7 @@ TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = ("fp32", "bf16")
 
 DEFAULT_LR: dict[Method, float] = {
     "spartan": 1e-3,
+    "lora-xs": 1e-3,
     "pfeiffer": 1e-4,
     "houlsby": 1e-4,
     "full": 2e-5,
@@ -87,3 +98,23 @@ class ExitConfig:
             raise ConfigError(f"exit threshold must be in (0, 1], got {self.threshold}")
         if num_outputs < 2:
             raise ConfigError("exits need a classification task: a regression head has no confidence")
+
+
+@dataclass(frozen=True)
+class LoraXSConfig:
+    """A LoRA-XS memory's rank r (one trainable r x r matrix per adapted weight) and the sites of
+    every encoder layer it adapts."""
+
+    rank: int = 16
+    sites: tuple[LoraXSSite, ...] = LORA_XS_SITES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank <= LORA_XS_MAX_RANK:
+            raise ConfigError(f"LoRA-XS rank must be in [1, {LORA_XS_MAX_RANK}], got {self.rank}")
+        if not self.sites or len(set(self.sites)) != len(self.sites):
+            raise ConfigError(f"LoRA-XS sites must be distinct and at least one, got {list(self.sites)}")
+        unknown = [site for site in self.sites if site not in LORA_XS_SITES]
+        if unknown:
+            raise ConfigError(f"unknown LoRA-XS sites {unknown}; known: {', '.join(LORA_XS_SITES)}")
+        if list(self.sites) != [site for site in LORA_XS_SITES if site in self.sites]:
+            raise ConfigError(f"LoRA-XS sites must be in the order {', '.join(LORA_XS_SITES)}")

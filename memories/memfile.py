@@ -1,12 +1,19 @@
 """The memory file: the unit users train, upload, version and serve.
 
-A memory file is a safetensors file (never pickle) holding the tensors of a
-:class:`~memories.model.TaskMemory` (``layers.<i>.parent_keys|child_keys|child_values``,
-``head.dense.*``, ``head.out.*``, and ``exits.*`` when the task has early exits) in fp32 or fp16,
-and a ``__metadata__`` header with the format version, the backbone it was trained on (name and
-fingerprint), its shape, hyper-parameters, task type, label names, pooling, maximum sequence
-length, the exits (``exits``: layers, hidden width, threshold; absent without exits, so such a
-file reads as before) and a training summary.
+A memory file is a safetensors file (never pickle) holding a task's tensors in fp32 or fp16, and a
+``__metadata__`` header with the format version, the memory's ``kind``, the backbone it was
+trained on (name and fingerprint), its shape, the kind's hyper-parameters, task type, label
+names, pooling, maximum sequence length and a training summary. Two kinds:
+
+* ``spartan`` (the default; files without a ``kind`` field are this): the tensors of a
+  :class:`~memories.model.TaskMemory` (``layers.<i>.parent_keys|child_keys|child_values``,
+  ``head.dense.*``, ``head.out.*``, and ``exits.*`` when the task has early exits), the
+  hyper-parameters ``num_parents``, ``num_children``, ``top_k``, ``child_temperature``, and the
+  exits (``exits``: layers, hidden width, threshold; absent without exits, so such a file reads
+  as before);
+* ``lora-xs`` (memories.loraxs): ``layers.<i>.<site>`` [r, r] per adapted site and the same
+  ``head.*``, with ``lora_xs``: the rank and the sites. The SVD factors are the backbone's, never
+  in the file; SPARTAN's fields and exits are refused in such a file.
 
 Header values are strings (a safetensors rule): text fields as they are, everything else as
 JSON. :func:`parse_memory` treats the bytes as untrusted: it checks the size, the framing, every
@@ -31,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memories.atomic import atomic_write
 from memories.backbone import Backbone, Pooling
-from memories.config import ExitConfig, SpartanConfig
+from memories.config import LORA_XS_MAX_RANK, ExitConfig, LoraXSConfig, LoraXSSite, MemoryKind, SpartanConfig
 from memories.data import TaskType
 from memories.errors import (
     BackboneMismatchError,
@@ -39,7 +46,8 @@ from memories.errors import (
     InvalidMemoryFileError,
     MemoryTooLargeError,
 )
-from memories.model import PackedMemory, TaskMemory, pack_tensors
+from memories.loraxs import lora_xs_shapes
+from memories.model import PackedMemory, TaskMemory, head_shapes, pack_tensors
 from memories.precision import ResidentDType
 
 FORMAT_NAME: Final = "spartan-memory"
@@ -59,7 +67,10 @@ _ITEM_SIZE = {"F32": 4, "F16": 2}
 _FP16_MAX = 65504.0
 
 # Header fields stored as plain text; every other field is JSON.
-_TEXT_FIELDS = frozenset({"format", "backbone", "backbone_fingerprint", "task_type", "pooling", "task"})
+_TEXT_FIELDS = frozenset(
+    {"format", "kind", "backbone", "backbone_fingerprint", "task_type", "pooling", "task"}
+)
+_SPARTAN_FIELDS = ("num_parents", "num_children", "top_k", "child_temperature")
 
 
 class ExitMetadata(BaseModel):
@@ -80,6 +91,23 @@ class ExitMetadata(BaseModel):
         return cls(layers=list(config.layers), hidden=config.hidden, threshold=config.threshold)
 
 
+class LoraXSMetadata(BaseModel):
+    """A LoRA-XS memory's rank and the sites of every layer it adapts (memories.loraxs)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    rank: int = Field(ge=1, le=LORA_XS_MAX_RANK)
+    sites: list[LoraXSSite] = Field(min_length=1, max_length=4)
+
+    @property
+    def config(self) -> LoraXSConfig:
+        return LoraXSConfig(self.rank, tuple(self.sites))
+
+    @classmethod
+    def of(cls, config: LoraXSConfig) -> LoraXSMetadata:
+        return cls(rank=config.rank, sites=list(config.sites))
+
+
 class MemoryMetadata(BaseModel):
     """The ``__metadata__`` header of a memory file, validated field by field."""
 
@@ -87,14 +115,16 @@ class MemoryMetadata(BaseModel):
 
     format: Literal["spartan-memory"] = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    kind: MemoryKind = "spartan"
     backbone: str = Field(min_length=1, max_length=1024)
     backbone_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
     hidden_size: int = Field(ge=1, le=16384)
     num_layers: int = Field(ge=1, le=256)
-    num_parents: int = Field(ge=1, le=4096)
-    num_children: int = Field(ge=1, le=4096)
-    top_k: int = Field(ge=1)
-    child_temperature: float = Field(gt=0)
+    num_parents: int | None = Field(default=None, ge=1, le=4096)
+    num_children: int | None = Field(default=None, ge=1, le=4096)
+    top_k: int | None = Field(default=None, ge=1)
+    child_temperature: float | None = Field(default=None, gt=0)
+    lora_xs: LoraXSMetadata | None = None
     task_type: TaskType
     labels: list[str]
     pooling: Pooling
@@ -112,10 +142,25 @@ class MemoryMetadata(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> MemoryMetadata:
-        if self.top_k > self.num_parents:
-            raise ValueError(f"top_k {self.top_k} exceeds num_parents {self.num_parents}")
-        if not math.isfinite(self.child_temperature):
-            raise ValueError("child_temperature must be finite")
+        given = [name for name in _SPARTAN_FIELDS if getattr(self, name) is not None]
+        if self.kind == "spartan":
+            missing = [name for name in _SPARTAN_FIELDS if name not in given]
+            if missing:
+                raise ValueError(f"a spartan memory needs {', '.join(missing)}")
+            if self.lora_xs is not None:
+                raise ValueError("lora_xs belongs to a lora-xs memory; this one is kind spartan")
+            self._check_spartan()
+        else:
+            if given:
+                raise ValueError(f"a lora-xs memory has no {', '.join(given)} (SPARTAN hyper-parameters)")
+            if self.lora_xs is None:
+                raise ValueError("a lora-xs memory needs lora_xs: its rank and sites")
+            if self.exits is not None:
+                raise ValueError("early exits are trained with SPARTAN memories; a lora-xs memory has none")
+            try:
+                LoraXSConfig(self.lora_xs.rank, tuple(self.lora_xs.sites))
+            except ConfigError as exc:
+                raise ValueError(f"lora_xs: {exc}") from None
         if self.task_type == "classification":
             if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
                 raise ValueError("a classification memory needs at least 2 distinct label names")
@@ -130,11 +175,21 @@ class MemoryMetadata(BaseModel):
                 raise ValueError(f"exits: {exc}") from None
         return self
 
+    def _check_spartan(self) -> None:
+        np_, k, temperature = self.num_parents, self.top_k, self.child_temperature
+        assert np_ is not None, "checked by _consistent"
+        assert k is not None, "checked by _consistent"
+        assert temperature is not None, "checked by _consistent"
+        if k > np_:
+            raise ValueError(f"top_k {self.top_k} exceeds num_parents {self.num_parents}")
+        if not math.isfinite(temperature):
+            raise ValueError("child_temperature must be finite")
+
     @classmethod
     def for_backbone(
         cls,
         backbone: Backbone,
-        config: SpartanConfig,
+        config: SpartanConfig | LoraXSConfig,
         labels: Sequence[str],
         pooling: Pooling,
         max_seq_length: int,
@@ -142,17 +197,24 @@ class MemoryMetadata(BaseModel):
         training: dict[str, Any] | None = None,
         exits: ExitConfig | None = None,
     ) -> MemoryMetadata:
-        """Metadata of a memory for ``backbone``: its identity and shape, the hyper-parameters,
-        the labels (none: a regression task), the early exits if any."""
+        """Metadata of a memory for ``backbone``: its identity and shape, its kind and
+        hyper-parameters (``config``'s), the labels (none: a regression task), the early exits if any."""
+        kind_fields: dict[str, Any] = (
+            {"kind": "lora-xs", "lora_xs": LoraXSMetadata.of(config)}
+            if isinstance(config, LoraXSConfig)
+            else {
+                "num_parents": config.num_parents,
+                "num_children": config.num_children,
+                "top_k": config.top_k,
+                "child_temperature": config.child_temperature,
+            }
+        )
         return cls(
             backbone=backbone.name,
             backbone_fingerprint=backbone.fingerprint,
             hidden_size=backbone.hidden_size,
             num_layers=backbone.num_layers,
-            num_parents=config.num_parents,
-            num_children=config.num_children,
-            top_k=config.top_k,
-            child_temperature=config.child_temperature,
+            **kind_fields,
             task_type="classification" if labels else "regression",
             labels=list(labels),
             pooling=pooling,
@@ -164,7 +226,25 @@ class MemoryMetadata(BaseModel):
 
     @property
     def spartan_config(self) -> SpartanConfig:
-        return SpartanConfig(self.num_parents, self.num_children, self.top_k, self.child_temperature)
+        """A SPARTAN memory's hyper-parameters; ConfigError for another kind."""
+        np_, nc, k, temperature = self.num_parents, self.num_children, self.top_k, self.child_temperature
+        if self.kind != "spartan" or np_ is None or nc is None or k is None or temperature is None:
+            raise ConfigError(f"this is a {self.kind} memory, not a SPARTAN one")
+        return SpartanConfig(np_, nc, k, temperature)
+
+    @property
+    def memory_config(self) -> SpartanConfig | LoraXSConfig:
+        """The hyper-parameters of this memory's kind."""
+        return self.lora_xs.config if self.lora_xs is not None else self.spartan_config
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape, exactly the tensors a file of this metadata holds."""
+        if self.lora_xs is not None:
+            shapes = lora_xs_shapes(self.num_layers, self.lora_xs.config)
+            return shapes | head_shapes(self.hidden_size, self.num_outputs)
+        return TaskMemory.shapes(
+            self.hidden_size, self.num_layers, self.num_outputs, self.spartan_config, self.exit_config
+        )
 
     @property
     def num_outputs(self) -> int:
@@ -175,9 +255,11 @@ class MemoryMetadata(BaseModel):
         return self.exits.config if self.exits is not None else None
 
     def to_header(self) -> dict[str, str]:
-        """String-valued safetensors metadata: text as is, everything else as JSON (no ``exits``
-        field without exits: such a file is what builds before exits wrote)."""
-        fields = self.model_dump(exclude={"exits"} if self.exits is None else set())
+        """String-valued safetensors metadata: text as is, everything else as JSON. Fields a kind
+        does not have are left out, as is ``kind`` and ``exits`` for a SPARTAN memory without
+        exits: such a file is what builds before LoRA-XS and exits wrote."""
+        absent = {name for name in (*_SPARTAN_FIELDS, "lora_xs", "exits") if getattr(self, name) is None}
+        fields = self.model_dump(exclude=absent | ({"kind"} if self.kind == "spartan" else set()))
         return {
             name: value if name in _TEXT_FIELDS else json.dumps(value, sort_keys=True)
             for name, value in fields.items()
@@ -228,7 +310,8 @@ class MemoryFile:
         return "float16" if first.dtype == torch.float16 else "float32"
 
     @classmethod
-    def from_task(cls, task: TaskMemory, metadata: MemoryMetadata) -> MemoryFile:
+    def from_task(cls, task: torch.nn.Module, metadata: MemoryMetadata) -> MemoryFile:
+        """The memory of a trained module whose ``state_dict`` names are the file's tensors."""
         tensors = {name: t.detach().float().clone() for name, t in task.state_dict().items()}
         memfile = cls(metadata, tensors)
         _check_tensors(metadata, {n: tuple(t.shape) for n, t in tensors.items()})
@@ -258,7 +341,7 @@ class MemoryFile:
             dtype, head_dtype = (torch.bfloat16 if compute == torch.bfloat16 else stored), stored
         return pack_tensors(
             self.tensors,
-            meta.spartan_config,
+            meta.memory_config,
             meta.num_layers,
             meta.pooling,
             dtype,
@@ -363,9 +446,7 @@ def _parse_header(data: bytes) -> tuple[dict[str, str], dict[str, dict[str, Any]
 
 
 def _check_tensors(meta: MemoryMetadata, shapes: dict[str, tuple[int, ...]]) -> None:
-    expected = TaskMemory.shapes(
-        meta.hidden_size, meta.num_layers, meta.num_outputs, meta.spartan_config, meta.exit_config
-    )
+    expected = meta.tensor_shapes()
     missing = sorted(set(expected) - set(shapes))
     if missing:
         raise InvalidMemoryFileError(

@@ -5,29 +5,30 @@ trains, a differentiable ``forward(backbone, batch, pooling)`` for training, a
 :meth:`~TaskModel.predictor` for evaluation and a :meth:`~TaskModel.save`. The frozen
 :class:`~memories.backbone.Backbone` is passed in, never owned, so one backbone serves them all.
 
-The core builds SPARTAN models (:func:`build_spartan`, the served method); the paper's baselines
-(adapters, full fine-tuning, a probe) are research tools in :mod:`memories.lab.baselines`,
-whose ``build_model`` builds every method and is what ``spartan train --method`` passes to
-:func:`memories.train.train`.
+The core builds the served methods (:func:`build_served`): SPARTAN and LoRA-XS
+(memories.loraxs), both saved as memory files. The paper's baselines (adapters, full
+fine-tuning, a probe) are research tools in :mod:`memories.lab.baselines`, whose ``build_model``
+builds every method and is what ``spartan train --method`` passes to :func:`memories.train.train`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from memories.backbone import Backbone, Encoded, Pooling
-from memories.config import ExitConfig, Method, SpartanConfig
+from memories.backbone import Backbone, Encoded, Pooling, pool
+from memories.backbones import default_cache_dir
+from memories.config import ExitConfig, LoraXSConfig, LoraXSSite, Method, SpartanConfig
 from memories.data import TaskSpec
 from memories.errors import ConfigError
 from memories.evaluate import Predictor, memory_predictor
+from memories.loraxs import LoraXSLayer, apply_delta, linear_hooks, prepare_factors
 from memories.memfile import FileDType, MemoryFile, MemoryMetadata, check_backbone
-from memories.model import TaskMemory
+from memories.model import Head, TaskMemory, pack_tensors
 
 
 @dataclass(frozen=True)
@@ -142,17 +143,88 @@ class SpartanModel(TaskModel):
         return path.stat().st_size
 
 
-ModelBuilder = Callable[[Method, Backbone, int, SpartanConfig, int], TaskModel]
-"""(method, backbone, num_outputs, spartan config, adapter bottleneck) -> a fresh task model."""
+class LoraXSModel(TaskModel):
+    """LoRA-XS: per encoder layer an r x r matrix between the backbone's frozen SVD factors for
+    each adapted site, and the head; saved as a servable memory file of kind ``lora-xs``.
+
+    The factors come from ``backbone.factors`` or are prepared on it (from its fp32 weights,
+    cached on disk under ``factor_cache``; memories.loraxs)."""
+
+    method: Method = "lora-xs"
+
+    def __init__(
+        self, backbone: Backbone, num_outputs: int, config: LoraXSConfig, factor_cache: Path | None = None
+    ) -> None:
+        super().__init__()
+        prepare_factors(backbone, config.rank, factor_cache)
+        self.config = config
+        self.layers = nn.ModuleList(LoraXSLayer(config) for _ in range(backbone.num_layers))
+        self.head = Head(backbone.hidden_size, num_outputs)
+
+    def forward(self, backbone: Backbone, batch: Encoded, pooling: Pooling) -> torch.Tensor:
+        factors = backbone.factors
+        assert factors is not None, "prepared in __init__"
+        rank = self.config.rank
+
+        def adapt(index: int, site: LoraXSSite, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            down, up_t = factors.to(x.dtype).pair(index, site, rank)  # [r, in], [r, out]
+            layer = self.layers[index]
+            assert isinstance(layer, LoraXSLayer)
+            return y + apply_delta(x, down, layer.matrix(site).to(x.dtype), up_t)  # [B, S, out]
+
+        with linear_hooks(backbone, self.config.sites, adapt):
+            hidden = backbone.forward(batch)  # [B, S, d]
+        logits: torch.Tensor = self.head(pool(hidden, batch.attention_mask, pooling))
+        return logits
+
+    def predictor(self, backbone: Backbone, pooling: Pooling) -> Predictor:
+        """The service's path (packed memory, :func:`~memories.model.run_batch`)."""
+        tensors = {name: t.detach().clone() for name, t in self.state_dict().items()}
+        return memory_predictor(backbone, pack_tensors(tensors, self.config, backbone.num_layers, pooling))
+
+    def save(self, path: Path, task: SavedTask, dtype: FileDType) -> int:
+        meta = MemoryMetadata.for_backbone(
+            task.backbone,
+            self.config,
+            task.spec.labels,
+            task.pooling,
+            task.max_seq_length,
+            task.spec.name,
+            task.summary,
+        )
+        MemoryFile.from_task(self, meta).save(path, dtype)
+        return path.stat().st_size
 
 
-def build_spartan(
-    method: Method, backbone: Backbone, num_outputs: int, spartan: SpartanConfig, bottleneck: int = 64
+class ModelBuilder(Protocol):
+    """Makes a fresh task model of one method (seed torch first for a reproducible start)."""
+
+    def __call__(
+        self,
+        method: Method,
+        backbone: Backbone,
+        num_outputs: int,
+        spartan: SpartanConfig | None = None,
+        bottleneck: int = 64,
+        lora_xs: LoraXSConfig | None = None,
+    ) -> TaskModel: ...
+
+
+def build_served(
+    method: Method,
+    backbone: Backbone,
+    num_outputs: int,
+    spartan: SpartanConfig | None = None,
+    bottleneck: int = 64,
+    lora_xs: LoraXSConfig | None = None,
 ) -> TaskModel:
-    """A freshly initialised SPARTAN model; a baseline method is built by memories.lab.baselines."""
-    if method != "spartan":
-        raise ConfigError(f"{method!r} is a baseline: build it with memories.lab.baselines.build_model")
-    return SpartanModel(backbone, num_outputs, spartan)
+    """A freshly initialised model of a served method (SPARTAN or LoRA-XS); a baseline method
+    is built by memories.lab.baselines."""
+    if method == "spartan":
+        return SpartanModel(backbone, num_outputs, spartan or SpartanConfig())
+    if method == "lora-xs":
+        return LoraXSModel(backbone, num_outputs, lora_xs or LoraXSConfig(), default_cache_dir())
+    raise ConfigError(f"{method!r} is a baseline: build it with memories.lab.baselines.build_model")
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -9,26 +9,32 @@
   computed in the backbone's dtype (fp32, or bf16 in bf16 mode): other dtypes are cast per
   batch and layer (in a batch of 32 tasks, 768 small casts: about 5% of a bf16 pass on AMX).
   The head always runs in fp32.
+* A LoRA-XS task (memories.loraxs) packs the same way: per layer its r x r matrices, one per
+  adapted site, and the head; it changes linear layers inside each encoder layer, not its output.
 * :func:`run_batch` runs one backbone pass for a batch whose rows may each name a different
-  memory. Rows are grouped by memory hyper-parameters; inside a group every row gets its own
-  keys and values (a per-row stack and a batched GEMM), or one shared GEMM when the whole group
-  uses one memory. A task may carry early exits (memories.exits): its rows that are sure enough
-  after an exit layer leave the batch there, and the others run on as a smaller batch.
+  memory, of either kind. SPARTAN rows are grouped by memory hyper-parameters; inside a group
+  every row gets its own keys and values (a per-row stack and a batched GEMM), or one shared
+  GEMM when the whole group uses one memory. LoRA-XS rows are grouped by rank and sites: the
+  factor GEMMs are shared by the group, the r x r product is per row. A SPARTAN task may carry
+  early exits (memories.exits): its rows that are sure enough after an exit layer leave the
+  batch there, and the others run on as a smaller batch.
 """
 
 from __future__ import annotations
 
 import mmap
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool
-from memories.config import ExitConfig, SpartanConfig
+from memories.config import LORA_XS_SITES, ExitConfig, LoraXSConfig, LoraXSSite, MemoryKind, SpartanConfig
 from memories.exits import ExitClassifiers, PackedExits, exit_shapes
 from memories.fused import FusedRouting
+from memories.loraxs import apply_delta, linear_hooks, require_factors
 from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
 RESIDENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -47,6 +53,17 @@ class Head(nn.Module):
         """pooled [B, d] -> logits [B, num_outputs]."""
         logits: torch.Tensor = self.out(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
         return logits
+
+
+def head_shapes(hidden_size: int, num_outputs: int) -> dict[str, tuple[int, ...]]:
+    """``state_dict`` name -> shape of a task's :class:`Head` (``head.*``), every kind's."""
+    d = hidden_size
+    return {
+        "head.dense.weight": (d, d),
+        "head.dense.bias": (d,),
+        "head.out.weight": (num_outputs, d),
+        "head.out.bias": (num_outputs,),
+    }
 
 
 class TaskMemory(nn.Module):
@@ -91,14 +108,7 @@ class TaskMemory(nn.Module):
             shapes[f"layers.{i}.parent_keys"] = (np_, d)
             shapes[f"layers.{i}.child_keys"] = (np_, nc, d)
             shapes[f"layers.{i}.child_values"] = (np_, nc, d)
-        shapes.update(
-            {
-                "head.dense.weight": (d, d),
-                "head.dense.bias": (d,),
-                "head.out.weight": (num_outputs, d),
-                "head.out.bias": (num_outputs,),
-            }
-        )
+        shapes.update(head_shapes(hidden_size, num_outputs))
         if exits is not None:
             shapes.update(exit_shapes(exits, hidden_size, num_outputs))
         return shapes
@@ -139,22 +149,25 @@ class TaskMemory(nn.Module):
 
 def pack_tensors(
     tensors: Mapping[str, torch.Tensor],
-    config: SpartanConfig,
+    config: SpartanConfig | LoraXSConfig,
     num_layers: int,
     pooling: Pooling,
     dtype: torch.dtype = torch.float32,
     head_dtype: torch.dtype | None = None,
     exits: ExitConfig | None = None,
 ) -> PackedMemory:
-    """The inference form of a task's tensors (``TaskMemory.state_dict`` names): the layers
-    resident in ``dtype``, the head and the ``exits`` in ``head_dtype`` (default: ``dtype``).
-    Keys are packed in fp32, then cast. The result is a copy, in one memory mapping of its own
-    (:func:`in_own_mapping`)."""
+    """The inference form of a task's tensors (``TaskMemory.state_dict`` names, or a LoRA-XS
+    memory's): the layers resident in ``dtype``, the head and the ``exits`` in ``head_dtype``
+    (default: ``dtype``). SPARTAN keys are packed in fp32, then cast. The result is a copy, in
+    one memory mapping of its own (:func:`in_own_mapping`)."""
     head_dtype = dtype if head_dtype is None else head_dtype
     for name, wanted in (("resident", dtype), ("head", head_dtype)):
         assert wanted in RESIDENT_DTYPES, f"{name} dtype must be one of {RESIDENT_DTYPES}, got {wanted}"
-    layers = []
+    layers: list[tuple[torch.Tensor, ...]] = []
     for i in range(num_layers):
+        if isinstance(config, LoraXSConfig):
+            layers.append(tuple(tensors[f"layers.{i}.{site}"].to(dtype) for site in config.sites))
+            continue
         parent_keys, child_keys, child_values = (
             tensors[f"layers.{i}.{name}"].float() for name in ("parent_keys", "child_keys", "child_values")
         )
@@ -166,15 +179,16 @@ def pack_tensors(
     ]
     exit_names = sorted(name for name in tensors if name.startswith("exits.")) if exits else []
     exit_tensors = [tensors[name].to(head_dtype) for name in exit_names]
-    owned = in_own_mapping([t for pair in layers for t in pair] + head + exit_tensors)
-    pairs = tuple((owned[2 * i], owned[2 * i + 1]) for i in range(num_layers))
-    dense_w, dense_b, out_w, out_b = owned[2 * num_layers : 2 * num_layers + 4]
+    per_layer = len(layers[0])
+    owned = in_own_mapping([t for group in layers for t in group] + head + exit_tensors)
+    packed = tuple(tuple(owned[per_layer * i : per_layer * (i + 1)]) for i in range(num_layers))
+    dense_w, dense_b, out_w, out_b = owned[per_layer * num_layers : per_layer * num_layers + 4]
     packed_exits = None
     if exits is not None:
         packed_exits = PackedExits.from_tensors(
-            exits, dict(zip(exit_names, owned[2 * num_layers + 4 :], strict=True))
+            exits, dict(zip(exit_names, owned[per_layer * num_layers + 4 :], strict=True))
         )
-    return PackedMemory(config, pooling, pairs, (dense_w, dense_b, out_w, out_b), packed_exits)
+    return PackedMemory(config, pooling, packed, (dense_w, dense_b, out_w, out_b), packed_exits)
 
 
 def in_own_mapping(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -202,16 +216,21 @@ def in_own_mapping(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 @dataclass(frozen=True, eq=False)
 class PackedMemory:
-    """A task ready to serve: per layer (keys [Np + Nc*Np, d], values [Nc*Np, d]) and the head's
-    (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias [num_outputs]);
-    the layers in one resident dtype (fp32, fp16 or bf16), the head in one (its own or theirs),
-    and the task's early exits if it has any (in the head's dtype)."""
+    """A task ready to serve: per layer its method's tensors, SPARTAN's (keys [Np + Nc*Np, d],
+    values [Nc*Np, d]) or LoRA-XS's (R [r, r] per adapted site, in ``config.sites`` order), and
+    the head's (dense weight [d, d], dense bias [d], out weight [num_outputs, d], out bias
+    [num_outputs]); the layers in one resident dtype (fp32, fp16 or bf16), the head in one (its
+    own or theirs), and a SPARTAN task's early exits if it has any (in the head's dtype)."""
 
-    config: SpartanConfig
+    config: SpartanConfig | LoraXSConfig
     pooling: Pooling
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    layers: tuple[tuple[torch.Tensor, ...], ...]
     head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     exits: PackedExits | None = None
+
+    @property
+    def kind(self) -> MemoryKind:
+        return "lora-xs" if isinstance(self.config, LoraXSConfig) else "spartan"
 
     @property
     def num_outputs(self) -> int:
@@ -222,11 +241,15 @@ class PackedMemory:
         """The layers' resident dtype."""
         return self.layers[0][0].dtype
 
-    def layer(self, index: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``index``'s (keys, values) in ``dtype``, the hidden states' (a no-op when resident
-        in it; else a per-batch cast of a few hundred KB)."""
-        keys, values = self.layers[index]
-        return keys.to(dtype), values.to(dtype)
+    def layer(self, index: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+        """Layer ``index``'s tensors in ``dtype``, the hidden states' (a no-op when resident in it;
+        else a per-batch cast of a few hundred KB): SPARTAN's (keys, values), LoRA-XS's R per site."""
+        return tuple(t.to(dtype) for t in self.layers[index])
+
+    def site(self, index: int, site: LoraXSSite, dtype: torch.dtype) -> torch.Tensor:
+        """A LoRA-XS task's R [r, r] of ``site`` in layer ``index``, in ``dtype``."""
+        assert isinstance(self.config, LoraXSConfig), "only LoRA-XS tasks have sites"
+        return self.layers[index][self.config.sites.index(site)].to(dtype)
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """The head in eval mode (dense, tanh, out) in fp32: pooled [B, d] -> [B, num_outputs]."""
@@ -236,7 +259,7 @@ class PackedMemory:
 
     def nbytes(self) -> int:
         """Resident bytes of every tensor (what a byte-bounded cache charges for this task)."""
-        tensors = [t for pair in self.layers for t in pair] + list(self.head)
+        tensors = [t for group in self.layers for t in group] + list(self.head)
         tensors += self.exits.tensors if self.exits is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -247,17 +270,19 @@ class BatchOutput:
     its exit's log-probabilities (the same softmax); the layer it left after (the last layer for
     a row that ran them all); optionally the routing.
 
-    ``routing[r]`` is row r's parent gate per layer it ran, [L_r, S, Np] (zero outside the top-K).
+    ``routing[r]`` is row r's parent gate per layer it ran, [L_r, S, Np] (zero outside the top-K),
+    or None for a LoRA-XS row (it has no parents).
     """
 
     logits: list[torch.Tensor]
     exit_layers: list[int]
-    routing: list[torch.Tensor] | None = None
+    routing: list[torch.Tensor | None] | None = None
 
 
 def _group_rows(memories: Sequence[PackedMemory]) -> list[list[int]]:
-    """Row indices grouped by memory hyper-parameters (rows of one group share a GEMM shape)."""
-    groups: dict[SpartanConfig, list[int]] = {}
+    """Row indices grouped by memory hyper-parameters (rows of one group share a GEMM shape):
+    SPARTAN shapes, or LoRA-XS rank and sites."""
+    groups: dict[SpartanConfig | LoraXSConfig, list[int]] = {}
     for row, memory in enumerate(memories):
         groups.setdefault(memory.config, []).append(row)
     return list(groups.values())
@@ -270,42 +295,59 @@ def _rows_by_memory(memories: Sequence[PackedMemory], rows: Sequence[int]) -> di
     return by_memory
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Positions among the running rows whose memories share a shape; ``shared``: one memory."""
+
+    positions: list[int]
+    shared: bool
+    config: SpartanConfig | LoraXSConfig
+
+
 class _MixedApply:
-    """The per-layer memory of one mixed batch (called by the backbone after every layer).
+    """The memories of one mixed batch: SPARTAN's after every layer (the backbone calls this
+    object), LoRA-XS's inside it (:meth:`lora`, the adapted linear layers' hook).
 
     ``running`` lists the batch rows still in the backbone, in the order of the hidden state's
     rows; groups hold positions in it. Rows that leave early are dropped with :meth:`keep`."""
 
-    def __init__(self, memories: Sequence[PackedMemory], record: bool, routing: FusedRouting | None) -> None:
+    def __init__(self, memories: Sequence[PackedMemory], record: bool, backbone: Backbone) -> None:
         self.memories = memories
-        self.routing_kernels = routing
+        self.routing_kernels: FusedRouting | None = backbone.routing
         self.running = list(range(len(memories)))
+        ranks = [m.config.rank for m in memories if isinstance(m.config, LoraXSConfig)]
+        self.factors = require_factors(backbone, max(ranks)) if ranks else None
         self._regroup()
         # routing[layer] = [(batch rows, gate [len(rows), S, Np]), ...]
         self.routing: list[list[tuple[list[int], torch.Tensor]]] | None = [] if record else None
 
     def _regroup(self) -> None:
         running = [self.memories[row] for row in self.running]
-        self.groups = _group_rows(running)
-        self.shared = [len(_rows_by_memory(running, positions)) == 1 for positions in self.groups]
+        groups = [
+            _Group(positions, len(_rows_by_memory(running, positions)) == 1, running[positions[0]].config)
+            for positions in _group_rows(running)
+        ]
+        self.spartan = [g for g in groups if isinstance(g.config, SpartanConfig)]
+        self.lora_xs = [g for g in groups if isinstance(g.config, LoraXSConfig)]
 
     def keep(self, positions: Sequence[int]) -> None:
         """Only the rows at these positions of the running ones run on."""
         self.running = [self.running[p] for p in positions]
         self._regroup()
 
-    def _apply_group(self, index: int, x: torch.Tensor, positions: list[int], shared: bool) -> torch.Tensor:
-        rows = [self.running[p] for p in positions]
-        first = self.memories[rows[0]]
-        if shared:
-            keys, values = first.layer(index, x.dtype)  # [M, d], [Nc*Np, d]
+    def _apply_group(self, index: int, x: torch.Tensor, group: _Group) -> torch.Tensor:
+        rows = [self.running[p] for p in group.positions]
+        config = group.config
+        assert isinstance(config, SpartanConfig), "a SPARTAN group"
+        if group.shared:
+            keys, values = self.memories[rows[0]].layer(index, x.dtype)  # [M, d], [Nc*Np, d]
         else:
             per_row = [self.memories[r].layer(index, x.dtype) for r in rows]  # views or cast copies
             keys = torch.stack([k for k, _ in per_row])  # [G, M, d]
             values = torch.stack([v for _, v in per_row])  # [G, Nc*Np, d]
         record: list[torch.Tensor] | None = [] if self.routing is not None else None
-        router = self.routing_kernels.router(first.config, x.dtype) if self.routing_kernels else None
-        out = spartan_dense(x, keys, values, first.config, record, inplace=True, router=router)
+        router = self.routing_kernels.router(config, x.dtype) if self.routing_kernels else None
+        out = spartan_dense(x, keys, values, config, record, inplace=True, router=router)
         if self.routing is not None and record:
             self.routing[-1].append((rows, record[0]))
         return out
@@ -313,24 +355,50 @@ class _MixedApply:
     def __call__(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         if self.routing is not None:
             self.routing.append([])
-        if len(self.groups) == 1:
-            return self._apply_group(index, hidden, self.groups[0], self.shared[0])
-        for positions, shared in zip(self.groups, self.shared, strict=True):
-            idx = torch.tensor(positions)
-            hidden[idx] = self._apply_group(
-                index, hidden[idx], positions, shared
-            )  # the layer's fresh output: ours to overwrite
+        if len(self.spartan) == 1 and len(self.spartan[0].positions) == hidden.shape[0]:
+            return self._apply_group(index, hidden, self.spartan[0])
+        for group in self.spartan:
+            idx = torch.tensor(group.positions)
+            hidden[idx] = self._apply_group(index, hidden[idx], group)  # the layer's fresh output: ours
         return hidden
 
-    def routing_per_row(self, batch_size: int) -> list[torch.Tensor]:
-        """Row r -> its gates stacked over the layers it ran, [L_r, S, Np]."""
+    def lora(self, index: int, site: LoraXSSite, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The adapted linear layer ``site`` of layer ``index``: x [B', S, in] -> y [B', S, out]
+        plus each LoRA-XS row's ((x Bᵀ) Rᵀ) Aᵀ, added in place (y is the layer's fresh output)."""
+        assert self.factors is not None, "LoRA-XS rows without factors"
+        factors = self.factors.to(x.dtype)
+        for group in self.lora_xs:
+            config = group.config
+            assert isinstance(config, LoraXSConfig), "a LoRA-XS group"
+            if site not in config.sites:
+                continue
+            down, up_t = factors.pair(index, site, config.rank)  # [r, in], [r, out]
+            rows = [self.running[p] for p in group.positions]
+            if group.shared:
+                r = self.memories[rows[0]].site(index, site, x.dtype)  # [r, r]
+            else:
+                r = torch.stack([self.memories[row].site(index, site, x.dtype) for row in rows])  # [G, r, r]
+            if len(group.positions) == x.shape[0]:
+                y += apply_delta(x, down, r, up_t)
+            else:
+                idx = torch.tensor(group.positions)
+                y.index_add_(0, idx, apply_delta(x[idx], down, r, up_t))
+        return y
+
+    def lora_sites(self) -> tuple[LoraXSSite, ...]:
+        """Every site some LoRA-XS row of the batch adapts, in the canonical order."""
+        wanted = {site for g in self.lora_xs if isinstance(g.config, LoraXSConfig) for site in g.config.sites}
+        return tuple(site for site in LORA_XS_SITES if site in wanted)
+
+    def routing_per_row(self, batch_size: int) -> list[torch.Tensor | None]:
+        """Row r -> its gates stacked over the layers it ran, [L_r, S, Np]; None for LoRA-XS rows."""
         assert self.routing is not None, "routing was not recorded"
         per_row: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
         for layer in self.routing:
             for rows, gate in layer:
                 for pos, row in enumerate(rows):
                     per_row[row].append(gate[pos])
-        return [torch.stack(gates) for gates in per_row]
+        return [torch.stack(gates) if gates else None for gates in per_row]
 
 
 class _TaskExits:
@@ -434,12 +502,13 @@ def run_batch(
     thresholds = list(exit_thresholds) if exit_thresholds is not None else [None] * batch_size
     assert len(thresholds) == batch_size, f"{len(thresholds)} exit thresholds for {batch_size} rows"
     assert all(t is None or 0.0 < t <= 1.0 for t in thresholds), f"exit thresholds in (0, 1]: {thresholds}"
-    apply = _MixedApply(memories, record_routing, backbone.routing)
+    apply = _MixedApply(memories, record_routing, backbone)
     exits = None
     if any(m.exits is not None for m in memories):
         exits = _EarlyExits(apply, memories, thresholds, batch.attention_mask)
         exits = exits if exits.tasks else None  # no row may leave: nothing to run after any layer
-    with torch.no_grad():
+    adapted = linear_hooks(backbone, apply.lora_sites(), apply.lora) if apply.lora_xs else nullcontext()
+    with torch.no_grad(), adapted:
         hidden = backbone.forward(batch, apply, exits)  # [B', S, d]: the rows in apply.running
         ran = apply.running
         logits: list[torch.Tensor] = [torch.empty(0)] * batch_size

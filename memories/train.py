@@ -24,7 +24,7 @@ from pydantic_core import to_jsonable_python
 from tqdm import tqdm
 
 from memories.backbone import Backbone, Pooling
-from memories.config import DEFAULT_LR, ExitConfig, Method, SpartanConfig, TrainPrecision
+from memories.config import DEFAULT_LR, ExitConfig, LoraXSConfig, Method, SpartanConfig, TrainPrecision
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
@@ -34,7 +34,7 @@ from memories.methods import (
     SavedTask,
     SpartanModel,
     TaskModel,
-    build_spartan,
+    build_served,
     trainable_parameters,
 )
 
@@ -68,6 +68,7 @@ class TrainOptions:
     pooling: Pooling | None = None
     spartan: SpartanConfig = field(default_factory=SpartanConfig)
     bottleneck: int = 64  # adapters only
+    lora_xs: LoraXSConfig = field(default_factory=LoraXSConfig)  # lora-xs only
     dtype: FileDType = "float32"
     precision: TrainPrecision = "fp32"  # bf16: forward passes under bf16 autocast (weights stay fp32)
     exits: ExitConfig | None = None  # early exits trained beside the memory (memories.exits)
@@ -131,12 +132,12 @@ def train(
     backbone: Backbone,
     log: Callable[[str], None] = print,
     command: str = "",
-    build: ModelBuilder = build_spartan,
+    build: ModelBuilder = build_served,
 ) -> TrainResult:
     """Run one training; returns the best dev evaluation. The best memory is at ``options.out``.
 
-    ``build`` makes the model of ``options.method``: SPARTAN by default, every method with
-    memories.lab.baselines.build_model."""
+    ``build`` makes the model of ``options.method``: the served methods by default, every method
+    with memories.lab.baselines.build_model."""
     base = read_memory(options.exits_on) if options.exits_on is not None else None
     if base is not None:  # the exits read the memory's states: its pooling and its input length
         options = replace(options, pooling=base.metadata.pooling, max_seq_length=base.metadata.max_seq_length)
@@ -163,7 +164,14 @@ def train(
     elif options.exits is not None:
         task = SpartanModel(backbone, len(spec.labels) or 1, options.spartan, options.exits)
     else:
-        task = build(options.method, backbone, len(spec.labels) or 1, options.spartan, options.bottleneck)
+        task = build(
+            options.method,
+            backbone,
+            len(spec.labels) or 1,
+            options.spartan,
+            options.bottleneck,
+            options.lora_xs,
+        )
     trained = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=options.learning_rate, weight_decay=options.weight_decay)
     total = _total_steps(options, len(train_set))
@@ -182,6 +190,7 @@ def train(
         f"{backbone.name}: {options.method} ({trainable_parameters(task):,} parameters), {total} steps of "
         f"{options.batch_size}, lr {options.learning_rate}"
         + (f", memory {options.spartan}" if options.method == "spartan" else "")
+        + (f", {options.lora_xs}" if options.method == "lora-xs" else "")
     )
 
     best: Evaluation | None = None

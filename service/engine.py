@@ -309,7 +309,8 @@ class Engine:
         results: list[tuple[_Row, RowResult | BaseException]] = []
         for i, row in enumerate(rows):
             request, tokens = row.request, len(row.encoding["input_ids"])
-            routing = out.routing[i][:, :tokens] if out.routing is not None else None  # [L, S, Np]
+            gates = out.routing[i] if out.routing is not None else None  # [L, S, Np]; None: LoRA-XS
+            routing = gates[:, :tokens] if gates is not None else None
             logits = out.logits[i].tolist()
             try:
                 prediction = predict(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.config import ExitConfig, SpartanConfig
+from memories.config import ExitConfig, LoraXSConfig, SpartanConfig
 
 if TYPE_CHECKING:  # torch loads inside the commands that need it
     from memories.backbone import Backbone
@@ -73,6 +73,10 @@ def spartan_config(args: argparse.Namespace) -> SpartanConfig:
     return SpartanConfig(args.parents, args.children, args.top_k, args.child_temperature)
 
 
+def lora_xs_config(args: argparse.Namespace) -> LoraXSConfig:
+    return LoraXSConfig(rank=args.rank)
+
+
 def exit_config(args: argparse.Namespace) -> ExitConfig | None:
     """The exits ``--exits``/``--exit-hidden``/``--exit-threshold`` ask for (None: no exits)."""
     if not args.exits:
@@ -92,6 +96,13 @@ def quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+def cache_dir() -> Path:
+    """Where backbones are unpacked and LoRA-XS factors cached: SPARTAN_CACHE_DIR or the default."""
+    from memories.backbones import default_cache_dir
+
+    return CommandSettings().cache_dir or default_cache_dir()
 
 
 def backbone(spec: str) -> Backbone:

@@ -10,14 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memories.config import METHODS, TRAIN_PRECISIONS
+from memories.config import METHODS, TRAIN_PRECISIONS, LoraXSConfig
 from memories.errors import SpartanError
 from memories.precision import PRECISION_SETTINGS, RESIDENT_DTYPES
 from spartan_cli.common import (
     add_spartan_options,
     backbone,
+    cache_dir,
     exit_config,
     log,
+    lora_xs_config,
     options_from,
     set_threads,
     spartan_config,
@@ -35,9 +37,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from memories.lab.baselines import build_model
     from memories.train import TrainOptions, train
 
-    options = options_from(args, TrainOptions, spartan=spartan_config(args), exits=exit_config(args))
+    options = options_from(
+        args,
+        TrainOptions,
+        spartan=spartan_config(args),
+        exits=exit_config(args),
+        lora_xs=lora_xs_config(args),
+    )
     set_threads(args.threads)
-    result = train(options, backbone(args.backbone), log, args.command_line, build_model)
+    model = backbone(args.backbone)
+    if options.method == "lora-xs":
+        from memories.loraxs import prepare_factors
+
+        prepare_factors(model, options.lora_xs.rank, cache_dir(), log)
+    result = train(options, model, log, args.command_line, build_model)
     summary = {
         "out": str(result.out),
         "method": result.method,
@@ -87,6 +100,7 @@ def _memory_on_data(
 ) -> tuple[MemoryFile, Backbone, TaskSpec, list[Example], str]:
     """The memory file (``args.memory``), its backbone in ``precision``, the task spec and the
     examples of ``args.split``, checked against each other; shared by eval and parents."""
+    from memories.loraxs import prepare_factors
     from memories.memfile import check_backbone, read_memory
     from memories.precision import FP32_LAYERS, set_precision
 
@@ -94,8 +108,11 @@ def _memory_on_data(
     meta = memfile.metadata
     spec, examples, task = _split_for(args, meta.task, meta.labels, meta.task_type)
     layers = FP32_LAYERS if fp32_layers is None else fp32_layers
-    model = set_precision(backbone(args.backbone or meta.backbone), precision, layers)
+    model = backbone(args.backbone or meta.backbone)
     check_backbone(meta, model)
+    if meta.lora_xs is not None:  # from the fp32 weights, so before the precision switch
+        prepare_factors(model, meta.lora_xs.rank, cache_dir(), log)
+    set_precision(model, precision, layers)
     return memfile, model, spec, examples, task
 
 
@@ -180,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model, decision = decide(model, [memfile.to_packed("float32")], log=log)
     facts: dict[str, object] = {
-        "method": "spartan",
+        "method": meta.kind,
         "precision_setting": args.precision,
         "precision": model.precision,
         "precision_decision": decision.to_json() if decision is not None else None,
@@ -305,14 +322,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--method",
         choices=METHODS,
         default="spartan",
-        help="what is trained: a SPARTAN memory (served) or a baseline (adapters, full, probe)",
+        help="what is trained: a SPARTAN or LoRA-XS memory (served) or a baseline (adapters, full, probe)",
     )
     train.add_argument(
         "--lr",
         type=float,
-        help="default: the method's paper value (spartan/probe 1e-3, adapters 1e-4, full 2e-5)",
+        help="default: the method's paper value (spartan/lora-xs/probe 1e-3, adapters 1e-4, full 2e-5)",
     )
     train.add_argument("--bottleneck", type=int, default=64, help="adapter bottleneck width")
+    train.add_argument(
+        "--rank", type=int, default=LoraXSConfig().rank, help="LoRA-XS: r, the side of each r x r matrix"
+    )
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--warmup-ratio", type=float, default=0.0)
     train.add_argument("--seed", type=int, default=42)

@@ -9,9 +9,9 @@ import torch
 
 from memories.backbone import Backbone
 from memories.backbones import load_backbone
-from memories.config import ExitConfig, SpartanConfig
+from memories.config import ExitConfig, LoraXSConfig, SpartanConfig
 from memories.memfile import MemoryFile, MemoryMetadata
-from memories.model import TaskMemory
+from memories.model import TaskMemory, head_shapes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOY_DATA = FIXTURES / "data"
@@ -50,3 +50,21 @@ def make_memfile(
         backbone, config, labels, backbone.pooling, 128, "toy", {"steps": 3}, exits
     )
     return MemoryFile.from_task(task, meta)
+
+
+def make_lora_memfile(
+    backbone: Backbone,
+    config: LoraXSConfig | None = None,
+    labels: tuple[str, ...] = ("negative", "positive"),
+    seed: int = 0,
+) -> MemoryFile:
+    """A random but valid LoRA-XS memory file for ``backbone``: R matrices large enough to change
+    its answers, and a random head (no factors are needed to make one)."""
+    from memories.loraxs import lora_xs_shapes
+
+    config = config or LoraXSConfig(rank=4)
+    generator = torch.Generator().manual_seed(seed)
+    shapes = lora_xs_shapes(backbone.num_layers, config) | head_shapes(backbone.hidden_size, len(labels) or 1)
+    tensors = {name: 0.3 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    meta = MemoryMetadata.for_backbone(backbone, config, labels, backbone.pooling, 128, "toy-lora", {})
+    return MemoryFile(meta, tensors)

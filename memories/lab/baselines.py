@@ -7,7 +7,8 @@ never served.
 =========  ==========================================================  =========
 method     trains                                                      paper lr
 =========  ==========================================================  =========
-spartan    a SPARTAN memory after every layer + head (the served one)   1e-3
+spartan    a SPARTAN memory after every layer + head (served)           1e-3
+lora-xs    an r x r matrix per adapted weight + head (served)           1e-3
 pfeiffer   one bottleneck adapter per layer + head                     1e-4
 houlsby    two bottleneck adapters per layer + head                    1e-4
 full       a copy of the whole encoder + head (dropout on)             2e-5
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from memories.backbone import Backbone, Encoded, Pooling, pool, run_encoder
-from memories.config import METHODS, Method, SpartanConfig
+from memories.config import METHODS, LoraXSConfig, Method, SpartanConfig
 from memories.errors import ConfigError, InvalidMemoryFileError
 from memories.lab.adapters import AdapterConfig, Adapters
 from memories.lab.checkpoint import (
@@ -39,7 +40,7 @@ from memories.lab.checkpoint import (
     save_checkpoint,
 )
 from memories.memfile import FileDType
-from memories.methods import SavedTask, SpartanModel, TaskModel
+from memories.methods import SavedTask, TaskModel, build_served
 from memories.model import Head
 
 
@@ -127,10 +128,11 @@ def build_model(
     num_outputs: int,
     spartan: SpartanConfig | None = None,
     bottleneck: int = 64,
+    lora_xs: LoraXSConfig | None = None,
 ) -> TaskModel:
     """A freshly initialised task model (seed torch first for a reproducible start)."""
-    if method == "spartan":
-        return SpartanModel(backbone, num_outputs, spartan or SpartanConfig())
+    if method in ("spartan", "lora-xs"):
+        return build_served(method, backbone, num_outputs, spartan, bottleneck, lora_xs)
     if method in ("pfeiffer", "houlsby"):
         return AdapterModel(backbone, num_outputs, AdapterConfig(method, bottleneck))
     if method == "full":

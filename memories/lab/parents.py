@@ -19,7 +19,9 @@ import torch
 
 from memories.atomic import write_figure
 from memories.backbone import Backbone
+from memories.config import SpartanConfig
 from memories.data import Example
+from memories.errors import ConfigError
 from memories.model import PackedMemory, run_batch
 
 
@@ -73,7 +75,10 @@ def parent_labels(
     progress: Callable[[int], None] | None = None,
 ) -> ParentLabels:
     """Count, per parent of ``layer`` (negative: from the end), the gold labels of the inputs picking it."""
-    num_layers, num_parents = len(memory.layers), memory.config.num_parents
+    config = memory.config
+    if not isinstance(config, SpartanConfig):
+        raise ConfigError(f"a {memory.kind} memory has no parents to label")
+    num_layers, num_parents = len(memory.layers), config.num_parents
     index = layer % num_layers
     label_index = {name: j for j, name in enumerate(labels)}
     counts = [[0] * len(labels) for _ in range(num_parents)]
@@ -85,7 +90,9 @@ def parent_labels(
         assert out.routing is not None, "routing was asked for"
         for row, example in enumerate(chunk):
             real = int(batch.attention_mask[row].sum())
-            parent = picked_parent(out.routing[row][index], real, memory.pooling)  # routing [L, S, Np]
+            gates = out.routing[row]  # [L, S, Np]
+            assert gates is not None, "a SPARTAN row has its routing"
+            parent = picked_parent(gates[index], real, memory.pooling)
             counts[parent][label_index[str(example.label)]] += 1
         if progress is not None:
             progress(len(chunk))

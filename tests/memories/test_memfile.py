@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save
 
 from memories.backbone import Backbone
-from memories.config import ExitConfig
+from memories.config import ExitConfig, LoraXSConfig
 from memories.errors import BackboneMismatchError, ConfigError, InvalidMemoryFileError, MemoryTooLargeError
 from memories.memfile import (
     FileDType,
@@ -24,7 +24,7 @@ from memories.memfile import (
     read_memory,
 )
 from memories.precision import ResidentDType
-from tests.conftest import make_memfile
+from tests.conftest import make_lora_memfile, make_memfile
 
 
 def _reheader(data: bytes, mutate: object) -> bytes:
@@ -303,3 +303,97 @@ def test_rejects_exits_without_their_tensors_tensors_without_exits_and_exits_on_
         parse_memory(_reheader(make_memfile(roberta_tiny, exits=EXITS).to_bytes(), drop_exits))
     with pytest.raises(InvalidMemoryFileError, match="exits: exits need a classification task"):
         parse_memory(_reheader(make_memfile(roberta_tiny, labels=()).to_bytes(), add_exits))
+
+
+def _header(data: bytes) -> dict[str, str]:
+    (length,) = struct.unpack("<Q", data[:8])
+    metadata: dict[str, str] = json.loads(data[8 : 8 + length])["__metadata__"]
+    return metadata
+
+
+def test_lora_xs_round_trip_and_a_spartan_file_has_no_kind_field(roberta_tiny: Backbone) -> None:
+    memfile = make_lora_memfile(roberta_tiny, LoraXSConfig(rank=3, sites=("query", "ffn_output")))
+    data = memfile.to_bytes()
+    header = _header(data)
+    assert header["kind"] == "lora-xs"
+    assert json.loads(header["lora_xs"]) == {"rank": 3, "sites": ["query", "ffn_output"]}
+    assert not {"num_parents", "num_children", "top_k", "child_temperature", "exits"} & set(header)
+    loaded = parse_memory(data)
+    assert loaded.metadata == memfile.metadata
+    assert loaded.metadata.memory_config == LoraXSConfig(rank=3, sites=("query", "ffn_output"))
+    assert sorted(loaded.tensors) == sorted(memfile.tensors)
+    assert "kind" not in _header(make_memfile(roberta_tiny).to_bytes()), "SPARTAN files read as before"
+    assert parse_memory(make_memfile(roberta_tiny).to_bytes()).metadata.kind == "spartan"
+    with pytest.raises(ConfigError, match="this is a lora-xs memory, not a SPARTAN one"):
+        loaded.metadata.spartan_config  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("kind", "lora", "kind: Input should be 'spartan' or 'lora-xs'"),
+        (
+            "lora_xs",
+            '{"rank": 0, "sites": ["query"]}',
+            "lora_xs.rank: Input should be greater than or equal to 1",
+        ),
+        (
+            "lora_xs",
+            '{"rank": 65, "sites": ["query"]}',
+            "lora_xs.rank: Input should be less than or equal to 64",
+        ),
+        ("lora_xs", '{"rank": 4, "sites": []}', "lora_xs.sites: List should have at least 1 item"),
+        ("lora_xs", '{"rank": 4, "sites": ["key"]}', "lora_xs.sites.0: Input should be 'query', 'value'"),
+        (
+            "lora_xs",
+            '{"rank": 4, "sites": ["value", "query"]}',
+            "lora_xs: LoRA-XS sites must be in the order",
+        ),
+        ("lora_xs", '{"rank": 4, "sites": ["query", "query"]}', "lora_xs: LoRA-XS sites must be distinct"),
+        ("lora_xs", '{"rank": 4}', "lora_xs.sites: Field required"),
+        ("num_parents", "16", "a lora-xs memory has no num_parents"),
+        ("exits", '{"layers": [0], "hidden": 4, "threshold": 0.8}', "a lora-xs memory has none"),
+        (
+            "lora_xs",
+            '{"rank": 5, "sites": ["query", "value", "attention_output", "ffn_output"]}',
+            r"tensor layers.0.query has shape \[4, 4\], the metadata implies \[5, 5\]",
+        ),
+        (
+            "lora_xs",
+            '{"rank": 4, "sites": ["query", "value"]}',
+            "unexpected tensors: layers.0.attention_output",
+        ),
+    ],
+)
+def test_rejects_bad_lora_xs_metadata(roberta_tiny: Backbone, field: str, value: str, message: str) -> None:
+    def mutate(header: dict[str, dict[str, str]]) -> None:
+        header["__metadata__"][field] = value
+
+    data = make_lora_memfile(roberta_tiny, LoraXSConfig(rank=4)).to_bytes()
+    with pytest.raises(InvalidMemoryFileError, match=message):
+        parse_memory(_reheader(data, mutate))
+
+
+def test_rejects_a_kind_without_its_fields_or_with_the_other_kinds(roberta_tiny: Backbone) -> None:
+    def drop_lora(header: dict[str, dict[str, str]]) -> None:
+        del header["__metadata__"]["lora_xs"]
+
+    def to_spartan(header: dict[str, dict[str, str]]) -> None:
+        del header["__metadata__"]["kind"]
+
+    def to_lora(header: dict[str, dict[str, str]]) -> None:
+        header["__metadata__"]["kind"] = "lora-xs"
+
+    def drop_parents(header: dict[str, dict[str, str]]) -> None:
+        del header["__metadata__"]["num_parents"]
+
+    lora = make_lora_memfile(roberta_tiny).to_bytes()
+    spartan = make_memfile(roberta_tiny).to_bytes()
+    with pytest.raises(InvalidMemoryFileError, match="a lora-xs memory needs lora_xs: its rank and sites"):
+        parse_memory(_reheader(lora, drop_lora))
+    with pytest.raises(InvalidMemoryFileError, match="a spartan memory needs num_parents, num_children"):
+        parse_memory(_reheader(lora, to_spartan))
+    with pytest.raises(InvalidMemoryFileError, match="a lora-xs memory has no num_parents, num_children"):
+        parse_memory(_reheader(spartan, to_lora))
+    with pytest.raises(InvalidMemoryFileError, match="a spartan memory needs num_parents$"):
+        parse_memory(_reheader(spartan, drop_parents))
