@@ -104,6 +104,20 @@ class SvdFactors:
         assert rank <= self.max_rank, f"rank {rank} beyond the factors' {self.max_rank}"
         return self.down[layer][site][:rank], self.up[layer][site][:rank]
 
+    def up_to(self, rank: int) -> SvdFactors:
+        """These factors cut to ``rank`` (views; itself when that is its rank already)."""
+        assert rank <= self.max_rank, f"rank {rank} beyond the factors' {self.max_rank}"
+        if rank == self.max_rank:
+            return self
+        return SvdFactors(
+            self.fingerprint,
+            rank,
+            tuple({s: t[:rank] for s, t in layer.items()} for layer in self.down),
+            tuple({s: t[:rank] for s, t in layer.items()} for layer in self.up),
+            self.seconds,
+            self.source,
+        )
+
     def to(self, dtype: torch.dtype) -> SvdFactors:
         """These factors in ``dtype`` (a bf16 backbone's), converted once and kept."""
         if dtype == self.dtype:

@@ -369,7 +369,9 @@ class MemoryFile:
 
 
 def _sniff_foreign(data: bytes) -> str | None:
-    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:
+    # A pickle (protocol 2-5) opens with 0x80 0x02-0x05; so does a safetensors file whose header
+    # length is 640-1535 bytes and 128 mod 256, but its JSON header then starts at byte 8.
+    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5 and data[8:9] != b"{":
         return "a Python pickle (e.g. torch.save output)"
     if data[:4] == b"PK\x03\x04":
         return "a zip archive (the format of torch.save)"
@@ -493,7 +495,8 @@ def read_memory(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> MemoryFile:
 
 
 def check_backbone(meta: MemoryMetadata, backbone: Backbone) -> None:
-    """Raise BackboneMismatchError unless the memory was trained on exactly this backbone."""
+    """Raise BackboneMismatchError unless the memory was trained on exactly this backbone (and,
+    for a LoRA-XS memory, the backbone has the factors its rank needs)."""
     if meta.hidden_size != backbone.hidden_size or meta.num_layers != backbone.num_layers:
         raise BackboneMismatchError(
             f"the memory has {meta.num_layers} layers of hidden size {meta.hidden_size}; "
@@ -510,3 +513,16 @@ def check_backbone(meta: MemoryMetadata, backbone: Backbone) -> None:
         raise BackboneMismatchError(
             f"max_seq_length {meta.max_seq_length} exceeds the backbone's {backbone.max_positions} positions"
         )
+    if meta.lora_xs is not None:
+        factors, rank = backbone.factors, meta.lora_xs.rank
+        if factors is None:
+            raise BackboneMismatchError(
+                "this server serves no LoRA-XS memories (its backbone has no LoRA-XS factors: "
+                "lora_xs_max_rank is 0, or its layers are compiled)"
+            )
+        if rank > factors.max_rank:
+            raise BackboneMismatchError(
+                f"the memory is a rank-{rank} LoRA-XS memory; this backbone keeps LoRA-XS factors up "
+                f"to rank {factors.max_rank}: retrain at a rank <= {factors.max_rank}, "
+                "or raise lora_xs_max_rank"
+            )

@@ -25,6 +25,7 @@ from memories.compiled import Buckets, compile_backbone
 from memories.config import SpartanConfig
 from memories.errors import ConfigError
 from memories.fused import fuse_routing
+from memories.loraxs import load_factors
 from service.api import errors
 from service.api.openapi import spec_builder
 from service.api.routes import classify, health, memories, usage, v2
@@ -58,6 +59,24 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+async def _prepare_lora_xs(model: Backbone, settings: ServiceSettings) -> None:
+    """Give the backbone LoRA-XS factors up to ``lora_xs_max_rank`` (none when it is 0 or the
+    layers are compiled): from its fp32 weights, so before any precision switch, read from or
+    written to the cache directory. A backbone given in another precision keeps the factors it
+    came with, cut to the setting; without them it serves no LoRA-XS memory."""
+    rank = min(settings.lora_xs_max_rank, model.hidden_size)
+    if rank == 0 or model.compiled:
+        model.factors = None
+    elif model.factors is not None and model.factors.max_rank >= rank:
+        model.factors = model.factors.up_to(rank)
+    elif model.precision == "fp32":
+        cache = settings.cache_dir or default_cache_dir()
+        model.factors = await asyncio.to_thread(load_factors, model, rank, cache, log.info)
+    else:
+        model.factors = None
+    log.info("%s", model.factors.describe() if model.factors else "LoRA-XS memories are not served")
+
+
 def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> FastAPI:
     """The service; pass ``backbone`` to share one already loaded (tests, benchmarks)."""
 
@@ -74,6 +93,8 @@ def create_app(settings: ServiceSettings, backbone: Backbone | None = None) -> F
         model = backbone
         if model is None:
             model = await asyncio.to_thread(load_backbone, settings.backbone, settings.cache_dir)
+        await _prepare_lora_xs(model, settings)
+        if backbone is None:
             model, precision = await choose(
                 settings.precision,
                 model,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.config import FusedSetting
+from memories.config import LORA_XS_MAX_RANK, FusedSetting
 from memories.precision import PrecisionSetting, ResidentDType
 from service.auth import ApiKey
 from service.errors import SettingsError
@@ -134,7 +134,17 @@ class ServiceSettings(BaseSettings):
         "to start, off = eager kernels",
     )
     compile: bool = Field(
-        False, description="torch.compile the encoder layers per bucket shape at start-up (fp32 only)"
+        False,
+        description="torch.compile the encoder layers per bucket shape at start-up (fp32 only; "
+        "SPARTAN memories only: it sets lora_xs_max_rank to 0)",
+    )
+    lora_xs_max_rank: int = Field(
+        32,
+        ge=0,
+        le=LORA_XS_MAX_RANK,
+        description="LoRA-XS memories up to this rank are served: the backbone's SVD factors are "
+        "prepared at start-up from its fp32 weights (cached under cache_dir per backbone and rank); "
+        "0 = LoRA-XS uploads are refused",
     )
     compile_batch_sizes: list[int] = Field(
         [1, 2, 4, 8, 16, 32], description="batch-size buckets when compiling"
@@ -176,6 +186,7 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _compile_fits(self) -> ServiceSettings:
         if self.compile:
+            self.lora_xs_max_rank = 0  # LoRA-XS hooks the eager layers' linear modules
             if self.precision == "auto":
                 self.precision = "fp32"  # compiled layers are checked against eager fp32 only
             if self.precision != "fp32":

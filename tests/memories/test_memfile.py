@@ -397,3 +397,18 @@ def test_rejects_a_kind_without_its_fields_or_with_the_other_kinds(roberta_tiny:
         parse_memory(_reheader(spartan, to_lora))
     with pytest.raises(InvalidMemoryFileError, match="a spartan memory needs num_parents$"):
         parse_memory(_reheader(spartan, drop_parents))
+
+
+def test_a_header_length_that_opens_like_a_pickle_still_parses(roberta_tiny: Backbone) -> None:
+    """0x80 0x03 is pickle's magic and also the start of a 896-byte safetensors header length."""
+    base = make_lora_memfile(roberta_tiny)
+    for pad in range(256):
+        meta = base.metadata.model_copy(update={"task": "t" * pad})
+        data = MemoryFile(meta, base.tensors).to_bytes()
+        if data[0] == 0x80 and 2 <= data[1] <= 5:
+            break
+    else:
+        pytest.fail("no task name length gives a header length of 128 mod 256 in [640, 1535]")
+    assert parse_memory(data).metadata.task == "t" * pad
+    with pytest.raises(InvalidMemoryFileError, match="Python pickle"):
+        parse_memory(pickle.dumps({"x": 1}, protocol=3))

@@ -66,6 +66,7 @@ def service_factory(roberta_tiny: Backbone, tmp_path: Path) -> Iterator[object]:
             "threads": 1,
             "max_wait_ms": 2.0,
             "cache_bytes": 256 << 20,  # not sized from the memory limit of wherever the tests run
+            "cache_dir": tmp_path / "cache",  # LoRA-XS factors
         }
         fields.update(overrides)
         running = start_service(ServiceSettings(**fields), roberta_tiny)  # type: ignore[arg-type]
