@@ -517,8 +517,8 @@ def check_backbone(meta: MemoryMetadata, backbone: Backbone) -> None:
         factors, rank = backbone.factors, meta.lora_xs.rank
         if factors is None:
             raise BackboneMismatchError(
-                "this server serves no LoRA-XS memories (its backbone has no LoRA-XS factors: "
-                "lora_xs_max_rank is 0, or its layers are compiled)"
+                "this backbone serves no LoRA-XS memories: it has no LoRA-XS factors (a server "
+                "prepares them unless its lora_xs_max_rank is 0 or its layers are compiled)"
             )
         if rank > factors.max_rank:
             raise BackboneMismatchError(

@@ -109,9 +109,9 @@ def _memory_on_data(
     spec, examples, task = _split_for(args, meta.task, meta.labels, meta.task_type)
     layers = FP32_LAYERS if fp32_layers is None else fp32_layers
     model = backbone(args.backbone or meta.backbone)
+    if meta.lora_xs is not None and meta.backbone_fingerprint == model.fingerprint:
+        prepare_factors(model, meta.lora_xs.rank, cache_dir(), log)  # from the fp32 weights: first
     check_backbone(meta, model)
-    if meta.lora_xs is not None:  # from the fp32 weights, so before the precision switch
-        prepare_factors(model, meta.lora_xs.rank, cache_dir(), log)
     set_precision(model, precision, layers)
     return memfile, model, spec, examples, task
 

@@ -160,6 +160,28 @@ def test_a_baseline_trains_and_evaluates_through_the_same_commands(
     assert "the checkpoint was trained on roberta-tiny-random" in capsys.readouterr().err
 
 
+def test_a_lora_xs_memory_trains_and_evaluates_in_every_precision(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARTAN_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "lora.safetensors"
+    _train(toy_data, "toy", out, "--method", "lora-xs", "--rank", "4")
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "lora-xs"
+    assert list((tmp_path / "cache" / "lora-xs").iterdir()), "the factors are cached under SPARTAN_CACHE_DIR"
+    for precision in ("fp32", "bf16", "int8", "auto"):
+        assert (
+            main(["eval", "--memory", str(out), "--data", str(toy_data), "--json", "--precision", precision])
+            == 0
+        )
+        report = json.loads(capsys.readouterr().out)
+        assert report["method"] == "lora-xs"
+        if precision == "fp32":
+            assert report["metrics"]["score"] == pytest.approx(summary["dev"]["score"])
+    assert main(["parents", "--memory", str(out), "--data", str(toy_data)]) == 2
+    assert "a lora-xs memory has no parents to label" in capsys.readouterr().err
+
+
 def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     status = main(

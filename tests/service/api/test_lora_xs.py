@@ -57,7 +57,7 @@ def test_lora_xs_and_spartan_tasks_serve_side_by_side_as_each_alone(
 @pytest.mark.parametrize(
     ("max_rank", "message"),
     [
-        (0, "this server serves no LoRA-XS memories"),
+        (0, "this backbone serves no LoRA-XS memories"),
         (2, "rank-4 LoRA-XS memory; this backbone keeps LoRA-XS factors up to rank 2"),
     ],
 )
