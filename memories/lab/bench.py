@@ -14,6 +14,9 @@ Variants:
 * ``spartan-dense``: one memory, every child via two GEMMs and a top-K mask (production path);
 * ``spartan-gather``: one memory, only the chosen parents' children gathered per token;
 * ``mixed-dense``: every row of the batch uses a different memory (per-row keys, batched GEMMs);
+* ``lora-xs``: one rank-16 LoRA-XS memory (memories.loraxs) for every row; ``mixed-lora-xs``: a
+  different one per row; ``mixed-kinds``: a different memory per row, half SPARTAN, half LoRA-XS
+  (rows alternating); not run unless asked for;
 * ``pfeiffer``, ``houlsby``: the paper's adapter baselines (memories.lab.adapters), one task, with
   its head; not run unless asked for;
 * ``bare-int8``, ``spartan-dense-int8``, ``mixed-dense-int8``: the same on the backbone's int8
@@ -35,13 +38,15 @@ from dataclasses import dataclass, field
 import torch
 
 from memories.backbone import Backbone, Encoded, LayerMemory
-from memories.config import SpartanConfig
+from memories.backbones import default_cache_dir
+from memories.config import LoraXSConfig, SpartanConfig
 from memories.errors import ConfigError
 from memories.lab.adapters import Adapter
 from memories.lab.baselines import build_model
 from memories.lab.host import machine
 from memories.lab.timing import interleaved, median_ratio
-from memories.model import PackedMemory, TaskMemory, run_batch
+from memories.loraxs import lora_xs_shapes, prepare_factors
+from memories.model import PackedMemory, TaskMemory, head_shapes, pack_tensors, run_batch
 from memories.precision import FP32_LAYERS
 from memories.spartan import Router, SpartanLayer, spartan_dense, spartan_gather
 
@@ -64,6 +69,9 @@ VARIANTS = (
     "mixed-dense-compiled",
     "pfeiffer",
     "houlsby",
+    "lora-xs",
+    "mixed-lora-xs",
+    "mixed-kinds",
 )
 DEFAULT_VARIANTS = VARIANTS[:4]
 
@@ -148,6 +156,12 @@ def _variants(
         "spartan-gather": lambda: backbone.forward(batch, gather),
         "mixed-dense": lambda: run_batch(backbone, batch, packed),
     }
+    if {"lora-xs", "mixed-lora-xs", "mixed-kinds"} & set(options.variants):
+        lora = _lora_xs_tasks(backbone, rows, options.seed)
+        kinds = [packed[r] if r % 2 == 0 else lora[r] for r in range(rows)]
+        variants["lora-xs"] = functools.partial(run_batch, backbone, batch, [lora[0]] * rows)
+        variants["mixed-lora-xs"] = functools.partial(run_batch, backbone, batch, lora)
+        variants["mixed-kinds"] = functools.partial(run_batch, backbone, batch, kinds)
     for kind in ("pfeiffer", "houlsby"):
         if kind in options.variants:
             variants[kind] = adapter_forward(backbone, batch, kind)
@@ -162,6 +176,23 @@ def _variants(
         variants[f"spartan-dense-{kind}"] = functools.partial(run_batch, copy, batch, [own[0]] * rows)
         variants[f"mixed-dense-{kind}"] = functools.partial(run_batch, copy, batch, own)
     return variants
+
+
+def _lora_xs_tasks(backbone: Backbone, count: int, seed: int) -> list[PackedMemory]:
+    """``count`` random rank-16 LoRA-XS tasks, packed (the backbone's factors prepared first)."""
+    config = LoraXSConfig()
+    prepare_factors(backbone, config.rank, default_cache_dir())
+    generator = torch.Generator().manual_seed(seed)
+    shapes = lora_xs_shapes(backbone.num_layers, config) | head_shapes(backbone.hidden_size, 2)
+    return [
+        pack_tensors(
+            {name: 0.02 * torch.randn(shape, generator=generator) for name, shape in shapes.items()},
+            config,
+            backbone.num_layers,
+            backbone.pooling,
+        )
+        for _ in range(count)
+    ]
 
 
 def _memory_ops(
@@ -303,6 +334,9 @@ def run_bench(
         suffixed += [(f"mixed-dense-{k}", f"spartan-dense-{k}") for k in COPIES]
         for a, b in [
             ("mixed-dense", "spartan-dense"),
+            ("mixed-lora-xs", "lora-xs"),
+            ("mixed-kinds", "mixed-dense"),
+            ("lora-xs", "spartan-dense"),
             *suffixed,
             ("spartan-dense-compiled", "spartan-dense"),
         ]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,14 @@ import torch
 
 from memories.atomic import atomic_write, write_figure, write_json
 from memories.backbone import Backbone, Encoded
-from memories.config import DEFAULT_LR, METHODS, Method, SpartanConfig
+from memories.config import DEFAULT_LR, MEMORY_KINDS, METHODS, Method, SpartanConfig
 from memories.data import TaskSpec
 from memories.errors import ConfigError
 from memories.lab.baselines import build_model
 from memories.lab.bench import random_batch
 from memories.lab.host import machine
 from memories.lab.timing import interleaved
+from memories.memfile import check_backbone, parse_memory
 from memories.methods import SavedTask, TaskModel, trainable_parameters
 from memories.train import TrainOptions, train
 
@@ -273,12 +275,32 @@ PAPER_STORAGE_T9 = {
 }
 
 
+def _served_costs(data: bytes, backbone: Backbone, rounds: int = 20) -> dict[str, Any]:
+    """A memory file as a server holds it (resident as stored) and the time to load it."""
+    seconds, packed = [], None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        memfile = parse_memory(data)
+        check_backbone(memfile.metadata, backbone)
+        packed = memfile.to_packed("auto")
+        seconds.append(time.perf_counter() - started)
+    assert packed is not None, "at least one round"
+    resident = packed.nbytes()
+    return {
+        "resident_bytes_per_task": resident,
+        "tasks_per_gib_resident": int(2**30 // resident),
+        "cold_load_ms_median": round(1000 * statistics.median(seconds), 2),
+    }
+
+
 def storage_table(
     backbone: Backbone, tasks: int, scratch: Path, num_outputs: int = 2, spartan: SpartanConfig | None = None
 ) -> dict[str, Any]:
     """Measured bytes per task of every method (fp32 and fp16 files of a fresh 2-class model)
     and for ``tasks`` tasks (backbone once + a file per task; full fine-tuning: a file per task),
-    beside the paper's formula N + 2T(P + PC)dL and its appendix E numbers."""
+    beside the paper's formula N + 2T(P + PC)dL and its appendix E numbers. For the served
+    kinds (SPARTAN, LoRA-XS) also what a server keeps and pays per task: resident bytes, tasks
+    per GiB of cache, and the cold-load time of a file (parse, validate, pack; median of 20)."""
     from safetensors.torch import save_file
 
     config = spartan or SpartanConfig()
@@ -298,9 +320,11 @@ def storage_table(
         for dtype in ("float32", "float16"):
             path = scratch / f"{method}-{dtype}.safetensors"
             size = model.save(path, SavedTask(backbone, spec, backbone.pooling, 128, {}), dtype)
-            path.unlink()
             shared = 0 if method == "full" else backbone_bytes
             row[dtype] = {"bytes_per_task": size, f"bytes_for_{tasks}_tasks": shared + tasks * size}
+            if method in MEMORY_KINDS:
+                row[dtype] |= _served_costs(path.read_bytes(), backbone)
+            path.unlink()
         shared_params = 0 if method == "full" else n_backbone
         row[f"parameters_for_{tasks}_tasks"] = shared_params + tasks * row["parameters"]
         rows[method] = row

@@ -182,6 +182,25 @@ def test_a_lora_xs_memory_trains_and_evaluates_in_every_precision(
     assert "a lora-xs memory has no parents to label" in capsys.readouterr().err
 
 
+def test_bench_measures_lora_xs_beside_spartan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # the factors' default cache
+    out = tmp_path / "bench.json"
+    variants = ["bare", "spartan-dense", "mixed-dense", "lora-xs", "mixed-lora-xs", "mixed-kinds"]
+    argv = ["bench", "--backbone", "roberta-tiny-random", "--batch-size", "4", "--seq", "16"]
+    argv += ["--rounds", "2", "--layer-rounds", "0", "--json", str(out), "--variants", *variants]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())["results"]["16"]
+    assert set(result["variants"]) == set(variants)
+    assert {
+        "lora-xs/bare",
+        "mixed-lora-xs/lora-xs",
+        "mixed-kinds/mixed-dense",
+        "lora-xs/spartan-dense",
+    } <= set(result["ratios"])
+
+
 def test_bench_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     status = main(

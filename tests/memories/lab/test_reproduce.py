@@ -149,6 +149,13 @@ def test_storage_table_measures_files_and_applies_the_paper_formula(
         shared = 0 if method == "full" else table["backbone_file_bytes"]
         assert row["float32"]["bytes_for_3_tasks"] == shared + 3 * fp32
     assert rows["full"]["parameters_for_3_tasks"] == 3 * rows["full"]["parameters"]
+    assert rows["lora-xs"]["parameters"] == 4 * 16 * 16 * layers + head, "rank 16 on four sites"
+    for kind in ("spartan", "lora-xs"):
+        served = rows[kind]["float16"]
+        assert served["resident_bytes_per_task"] == 2 * rows[kind]["parameters"], "resident as stored"
+        assert served["tasks_per_gib_resident"] == 2**30 // served["resident_bytes_per_task"]
+        assert served["cold_load_ms_median"] > 0
+    assert "resident_bytes_per_task" not in rows["houlsby"]["float32"], "baselines are not served"
 
 
 def test_train_speed_interleaves_the_methods_and_relates_them_to_spartan(roberta_tiny: Backbone) -> None:
