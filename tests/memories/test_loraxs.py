@@ -12,6 +12,7 @@ from memories.backbones import load_backbone
 from memories.config import LORA_XS_SITES, LoraXSConfig
 from memories.errors import ConfigError
 from memories.loraxs import (
+    canonical_svd,
     compute_factors,
     factors_digest,
     load_factors,
@@ -202,3 +203,21 @@ def test_packed_lora_xs_memory_counts_its_bytes(roberta_tiny: Backbone) -> None:
     assert packed.nbytes() == 4 * (layers * 4 * 4 * 4 + head)
     assert packed.kind == "lora-xs"
     assert packed.exits is None
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (32, 32)])
+def test_canonical_svd_matches_a_full_svd_for_wide_tall_and_square_weights(shape: tuple[int, int]) -> None:
+    weight = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    down, up_t = canonical_svd(weight, 8)  # B [8, in], Aᵀ [8, out]
+    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    signs = torch.sign(u[u.abs().argmax(dim=0), torch.arange(u.shape[1])])
+    torch.testing.assert_close(down, (vh * signs[:, None])[:8].float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(up_t, ((u * signs) * s).T[:8].float(), atol=1e-5, rtol=1e-4)
+
+
+def test_canonical_svd_of_a_rank_deficient_weight_has_no_nan() -> None:
+    weight = torch.zeros(16, 24)
+    weight[0, 0] = 3.0
+    down, up_t = canonical_svd(weight, 4)
+    assert bool(torch.isfinite(down).all() and torch.isfinite(up_t).all())
+    torch.testing.assert_close(up_t.T @ down, weight)
