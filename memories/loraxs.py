@@ -14,8 +14,8 @@ where the two thin GEMMs with the factors are shared by every row of a batch and
 r x r product is per task.
 
 * **The factors belong to the backbone, not to a task** (:class:`SvdFactors`): computed once from
-  its fp32 weights, in float64 (through the Gram matrix's eigendecomposition), up to a maximum rank (a task of rank r uses the first r), and
-  cached on disk under the backbone's fingerprint (:func:`load_factors`). An SVD is unique only
+  its fp32 weights, in float64 (through the Gram matrix's eigendecomposition), up to a maximum
+  rank (a task of rank r uses the first r), and cached on disk under the backbone's fingerprint (:func:`load_factors`). An SVD is unique only
   up to the sign of each singular-vector pair (and a rotation within repeated singular values,
   which trained weights do not have); the signs are fixed so that the largest-magnitude entry of
   each column of U is positive, so every host derives the same factors for the same weights.
@@ -163,7 +163,9 @@ def canonical_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
     eigenvalues, vectors = torch.linalg.eigh(w @ w.T if wide else w.T @ w)  # ascending
     s = eigenvalues.flip(0)[:rank].clamp(min=0).sqrt()  # [r]
     top = vectors.flip(1)[:, :rank]  # U_r [out, r] if wide, else V_r [in, r]
-    inverse = torch.where(s > s[0] * 1e-12, 1 / s, torch.zeros_like(s))  # a zero σ: its pair is 0
+    inverse = torch.where(
+        s > s[0] * 1e-12, 1 / s, torch.zeros_like(s)
+    )  # a zero singular value: its pair is 0
     u, vh = (top, (top.T @ w) * inverse[:, None]) if wide else ((w @ top) * inverse, top.T)
     peak = u.abs().argmax(dim=0)  # [r]
     signs = torch.sign(u[peak, torch.arange(rank)])  # [r]
