@@ -15,10 +15,11 @@ r x r product is per task.
 
 * **The factors belong to the backbone, not to a task** (:class:`SvdFactors`): computed once from
   its fp32 weights, in float64 (through the Gram matrix's eigendecomposition), up to a maximum
-  rank (a task of rank r uses the first r), and cached on disk under the backbone's fingerprint (:func:`load_factors`). An SVD is unique only
-  up to the sign of each singular-vector pair (and a rotation within repeated singular values,
-  which trained weights do not have); the signs are fixed so that the largest-magnitude entry of
-  each column of U is positive, so every host derives the same factors for the same weights.
+  rank (a task of rank r uses the first r), and cached on disk under the backbone's fingerprint
+  (:func:`load_factors`). An SVD is unique only up to the sign of each singular-vector pair (and
+  a rotation within repeated singular values, which trained weights do not have); the signs are
+  fixed so that the largest-magnitude entry of each column of U is positive, so every host
+  derives the same factors for the same weights.
 * **They are computed before any precision switch**: a bf16 or int8 backbone no longer holds
   the fp32 weights they come from, so :func:`compute_factors` refuses it, and a server prepares
   them at start-up (:meth:`SvdFactors.to` casts them to a bf16 backbone's dtype).
