@@ -61,15 +61,18 @@ class FairQueue(Generic[T]):
         return len(queue) if queue is not None else 0
 
     def rows_before(self, tenant: str, count: int) -> int:
-        """How many waiting rows run before the last of ``count`` new rows of ``tenant`` (its own
-        included): each other tenant gets its weighted share of the turns meanwhile."""
+        """How many rows run before the last of ``count`` new rows of ``tenant`` (its own
+        included): each other tenant with rows waiting takes its weighted share of the turns
+        meanwhile. Its share, not just the rows it has now: a tenant that is backlogged now keeps
+        sending in an overload, and the first estimate, which counted only the rows waiting,
+        admitted requests that then waited past their deadline (docs/reliability.md, section 2)."""
         with self._ready:
             own = self.waiting(tenant) + count
             share = own / self._weight(tenant)
             others = sum(
-                min(len(queue), math.ceil(share * self._weight(other)))
+                math.ceil(share * self._weight(other))
                 for other, queue in self._queues.items()
-                if other != tenant
+                if other != tenant and queue
             )
             return own + others
 

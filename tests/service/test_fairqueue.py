@@ -55,9 +55,12 @@ def test_get_times_out_empty() -> None:
 
 
 def test_rows_before_a_request_count_each_other_tenants_weighted_share() -> None:
-    queue: FairQueue[int] = FairQueue(100, 100, weight={"a": 2.0, "b": 1.0, "c": 1.0}.__getitem__)
+    queue: FairQueue[int] = FairQueue(100, 100, weight={"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}.__getitem__)
     queue.put_all("a", list(range(20)))
     queue.put_all("b", [0, 1])
     assert queue.rows_before("b", 3) == 5 + 10, "b's 5 rows, and a's 2 turns per b turn"
     assert queue.rows_before("c", 1) == 1 + 2 + 1, "c's row, then a's 2 turns and b's 1"
-    assert queue.rows_before("a", 4) == 24 + 2, "a's 24 rows, and b's 2 (all it has)"
+    assert queue.rows_before("a", 4) == 24 + 12, (
+        "a's 24 rows, and b's share: it is backlogged, so it keeps sending"
+    )
+    assert queue.rows_before("d", 2) == 2 + 4 + 2, "a's and b's turns; c, with nothing waiting, takes none"
