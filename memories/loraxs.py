@@ -332,7 +332,8 @@ def require_factors(backbone: Backbone, rank: int) -> SvdFactors:
 @contextmanager
 def linear_hooks(backbone: Backbone, sites: tuple[LoraXSSite, ...], delta: LinearDelta) -> Iterator[None]:
     """Within the block, every forward of ``backbone`` passes each adapted linear layer's output
-    through ``delta`` (forward hooks on the eager encoder layers, removed on leaving)."""
+    through ``delta`` (forward hooks on the eager encoder layers, removed on leaving). Like the
+    backbone's memory slot, this holds for one forward at a time: the engine's one thread."""
     if backbone.compiled:
         raise ConfigError("LoRA-XS needs eager encoder layers; this backbone's layers are compiled")
     paths = site_paths(backbone.model_type)
