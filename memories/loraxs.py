@@ -381,9 +381,20 @@ def lora_xs_shapes(num_layers: int, config: LoraXSConfig) -> dict[str, tuple[int
 
 
 def apply_delta(x: torch.Tensor, down: torch.Tensor, r: torch.Tensor, up_t: torch.Tensor) -> torch.Tensor:
-    """((x Bᵀ) Rᵀ) Aᵀ: x [G, S, in], B [r, in], R [r, r] or per row [G, r, r], Aᵀ [r, out] ->
-    [G, S, out]."""
-    z = x @ down.T  # [G, S, r]
-    z = z @ r.T if r.dim() == 2 else torch.bmm(z, r.transpose(1, 2))  # [G, S, r]
-    delta: torch.Tensor = z @ up_t  # [G, S, out]
-    return delta
+    """((x Bᵀ) Rᵀ) Aᵀ as (x Bᵀ)(Rᵀ Aᵀ): x [G, S, in], B [r, in], R [r, r] (one task) or [G, r, r]
+    (one per row), Aᵀ [r, out] -> [G, S, out]. Rᵀ Aᵀ is a few thousand multiply-adds, so a row
+    costs one thin GEMM down and one up."""
+    z = nn.functional.linear(x, down)  # [G, S, r]
+    if r.dim() == 2:
+        delta: torch.Tensor = z @ (r.T @ up_t)  # [G, S, out]
+        return delta
+    return torch.bmm(z, r.transpose(1, 2) @ up_t)  # [G, r, out] per row -> [G, S, out]
+
+
+def add_delta(
+    y: torch.Tensor, x: torch.Tensor, down: torch.Tensor, r: torch.Tensor, up_t: torch.Tensor
+) -> None:
+    """y += ((x Bᵀ) Rᵀ) Aᵀ in place, for one task's R [r, r] (no [G, S, out] temporary): x [G, S, in],
+    y [G, S, out] contiguous."""
+    z = nn.functional.linear(x, down)  # [G, S, r]
+    y.view(-1, y.shape[-1]).addmm_(z.view(-1, z.shape[-1]), r.T @ up_t)

@@ -34,7 +34,7 @@ from memories.backbone import Backbone, Encoded, Pooling, pool
 from memories.config import LORA_XS_SITES, ExitConfig, LoraXSConfig, LoraXSSite, MemoryKind, SpartanConfig
 from memories.exits import ExitClassifiers, PackedExits, exit_shapes
 from memories.fused import FusedRouting
-from memories.loraxs import apply_delta, linear_hooks, require_factors
+from memories.loraxs import add_delta, apply_delta, linear_hooks, require_factors
 from memories.spartan import SpartanLayer, pack_keys, pack_values, spartan_dense
 
 RESIDENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -378,7 +378,9 @@ class _MixedApply:
                 r = self.memories[rows[0]].site(index, site, x.dtype)  # [r, r]
             else:
                 r = torch.stack([self.memories[row].site(index, site, x.dtype) for row in rows])  # [G, r, r]
-            if len(group.positions) == x.shape[0]:
+            if len(group.positions) == x.shape[0] and group.shared and y.is_contiguous():
+                add_delta(y, x, down, r, up_t)
+            elif len(group.positions) == x.shape[0]:
                 y += apply_delta(x, down, r, up_t)
             else:
                 idx = torch.tensor(group.positions)
