@@ -130,7 +130,9 @@ class Engine:
     ) -> None:
         self.backbone = backbone
         self.admit_by_deadline = admit_by_deadline  # refuse what the queue cannot serve in time
-        self.row_seconds: float | None = None  # engine seconds per row, averaged over recent batches
+        # wall seconds per row served, averaged over recent rounds: batch compute plus what a round
+        # spends around it (tokenising, collecting, and the event loop's share of a shared CPU)
+        self.row_seconds: float | None = None
         self.trimmer = HeapTrimmer(trim_every_s)  # freed heap pages back to the system when idle
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
@@ -211,6 +213,7 @@ class Engine:
                         self.stats.heap_trims += 1
                     continue
                 rows = [first]
+            started, served = time.perf_counter(), self.stats.rows
             if len(rows) + self._queue.qsize() < self.max_batch_size:
                 time.sleep(self.max_wait_s)  # one wake-up for the whole window, not one per arriving row
             limit = self.max_batch_size * self.bucket_factor
@@ -220,7 +223,17 @@ class Engine:
             if full and full < len(rows):
                 rows, carried = rows[:full], rows[full:]  # run full batches; the rest waits for company
             self._process(rows)
+            self._observe(time.perf_counter() - started, self.stats.rows - served)
             self.trimmer.worked()
+
+    def _observe(self, seconds: float, rows: int) -> None:
+        """Fold one round's wall time per row served into ``row_seconds``. Wall time, not the
+        batches' compute alone: under a 2x overload the event loop takes a large share of a
+        one-core server, and the compute-only figure let admitted requests time out (504s in
+        docs/reliability.md, section 5)."""
+        if rows:
+            per_row = seconds / rows
+            self.row_seconds = per_row if self.row_seconds is None else 0.8 * self.row_seconds + 0.2 * per_row
 
     def _process(self, rows: list[_Row]) -> None:
         now = time.monotonic()
@@ -297,8 +310,6 @@ class Engine:
             return
         elapsed = time.perf_counter() - tick
         self.stats.busy_seconds += elapsed
-        per_row = elapsed / len(rows)
-        self.row_seconds = per_row if self.row_seconds is None else 0.8 * self.row_seconds + 0.2 * per_row
         self.stats.batches += 1
         self.stats.rows += len(rows)
         self.stats.tokens += int(batch.attention_mask[: len(rows)].sum())  # bucket padding rows excluded
