@@ -105,33 +105,23 @@ class SvdFactors:
         assert rank <= self.max_rank, f"rank {rank} beyond the factors' {self.max_rank}"
         return self.down[layer][site][:rank], self.up[layer][site][:rank]
 
+    def _mapped(self, rank: int, change: Callable[[torch.Tensor], torch.Tensor]) -> SvdFactors:
+        """These factors of ``rank`` with ``change`` applied to every tensor."""
+        down = tuple({site: change(t) for site, t in layer.items()} for layer in self.down)
+        up = tuple({site: change(t) for site, t in layer.items()} for layer in self.up)
+        return SvdFactors(self.fingerprint, rank, down, up, self.seconds, self.source)
+
     def up_to(self, rank: int) -> SvdFactors:
         """These factors cut to ``rank`` (views; itself when that is its rank already)."""
         assert rank <= self.max_rank, f"rank {rank} beyond the factors' {self.max_rank}"
-        if rank == self.max_rank:
-            return self
-        return SvdFactors(
-            self.fingerprint,
-            rank,
-            tuple({s: t[:rank] for s, t in layer.items()} for layer in self.down),
-            tuple({s: t[:rank] for s, t in layer.items()} for layer in self.up),
-            self.seconds,
-            self.source,
-        )
+        return self if rank == self.max_rank else self._mapped(rank, lambda t: t[:rank])
 
     def to(self, dtype: torch.dtype) -> SvdFactors:
         """These factors in ``dtype`` (a bf16 backbone's), converted once and kept."""
         if dtype == self.dtype:
             return self
         if dtype not in self._casts:
-            self._casts[dtype] = SvdFactors(
-                self.fingerprint,
-                self.max_rank,
-                tuple({s: t.to(dtype) for s, t in layer.items()} for layer in self.down),
-                tuple({s: t.to(dtype) for s, t in layer.items()} for layer in self.up),
-                self.seconds,
-                self.source,
-            )
+            self._casts[dtype] = self._mapped(self.max_rank, lambda t: t.to(dtype))
         return self._casts[dtype]
 
     def nbytes(self) -> int:

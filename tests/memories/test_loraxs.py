@@ -23,14 +23,7 @@ from memories.methods import LoraXSModel
 from memories.model import PackedMemory, run_batch
 from memories.precision import set_precision
 from tests.conftest import TINY_BACKBONES, make_lora_memfile, make_memfile
-
-TEXTS = [
-    "a short one",
-    "this row is quite a bit longer than the first one, with commas",
-    "mid length text here",
-    "x",
-    "another fairly long sentence that needs padding elsewhere",
-]
+from tests.memories.test_model import TEXTS
 
 
 def _weight(backbone: Backbone, layer: int, site: str) -> torch.Tensor:
