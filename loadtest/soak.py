@@ -480,6 +480,8 @@ async def _run(
     for job in (*jobs, reporter):
         job.cancel()
     await asyncio.gather(*jobs, reporter, return_exceptions=True)
+    async with AsyncSpartanClient(url, admin_key, timeout=30) as client:
+        admission = admission_by_tenant(scrape(await client.metrics()))
     timed = sorted((item for part in parts for item in part), key=lambda item: item[0])
     finished = max((t + s.latency for t, s in timed), default=end)
     statuses = Counter(_status(s) for _, s in timed)
@@ -497,6 +499,7 @@ async def _run(
             "failures": background.events[:50],
         },
         "timeline": _windows(timed, metrics, options.sample_every_s, finished),
+        "admission": admission,
         "metrics_samples": metrics,
     }
     if options.kind == "soak":
@@ -507,6 +510,38 @@ async def _run(
         queue = int(settings.get("queue_size", DEFAULTS["queue_size"]))
         report["targets"] = _overload_targets(timed, statuses, metrics, options, deadline, queue)
     return report
+
+
+def admission_by_tenant(metrics: dict[str, float]) -> dict[str, object]:
+    """The server's view of its admission, per tenant: admitted requests, the late ones (504), and
+    the mean expected wait against the mean wait that followed (``spartan_tenant_admission_*``)."""
+    tenants = sorted(
+        name.split("tenant=", 1)[1].rstrip("}")
+        for name in metrics
+        if name.startswith("spartan_tenant_admitted_requests_total{")
+    )
+
+    def value(name: str, tenant: str) -> float:
+        return metrics.get(f"spartan_tenant_{name}_total{{tenant={tenant}}}", 0.0)
+
+    def mean(total: str, count: str, tenant: str) -> float | None:
+        n = value(count, tenant)
+        return round(value(total, tenant) / n, 3) if n else None
+
+    by_tenant = {
+        tenant: {
+            "admitted": int(value("admitted_requests", tenant)),
+            "late": int(value("admitted_late_requests", tenant)),
+            "mean_left_s": mean("admission_left_seconds", "admitted_requests", tenant),
+            "mean_estimate_s": mean("admission_estimate_seconds", "admitted_requests", tenant),
+            "mean_wait_s": mean("admission_wait_seconds", "admitted_requests", tenant),
+            "late_mean_left_s": mean("admission_late_left_seconds", "admitted_late_requests", tenant),
+            "late_mean_estimate_s": mean("admission_late_estimate_seconds", "admitted_late_requests", tenant),
+        }
+        for tenant in tenants
+    }
+    put_back = int(metrics.get("spartan_engine_put_back_rows_total", 0.0))
+    return {"tenants": by_tenant, "put_back_rows": put_back}
 
 
 async def _report_progress(

@@ -108,7 +108,33 @@ class EngineStats:
     padded_tokens: int = 0  # token slots run, padding included (tokens / padded_tokens = padding efficiency)
     exited_early: int = 0  # rows that left the backbone at an early exit (memories.exits)
     heap_trims: int = 0  # times the idle engine handed freed heap pages back (service.memlimit.HeapTrimmer)
+    put_back: int = 0  # rows a round handed back to the queue so another tenant's rows could run first
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
+
+
+@dataclass
+class AdmissionStats:
+    """One tenant's admitted requests that had an estimate: the wait admission expected against
+    the wait that followed, to tell a wrong estimate from a slow engine (written on the event
+    loop, read by the metrics scrape)."""
+
+    admitted: int = 0
+    late: int = 0  # admitted, then not answered before the deadline (504)
+    left_seconds: float = 0.0  # summed: time to the deadline at admission
+    estimate_seconds: float = 0.0  # summed: the wait admission expected
+    wait_seconds: float = 0.0  # summed: admission -> every row answered (or the deadline)
+    late_estimate_seconds: float = 0.0  # the expected wait of the late ones only
+    late_left_seconds: float = 0.0  # and their time to the deadline at admission
+
+    def record(self, left: float, estimate: float, wait: float, late: bool) -> None:
+        self.admitted += 1
+        self.left_seconds += left
+        self.estimate_seconds += estimate
+        self.wait_seconds += wait
+        if late:
+            self.late += 1
+            self.late_estimate_seconds += estimate
+            self.late_left_seconds += left
 
 
 class Engine:
@@ -143,6 +169,7 @@ class Engine:
         self.bucket_factor = bucket_factor
         self.cpus = cpus
         self.stats = EngineStats()
+        self.admissions: dict[str, AdmissionStats] = {}  # per tenant (tenants are bounded by the keys)
         self._queue: FairQueue[_Row] = FairQueue(queue_size, tenant_queue_rows or queue_size, weight)
         self._admission = threading.Lock()
         self._accepting = False
@@ -172,29 +199,37 @@ class Engine:
         with self._admission:
             if not self._accepting:
                 raise ShuttingDownError("the service is shutting down")
-            self._refuse_if_late(tenant, len(items), deadline)
+            expected = self._refuse_if_late(tenant, len(items), deadline)
             self._queue.put_all(tenant, items)
+        admitted = time.monotonic()
+        late = False
         try:
             return await asyncio.wait_for(
-                asyncio.gather(*(i.future for i in items)), max(0.0, deadline - time.monotonic())
+                asyncio.gather(*(i.future for i in items)), max(0.0, deadline - admitted)
             )
         except TimeoutError:
+            late = True
             raise DeadlineExceededError("the request's deadline passed before it was served") from None
+        finally:
+            if expected is not None:
+                stats = self.admissions.setdefault(tenant, AdmissionStats())
+                stats.record(deadline - admitted, expected, time.monotonic() - admitted, late)
 
-    def _refuse_if_late(self, tenant: str, rows: int, deadline: float) -> None:
-        """OverloadedError when the rows before this request's last one would take longer than
-        its deadline leaves (no estimate yet, or the check off: admit)."""
-        if not self.admit_by_deadline or self.row_seconds is None:
-            return
+    def _refuse_if_late(self, tenant: str, rows: int, deadline: float) -> float | None:
+        """The expected wait of a new request (None: no estimate yet); OverloadedError when the
+        rows before its last one would take longer than its deadline leaves and the check is on."""
+        if self.row_seconds is None:
+            return None
         expected = self._queue.rows_before(tenant, rows) * self.row_seconds
         left = deadline - time.monotonic()
-        if expected > left:
+        if self.admit_by_deadline and expected > left:
             self.stats.refused_late += 1
             raise OverloadedError(
                 f"the queue holds about {expected:.1f} s of work before this request, more than its "
                 f"{max(left, 0.0):.1f} s deadline; retry later",
                 retry_after=expected - left,
             )
+        return expected
 
     def _run(self) -> None:
         if self.cpus is not None:
@@ -270,6 +305,7 @@ class Engine:
             if i and self._queue.others_waiting({row.tenant for row in unrun}):  # another tenant's turn
                 unrun.sort(key=lambda row: row.deadline)  # deadline order = arrival order
                 self._queue.put_back([(row.tenant, row) for row in unrun])
+                self.stats.put_back += len(unrun)
                 return
             self._run_batch(batch)
 

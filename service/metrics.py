@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LOAD_BUCKETS
+from service.engine import AdmissionStats
 from service.memlimit import resident_bytes
 from service.rollouts import TrialStats
 from service.runtime import Runtime
@@ -54,6 +55,11 @@ class RuntimeCollector(Collector):
             ("engine_padded_tokens", engine.padded_tokens, "token slots run, padding included"),
             ("engine_early_exit_rows", engine.exited_early, "inputs that left the backbone at an early exit"),
             ("engine_heap_trims", engine.heap_trims, "times the idle engine gave freed heap pages back"),
+            (
+                "engine_put_back_rows",
+                engine.put_back,
+                "rows a round handed back to the queue so another tenant's rows ran first",
+            ),
             (
                 "unknown_task_hits",
                 now.unknown_hits,
@@ -107,8 +113,28 @@ class RuntimeCollector(Collector):
         yield HistogramMetricFamily(
             "spartan_engine_batch_size", "rows per engine batch", buckets=buckets, sum_value=total_rows
         )
+        yield from _admissions(now.admissions)
         yield from _usage(now.usage)
         yield from _trials(now.trials)
+
+
+def _admissions(admissions: dict[str, AdmissionStats]) -> Iterator[Metric]:
+    """Per tenant: admitted requests (those with an estimate), the late ones, and the summed
+    seconds admission expected them to wait against what they waited (service.engine)."""
+    fields = (
+        ("admitted", "admitted_requests", "requests admitted with an expected wait"),
+        ("late", "admitted_late_requests", "admitted requests not answered before their deadline"),
+        ("left_seconds", "admission_left_seconds", "summed time to the deadline at admission"),
+        ("estimate_seconds", "admission_estimate_seconds", "summed wait expected at admission"),
+        ("wait_seconds", "admission_wait_seconds", "summed wait from admission to the answer"),
+        ("late_estimate_seconds", "admission_late_estimate_seconds", "expected wait of the late ones"),
+        ("late_left_seconds", "admission_late_left_seconds", "time to the deadline of the late ones"),
+    )
+    for attribute, name, doc in fields:
+        family = CounterMetricFamily(f"spartan_tenant_{name}", f"{doc}, per tenant", labels=["tenant"])
+        for tenant, stats in sorted(admissions.items()):
+            family.add_metric([tenant], getattr(stats, attribute))
+        yield family
 
 
 def _trials(trials: dict[TaskRef, TrialStats]) -> Iterator[Metric]:

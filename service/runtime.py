@@ -39,7 +39,7 @@ from memories.errors import SpartanError
 from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
 from service.cache import CacheStats, LoadedMemory, MemoryCache
-from service.engine import Engine, EngineStats, RowRequest
+from service.engine import AdmissionStats, Engine, EngineStats, RowRequest
 from service.errors import OverloadedError, RegistryFullError, RegistryUnavailableError, TaskNotFoundError
 from service.memlimit import DEFAULT_CACHE_BYTES
 from service.precision import PrecisionChoice
@@ -77,6 +77,7 @@ class Snapshot:
     cache_capacity_bytes: int
     cache_resident_tasks: int
     engine: EngineStats
+    admissions: dict[str, AdmissionStats]
     engine_queue_depth: int
     catalog_tasks: int
     unknown_ids: int
@@ -352,6 +353,7 @@ class Runtime:
             cache_capacity_bytes=cache.capacity_bytes,
             cache_resident_tasks=len(cache),
             engine=engine.stats,
+            admissions=dict(engine.admissions),
             engine_queue_depth=engine.queued,
             catalog_tasks=len(self.catalog),
             unknown_ids=len(self.unknown),

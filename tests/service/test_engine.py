@@ -146,6 +146,7 @@ def test_a_light_tenant_waits_for_one_batch_at_most_while_another_floods(roberta
     assert engine.stats.rows == 332
     assert max(waited) <= 2, f"batches finished between submit and answer: {waited}"
     assert all(flooding), "the flood must outlast the light requests: make it larger"
+    assert engine.stats.put_back > 0, "rounds handed the flood's rows back for the light ones"
 
 
 def test_max_batch_tokens_splits_long_rows_into_smaller_batches(roberta_tiny: Backbone) -> None:
@@ -193,6 +194,10 @@ def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(
                 await engine.submit(rows, too_soon)
             assert engine.stats.refused_late == 0
         assert len(await engine.submit(rows, time.monotonic() + 30)) == 2, "in time: served"
+        stats = engine.admissions["acme"]  # the requests admitted with an estimate
+        assert (stats.admitted, stats.late) == ((1, 0) if admit_by_deadline else (2, 1))
+        assert 0 < stats.estimate_seconds and 0 < stats.wait_seconds < stats.left_seconds
+        assert stats.late_left_seconds == (0.0 if admit_by_deadline else pytest.approx(0.0, abs=0.01))
 
     try:
         asyncio.run(scenario())
