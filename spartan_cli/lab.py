@@ -112,7 +112,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         nargs="+",
         help="any of: bare spartan-dense spartan-gather mixed-dense (the default); bare, spartan-dense "
         "and mixed-dense with -int8, -bf16, -auto (the mode precision auto picks here) or -compiled; "
-        "pfeiffer houlsby (the paper's adapter baselines)",
+        "pfeiffer houlsby (the paper's adapter baselines); lora-xs mixed-lora-xs mixed-kinds; "
+        "exits-stay exits-leave-quarter exits-leave-half exits-mixed (early exit at forced depths)",
     )
     bench.add_argument(
         "--fused-routing",

@@ -30,6 +30,7 @@ Variants:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 from collections.abc import Callable, Mapping
@@ -39,8 +40,9 @@ import torch
 
 from memories.backbone import Backbone, Encoded, LayerMemory
 from memories.backbones import default_cache_dir
-from memories.config import LoraXSConfig, SpartanConfig
+from memories.config import ExitConfig, LoraXSConfig, SpartanConfig
 from memories.errors import ConfigError
+from memories.exits import ExitClassifiers, PackedExits
 from memories.lab.adapters import Adapter
 from memories.lab.baselines import build_model
 from memories.lab.host import machine
@@ -72,8 +74,19 @@ VARIANTS = (
     "lora-xs",
     "mixed-lora-xs",
     "mixed-kinds",
+    "exits-stay",
+    "exits-leave-quarter",
+    "exits-leave-half",
+    "exits-mixed",
 )
 DEFAULT_VARIANTS = VARIANTS[:4]
+EXIT_VARIANTS = VARIANTS[-4:]
+"""Early exit on random weights, where a confidence means nothing, so thresholds force the depth:
+a task with exits after a quarter, half and three quarters of the layers, nothing leaving
+(``stay``: the exits' own cost) or every row leaving at the first (``leave-quarter``); a task with
+one exit at half depth that every row takes (``leave-half``); and a batch of half rows leaving at
+a quarter and half rows of a task without exits (``mixed``). Each is compared with
+``spartan-dense``; the ideal ratio is the layers not run."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,8 @@ def _variants(
         variants["lora-xs"] = functools.partial(run_batch, backbone, batch, [lora[0]] * rows)
         variants["mixed-lora-xs"] = functools.partial(run_batch, backbone, batch, lora)
         variants["mixed-kinds"] = functools.partial(run_batch, backbone, batch, kinds)
+    if set(EXIT_VARIANTS) & set(options.variants):
+        variants.update(exit_variants(backbone, batch, packed[0]))
     for kind in ("pfeiffer", "houlsby"):
         if kind in options.variants:
             variants[kind] = adapter_forward(backbone, batch, kind)
@@ -176,6 +191,45 @@ def _variants(
         variants[f"spartan-dense-{kind}"] = functools.partial(run_batch, copy, batch, [own[0]] * rows)
         variants[f"mixed-dense-{kind}"] = functools.partial(run_batch, copy, batch, own)
     return variants
+
+
+def exit_variants(backbone: Backbone, batch: Encoded, plain: PackedMemory) -> dict[str, Callable[[], object]]:
+    """The :data:`EXIT_VARIANTS` on ``batch``: ``plain``'s memory with random exits added (two
+    classes, so a confidence is at least 0.5 and a 0.5 threshold lets every row leave).
+    Each returns run_batch's output, whose ``exit_layers`` say where the rows left."""
+    last = backbone.num_layers - 2  # the last layer an exit may follow
+
+    def at(fraction: float) -> int:
+        return min(last, max(0, round(fraction * backbone.num_layers) - 1))
+
+    quarter, half = at(0.25), at(0.5)  # 12 layers: after layers 3 and 6 (2 layers: both after 1)
+
+    def with_exits(*layers: int) -> PackedMemory:
+        config = ExitConfig(layers=layers, threshold=1.0)
+        exits = ExitClassifiers(config, backbone.hidden_size, plain.num_outputs).requires_grad_(False)
+        return dataclasses.replace(plain, exits=PackedExits.of(exits))
+
+    three, one = with_exits(*sorted({quarter, half, at(0.75)})), with_exits(half)
+    rows = batch.input_ids.shape[0]
+    halves = [three if r % 2 == 0 else plain for r in range(rows)]
+    return {
+        "exits-stay": functools.partial(
+            run_batch, backbone, batch, [three] * rows, exit_thresholds=[1.0] * rows
+        ),
+        "exits-leave-quarter": functools.partial(
+            run_batch, backbone, batch, [three] * rows, exit_thresholds=[0.5] * rows
+        ),
+        "exits-leave-half": functools.partial(
+            run_batch, backbone, batch, [one] * rows, exit_thresholds=[0.5] * rows
+        ),
+        "exits-mixed": functools.partial(
+            run_batch,
+            backbone,
+            batch,
+            halves,
+            exit_thresholds=[0.5 if r % 2 == 0 else None for r in range(rows)],
+        ),
+    }
 
 
 def _lora_xs_tasks(backbone: Backbone, count: int, seed: int) -> list[PackedMemory]:
@@ -337,6 +391,7 @@ def run_bench(
             ("mixed-lora-xs", "lora-xs"),
             ("mixed-kinds", "mixed-dense"),
             ("lora-xs", "spartan-dense"),
+            *((name, "spartan-dense") for name in EXIT_VARIANTS),
             *suffixed,
             ("spartan-dense-compiled", "spartan-dense"),
         ]:

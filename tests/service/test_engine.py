@@ -196,7 +196,8 @@ def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(
         assert len(await engine.submit(rows, time.monotonic() + 30)) == 2, "in time: served"
         stats = engine.admissions["acme"]  # the requests admitted with an estimate
         assert (stats.admitted, stats.late) == ((1, 0) if admit_by_deadline else (2, 1))
-        assert 0 < stats.estimate_seconds and 0 < stats.wait_seconds < stats.left_seconds
+        assert stats.estimate_seconds > 0
+        assert 0 < stats.wait_seconds < stats.left_seconds
         assert stats.late_left_seconds == (0.0 if admit_by_deadline else pytest.approx(0.0, abs=0.01))
 
     try:
