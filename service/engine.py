@@ -22,8 +22,8 @@ batches run oldest row first, so rows handed back never starve.
 
 A request the queue cannot serve within its deadline is refused at once (``OverloadedError``,
 429 with Retry-After) rather than admitted to time out: the rows that would run before its last
-one (its tenant's and the other tenants' shares, service.fairqueue) times the engine's recent
-seconds per row is more than the time it has left. Rows whose deadline has passed anyway are
+one (its tenant's, and what each other tenant has waiting or sends meanwhile, up to its share;
+service.fairqueue) times the engine's recent seconds per row is more than the time it has left. Rows whose deadline has passed anyway are
 answered with ``DeadlineExceededError`` without running.
 Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
 (service.predictions), so the event loop only hands out finished answers.
@@ -220,7 +220,7 @@ class Engine:
         rows before its last one would take longer than its deadline leaves and the check is on."""
         if self.row_seconds is None:
             return None
-        expected = self._queue.rows_before(tenant, rows) * self.row_seconds
+        expected = self._queue.rows_before(tenant, rows, self.row_seconds) * self.row_seconds
         left = deadline - time.monotonic()
         if self.admit_by_deadline and expected > left:
             self.stats.refused_late += 1

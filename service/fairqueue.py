@@ -24,6 +24,10 @@ from service.errors import OverloadedError
 
 T = TypeVar("T")
 
+QUIET_ROWS_PER_S = 1e-3
+"""A tenant whose arrival rate decayed below this is forgotten (the rates stay bounded by the
+tenants that sent lately)."""
+
 
 class FairQueue(Generic[T]):
     def __init__(
@@ -32,6 +36,8 @@ class FairQueue(Generic[T]):
         tenant_capacity: int,
         weight: Callable[[str], float] = lambda tenant: 1.0,
         quantum: float = 1.0,
+        rate_window_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         assert capacity >= 1, f"capacity must be positive, got {capacity}"
         assert tenant_capacity >= 1, f"tenant_capacity must be positive, got {tenant_capacity}"
@@ -43,6 +49,9 @@ class FairQueue(Generic[T]):
         self._credit: dict[str, float] = {}
         self._size = 0
         self._ready = threading.Condition()
+        self._rate_window_s = rate_window_s  # time constant of the tenants' arrival rates
+        self._clock = clock
+        self._arrivals: dict[str, tuple[float, float]] = {}  # tenant -> (rows/s, as of this time)
 
     def qsize(self) -> int:
         return self._size
@@ -60,21 +69,37 @@ class FairQueue(Generic[T]):
         queue = self._queues.get(tenant)
         return len(queue) if queue is not None else 0
 
-    def rows_before(self, tenant: str, count: int) -> int:
+    def rows_before(self, tenant: str, count: int, row_seconds: float) -> int:
         """How many rows run before the last of ``count`` new rows of ``tenant`` (its own
-        included): each other tenant with rows waiting takes its weighted share of the turns
-        meanwhile. Its share, not just the rows it has now: a tenant that is backlogged now keeps
-        sending in an overload, and the first estimate, which counted only the rows waiting,
-        admitted requests that then waited past their deadline (docs/reliability.md, section 2)."""
+        included), when a row takes ``row_seconds``. While the tenant's rows drain, every other
+        tenant takes its weighted share of the turns, or less: what it has waiting plus what it
+        sends meanwhile at its recent arrival rate. A tenant with nothing waiting right now still
+        counts: light tenants are served as they arrive, and the estimate that left them out
+        expected the heavy tenants' requests to wait half as long as they did (docs/reliability.md,
+        section 5)."""
         with self._ready:
+            now = self._clock()
             own = self.waiting(tenant) + count
-            share = own / self._weight(tenant)
-            others = sum(
-                math.ceil(share * self._weight(other))
-                for other, queue in self._queues.items()
-                if other != tenant and queue
-            )
-            return own + others
+            turns = own / self._weight(tenant)  # the tenant's turns; each other one gets turns x weight
+            others = [
+                (math.ceil(turns * self._weight(other)), self.waiting(other), self._arrival_rate(other, now))
+                for other in self._queues.keys() | self._arrivals.keys()
+                if other != tenant
+            ]
+            active = [other for other in others if other[1] or other[2] >= QUIET_ROWS_PER_S]
+            return math.ceil(rows_meanwhile(own, active, row_seconds) - 1e-9)
+
+    def _arrival_rate(self, tenant: str, now: float) -> float:
+        """Rows per second the tenant had admitted lately (decaying with ``rate_window_s``)."""
+        rate, at = self._arrivals.get(tenant, (0.0, now))
+        return rate * math.exp(-(now - at) / self._rate_window_s)
+
+    def _note_arrival(self, tenant: str, rows: int) -> None:
+        now = self._clock()
+        self._arrivals[tenant] = (self._arrival_rate(tenant, now) + rows / self._rate_window_s, now)
+        for other, (rate, at) in list(self._arrivals.items()):  # forget tenants that went quiet
+            if rate * math.exp(-(now - at) / self._rate_window_s) < QUIET_ROWS_PER_S:
+                del self._arrivals[other]
 
     def put_all(self, tenant: str, items: Sequence[T]) -> None:
         """Admit every item or none (OverloadedError saying which limit was reached)."""
@@ -89,6 +114,7 @@ class FairQueue(Generic[T]):
                 raise OverloadedError(f"the queue is full ({self.capacity} texts); retry later")
             self._queue_of(tenant).extend(items)
             self._size += len(items)
+            self._note_arrival(tenant, len(items))
             self._ready.notify()
 
     def put_back(self, tenant_items: Sequence[tuple[str, T]]) -> None:
@@ -138,3 +164,31 @@ class FairQueue(Generic[T]):
             elif self._credit[tenant] < 1:
                 self._queues.move_to_end(tenant)
             return item
+
+
+def rows_meanwhile(own: int, others: Sequence[tuple[int, int, float]], row_seconds: float) -> float:
+    """The rows x that run before the last of ``own`` rows when each other tenant (share, waiting,
+    rows/s) takes min(share, waiting + rate x row_seconds x x) of them: the solution of
+
+        x = own + sum_j min(s_j, q_j + r_j t x),   t = row_seconds
+
+    The right side is concave in x and grows more slowly than x once every tenant is at its share,
+    so there is one solution. Tenant j reaches its share at x_j = (s_j - q_j) / (r_j t); between
+    these breakpoints the right side is a line a + b x, so walking them in order finds the piece
+    where x = a / (1 - b) falls inside."""
+    capped_at = sorted(
+        (0.0 if waiting >= share else (share - waiting) / (rate * row_seconds) if rate > 0 else math.inf, n)
+        for n, (share, waiting, rate) in enumerate(others)
+    )
+    a = own + sum(min(share, waiting) for share, waiting, _ in others)  # the line at x = 0
+    b = sum(rate * row_seconds for share, waiting, rate in others if waiting < share)
+    low = 0.0
+    for high, n in capped_at:
+        if b < 1.0 and low <= (x := a / (1.0 - b)) <= high:
+            return x
+        share, waiting, rate = others[n]
+        if waiting < share:  # from here on this tenant takes its share and no more
+            a += share - waiting
+            b -= rate * row_seconds
+        low = high
+    return a / (1.0 - max(b, 0.0))

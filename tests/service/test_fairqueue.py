@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from service.errors import OverloadedError
-from service.fairqueue import FairQueue
+from service.fairqueue import FairQueue, rows_meanwhile
 
 
 def _drain(queue: FairQueue[str]) -> list[str]:
@@ -54,13 +57,61 @@ def test_get_times_out_empty() -> None:
     assert FairQueue[int](1, 1).get(timeout=0.01) is None
 
 
-def test_rows_before_a_request_count_each_other_tenants_weighted_share() -> None:
-    queue: FairQueue[int] = FairQueue(100, 100, weight={"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}.__getitem__)
-    queue.put_all("a", list(range(20)))
-    queue.put_all("b", [0, 1])
-    assert queue.rows_before("b", 3) == 5 + 10, "b's 5 rows, and a's 2 turns per b turn"
-    assert queue.rows_before("c", 1) == 1 + 2 + 1, "c's row, then a's 2 turns and b's 1"
-    assert queue.rows_before("a", 4) == 24 + 12, (
-        "a's 24 rows, and b's share: it is backlogged, so it keeps sending"
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rows_before_a_request_count_each_other_tenants_weighted_share_when_it_keeps_sending() -> None:
+    clock = _Clock()
+    weights = {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    queue: FairQueue[int] = FairQueue(100, 100, weights.__getitem__, rate_window_s=5.0, clock=clock)
+    queue.put_all("a", list(range(20)))  # a: 20 rows waiting, and 4 rows/s lately
+    queue.put_all("b", [0, 1])  # b: 2 rows waiting, 0.4 rows/s
+    slow = 10.0  # seconds a row: every wait is long enough for a and b to send their share
+    assert queue.rows_before("b", 3, slow) == 5 + 10, "b's 5 rows, and a's 2 turns per b turn"
+    assert queue.rows_before("c", 1, slow) == 1 + 2 + 1, "c's row, then a's 2 turns and b's 1"
+    assert queue.rows_before("a", 4, slow) == 24 + 12, "a's 24 rows, and b's share: it keeps sending"
+    assert queue.rows_before("d", 2, slow) == 2 + 4 + 2, "a's and b's turns; c never sent, takes none"
+    fast = 0.01  # a wait too short for b to send more than it has waiting
+    assert queue.rows_before("a", 4, fast) == 24 + 2 + 1, "b's 2 waiting rows and a tenth sent, rounded up"
+
+
+def test_a_tenant_with_nothing_waiting_still_counts_what_it_sends_meanwhile() -> None:
+    clock = _Clock()
+    queue: FairQueue[int] = FairQueue(100, 100, rate_window_s=5.0, clock=clock)
+    queue.put_all("light", list(range(50)))  # 10 rows/s lately
+    while queue.get_nowait() is not None:  # served as it arrives: nothing waiting
+        pass
+    # heavy's 20 rows at 0.1 s a row: meanwhile light sends 10 rows/s x the wait, at most its share
+    # of 20; the wait x is 0.1 s x (20 + min(20, 10 x 0.1 x)): 40 rows
+    assert queue.rows_before("heavy", 20, 0.1) == 40
+    clock.now = 5.0  # a window later light's rate has decayed to 1/e of 10 rows/s
+    assert queue.rows_before("heavy", 20, 0.1) == 20 + math.ceil(
+        20 * 0.1 * 10 / math.e / (1 - 0.1 * 10 / math.e)
     )
-    assert queue.rows_before("d", 2) == 2 + 4 + 2, "a's and b's turns; c, with nothing waiting, takes none"
+    clock.now = 100.0
+    assert queue.rows_before("heavy", 20, 0.1) == 20, "a tenant quiet for long takes nothing"
+
+
+def test_the_rows_meanwhile_solve_the_equation_they_are_defined_by() -> None:
+    """Against plain iteration of x = own + sum_j min(s_j, q_j + r_j t x) from the top."""
+    generator = random.Random(0)
+    for _ in range(200):
+        own = generator.randint(1, 64)
+        others = [
+            (
+                generator.randint(1, 64),
+                generator.randint(0, 80),
+                generator.choice([0.0, 5.0 * generator.random()]),
+            )
+            for _ in range(generator.randint(0, 6))
+        ]
+        t = generator.choice([0.001, 0.02, 0.2])
+        x = own + sum(share for share, _, _ in others)
+        for _ in range(10_000):
+            x = own + sum(min(s, q + r * t * x) for s, q, r in others)
+        assert rows_meanwhile(own, others, t) == pytest.approx(x, rel=1e-6, abs=1e-6), (own, others, t)
