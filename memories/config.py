@@ -118,3 +118,27 @@ class LoraXSConfig:
             raise ConfigError(f"unknown LoRA-XS sites {unknown}; known: {', '.join(LORA_XS_SITES)}")
         if list(self.sites) != [site for site in LORA_XS_SITES if site in self.sites]:
             raise ConfigError(f"LoRA-XS sites must be in the order {', '.join(LORA_XS_SITES)}")
+
+
+@dataclass(frozen=True)
+class RoutedFFNConfig:
+    """SPT's routed FFN while training (memories.routed_ffn): the FFN cut into ``experts`` blocks,
+    each token running ``active`` of them, chosen by a rank-``router_rank`` predictor."""
+
+    experts: int = 16
+    active: int = 8
+    router_rank: int = 32
+    kmeans_steps: int = 15
+
+    def check(self, intermediate_size: int, hidden_size: int) -> None:
+        if self.experts < 2 or intermediate_size % self.experts:
+            raise ConfigError(
+                f"experts must be at least 2 and divide the FFN's {intermediate_size} neurons, "
+                f"got {self.experts}"
+            )
+        if not 1 <= self.active < self.experts:
+            raise ConfigError(f"active blocks must be in [1, {self.experts - 1}], got {self.active}")
+        if not 1 <= self.router_rank <= min(intermediate_size, hidden_size):
+            raise ConfigError(
+                f"router rank must be in [1, {min(intermediate_size, hidden_size)}], got {self.router_rank}"
+            )

@@ -11,6 +11,7 @@ atomically to the output path at once, so an interrupted run still leaves its be
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -23,8 +24,16 @@ import torch
 from pydantic_core import to_jsonable_python
 from tqdm import tqdm
 
-from memories.backbone import Backbone, Pooling
-from memories.config import DEFAULT_LR, ExitConfig, LoraXSConfig, Method, SpartanConfig, TrainPrecision
+from memories.backbone import Backbone, Encoded, Pooling
+from memories.config import (
+    DEFAULT_LR,
+    ExitConfig,
+    LoraXSConfig,
+    Method,
+    RoutedFFNConfig,
+    SpartanConfig,
+    TrainPrecision,
+)
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
 from memories.evaluate import Evaluation, evaluate
@@ -37,6 +46,7 @@ from memories.methods import (
     build_served,
     trainable_parameters,
 )
+from memories.routed_ffn import RoutedFFNs
 
 FEW_SHOT_SPLIT = "fewshot200"
 FEW_SHOT_STEPS = 1000
@@ -73,6 +83,7 @@ class TrainOptions:
     precision: TrainPrecision = "fp32"  # bf16: forward passes under bf16 autocast (weights stay fp32)
     exits: ExitConfig | None = None  # early exits trained beside the memory (memories.exits)
     exits_on: Path | None = None  # train only the exits, on this trained memory (kept frozen)
+    routed_ffn: RoutedFFNConfig | None = None  # SPT's routed FFN in training steps (evaluation stays dense)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_every < 1 or (self.lr is not None and self.lr <= 0):
@@ -172,6 +183,11 @@ def train(
             options.bottleneck,
             options.lora_xs,
         )
+    routed = (
+        RoutedFFNs(backbone, options.routed_ffn, _sample(backbone, train_set, options.max_seq_length))
+        if options.routed_ffn is not None
+        else None
+    )
     trained = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=options.learning_rate, weight_decay=options.weight_decay)
     total = _total_steps(options, len(train_set))
@@ -191,6 +207,7 @@ def train(
         f"{options.batch_size}, lr {options.learning_rate}"
         + (f", memory {options.spartan}" if options.method == "spartan" else "")
         + (f", {options.lora_xs}" if options.method == "lora-xs" else "")
+        + (f", routed FFN in training {options.routed_ffn}" if options.routed_ffn is not None else "")
     )
 
     best: Evaluation | None = None
@@ -230,7 +247,10 @@ def train(
         tick = time.perf_counter()
         pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
         batch = backbone.tokenize([e.text for e in chunk], pairs, options.max_seq_length)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.precision == "bf16"):
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.precision == "bf16"),
+            routed.active() if routed is not None else contextlib.nullcontext(),
+        ):
             outputs = [
                 o.float() for o in task.training_outputs(backbone, batch, pooling)
             ]  # each [B, outputs]
@@ -269,6 +289,16 @@ def train(
         trainable_parameters(task),
         file_bytes,
     )
+
+
+ROUTED_SAMPLE = 256
+"""Training examples the routed FFN's blocks are clustered on."""
+
+
+def _sample(backbone: Backbone, examples: list[Example], max_length: int) -> Encoded:
+    chunk = examples[:ROUTED_SAMPLE]
+    pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
+    return backbone.tokenize([e.text for e in chunk], pairs, max_length)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

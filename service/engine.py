@@ -23,8 +23,8 @@ batches run oldest row first, so rows handed back never starve.
 A request the queue cannot serve within its deadline is refused at once (``OverloadedError``,
 429 with Retry-After) rather than admitted to time out: the rows that would run before its last
 one (its tenant's, and what each other tenant has waiting or sends meanwhile, up to its share;
-service.fairqueue) times the engine's recent seconds per row is more than the time it has left. Rows whose deadline has passed anyway are
-answered with ``DeadlineExceededError`` without running.
+service.fairqueue) times the engine's recent seconds per row is more than the time it has left.
+Rows whose deadline has passed anyway are answered with ``DeadlineExceededError`` without running.
 Each row's prediction (softmax, labels, the ``explain`` reductions) is made here too
 (service.predictions), so the event loop only hands out finished answers.
 With ``buckets`` (a compiled backbone, memories.compiled) every batch is padded to a bucket shape.

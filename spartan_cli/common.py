@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memories.config import ExitConfig, LoraXSConfig, SpartanConfig
+from memories.config import ExitConfig, LoraXSConfig, RoutedFFNConfig, SpartanConfig
 
 if TYPE_CHECKING:  # torch loads inside the commands that need it
     from memories.backbone import Backbone
@@ -82,6 +82,14 @@ def exit_config(args: argparse.Namespace) -> ExitConfig | None:
     if not args.exits:
         return None
     return ExitConfig(tuple(args.exits), args.exit_hidden, args.exit_threshold)
+
+
+def routed_ffn_config(args: argparse.Namespace) -> RoutedFFNConfig | None:
+    """The routed FFN ``--routed-ffn EXPERTS ACTIVE`` asks for (None: dense training)."""
+    if not args.routed_ffn:
+        return None
+    experts, active = args.routed_ffn
+    return RoutedFFNConfig(experts=experts, active=active)
 
 
 def set_threads(threads: int | None) -> None:

@@ -21,6 +21,7 @@ from spartan_cli.common import (
     log,
     lora_xs_config,
     options_from,
+    routed_ffn_config,
     set_threads,
     spartan_config,
     write_report,
@@ -43,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spartan=spartan_config(args),
         exits=exit_config(args),
         lora_xs=lora_xs_config(args),
+        routed_ffn=routed_ffn_config(args),
     )
     set_threads(args.threads)
     model = backbone(args.backbone)
@@ -346,6 +348,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=TRAIN_PRECISIONS,
         default="fp32",
         help="bf16: forward passes under bf16 autocast (fast with AMX/AVX512-BF16, slow without)",
+    )
+    train.add_argument(
+        "--routed-ffn",
+        type=int,
+        nargs=2,
+        metavar=("EXPERTS", "ACTIVE"),
+        help="SPT's routed FFN in the training steps: the backbone's FFNs cut into EXPERTS blocks, "
+        "each token running ACTIVE of them (evaluation and serving stay dense; memories.routed_ffn)",
     )
     add_spartan_options(train)
     exits = train.add_argument_group("early exits (memories.exits)")
