@@ -179,6 +179,10 @@ class Engine:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    def held(self, tenant: str) -> int:
+        """The tenant's rows admitted and not answered yet (waiting or in the engine's round)."""
+        return self._queue.held(tenant)
+
     def start(self) -> None:
         self._accepting = True
         self._thread.start()
@@ -277,7 +281,7 @@ class Engine:
             if row.deadline <= now or row.future.cancelled():
                 self.stats.expired += 1
                 expired = DeadlineExceededError("the request's deadline passed before it was served")
-                _resolve_all([(row, expired)])
+                self._answer([(row, expired)])
                 continue
             try:
                 meta = row.request.memory.metadata
@@ -287,7 +291,7 @@ class Engine:
                     )
             except Exception as exc:
                 self.stats.failed += 1
-                _resolve_all([(row, exc)])
+                self._answer([(row, exc)])
                 continue
             live.append(row)
         live.sort(key=lambda r: len(r.encoding["input_ids"]))
@@ -342,7 +346,7 @@ class Engine:
         except Exception as exc:  # a bug, not user input: answer every row, keep serving
             log.exception("batch of %d rows failed", len(rows))
             self.stats.failed += len(rows)
-            _resolve_all([(row, exc) for row in rows])
+            self._answer([(row, exc) for row in rows])
             return
         elapsed = time.perf_counter() - tick
         self.stats.busy_seconds += elapsed
@@ -369,7 +373,12 @@ class Engine:
                 results.append((row, exc))
                 continue
             results.append((row, RowResult(logits, tokens, prediction, self.stats.batches)))
-        _resolve_all(results)
+        self._answer(results)
+
+    def _answer(self, outcomes: Sequence[tuple[_Row, RowResult | BaseException]]) -> None:
+        """Hand the rows' outcomes to their requests; the queue stops counting them as held."""
+        self._queue.done([row.tenant for row, _ in outcomes])
+        _resolve_all(outcomes)
 
 
 def _resolve_all(outcomes: Sequence[tuple[_Row, RowResult | BaseException]]) -> None:

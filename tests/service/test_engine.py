@@ -147,6 +147,7 @@ def test_a_light_tenant_waits_for_one_batch_at_most_while_another_floods(roberta
     assert max(waited) <= 2, f"batches finished between submit and answer: {waited}"
     assert all(flooding), "the flood must outlast the light requests: make it larger"
     assert engine.stats.put_back > 0, "rounds handed the flood's rows back for the light ones"
+    assert engine.held("flood") == engine.held("light") == 0, "every answered row is done"
 
 
 def test_max_batch_tokens_splits_long_rows_into_smaller_batches(roberta_tiny: Backbone) -> None:
@@ -194,6 +195,11 @@ def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(
                 await engine.submit(rows, too_soon)
             assert engine.stats.refused_late == 0
         assert len(await engine.submit(rows, time.monotonic() + 30)) == 2, "in time: served"
+        for _ in range(100):  # the late rows are dropped by the engine's next round
+            if not engine.held("acme"):
+                break
+            await asyncio.sleep(0.01)
+        assert engine.held("acme") == 0, "expired rows are done too"
         stats = engine.admissions["acme"]  # the requests admitted with an estimate
         assert (stats.admitted, stats.late) == ((1, 0) if admit_by_deadline else (2, 1))
         assert stats.estimate_seconds > 0

@@ -86,6 +86,7 @@ def test_a_tenant_with_nothing_waiting_still_counts_what_it_sends_meanwhile() ->
     queue.put_all("light", list(range(50)))  # 10 rows/s lately
     while queue.get_nowait() is not None:  # served as it arrives: nothing waiting
         pass
+    queue.done(["light"] * 50)
     # heavy's 20 rows at 0.1 s a row: meanwhile light sends 10 rows/s x the wait, at most its share
     # of 20; the wait x is 0.1 s x (20 + min(20, 10 x 0.1 x)): 40 rows
     assert queue.rows_before("heavy", 20, 0.1) == 40
@@ -115,3 +116,16 @@ def test_the_rows_meanwhile_solve_the_equation_they_are_defined_by() -> None:
         for _ in range(10_000):
             x = own + sum(min(s, q + r * t * x) for s, q, r in others)
         assert rows_meanwhile(own, others, t) == pytest.approx(x, rel=1e-6, abs=1e-6), (own, others, t)
+
+
+def test_rows_taken_into_the_engines_round_count_until_they_are_done() -> None:
+    queue: FairQueue[int] = FairQueue(100, 100, clock=_Clock())
+    queue.put_all("a", list(range(10)))
+    taken = [queue.get_nowait() for _ in range(6)]  # the engine's round: 6 rows out of the queue
+    assert (queue.waiting("a"), queue.held("a")) == (4, 10)
+    assert queue.rows_before("a", 1, 0.01) == 11, "the 6 rows in the round run before the new one"
+    queue.put_back([("a", item) for item in taken[3:]])  # the round hands 3 back
+    assert (queue.waiting("a"), queue.held("a")) == (7, 10)
+    queue.done(["a"] * 3)  # and answers the other 3
+    assert (queue.waiting("a"), queue.held("a")) == (7, 7)
+    assert queue.rows_before("a", 1, 0.01) == 8
