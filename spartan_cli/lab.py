@@ -90,8 +90,17 @@ def cmd_reproduce_train_speed(args: argparse.Namespace) -> int:
     from memories.lab.reproduce import train_speed
 
     set_threads(args.threads)
+    from memories.config import RoutedFFNConfig
+
+    routed = [RoutedFFNConfig(experts=e, active=k) for e, k in args.routed_ffn or []]
     report = train_speed(
-        backbone(args.backbone), tuple(args.methods), args.batch_size, args.seq_length, args.rounds, log
+        backbone(args.backbone),
+        tuple(args.methods),
+        args.batch_size,
+        args.seq_length,
+        args.rounds,
+        log,
+        routed,
     )
     write_report(report, args.json, args.command_line)
     print(json.dumps({k: v for k, v in report.items() if k != "seconds"}, indent=2))
@@ -167,5 +176,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     speed.add_argument("--seq-length", type=int, default=64)
     speed.add_argument("--rounds", type=int, default=10)
     speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument(
+        "--routed-ffn",
+        type=int,
+        nargs=2,
+        action="append",
+        metavar=("EXPERTS", "ACTIVE"),
+        help="also time SPARTAN with this routed FFN (spartan train --routed-ffn); repeatable",
+    )
     speed.add_argument("--json", type=Path, help="write the report here")
     speed.set_defaults(func=cmd_reproduce_train_speed)

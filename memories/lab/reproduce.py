@@ -13,10 +13,11 @@ a separate folder (they are large and not committed).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 
 from memories.atomic import atomic_write, write_figure, write_json
 from memories.backbone import Backbone, Encoded
-from memories.config import DEFAULT_LR, MEMORY_KINDS, METHODS, Method, SpartanConfig
+from memories.config import DEFAULT_LR, MEMORY_KINDS, METHODS, Method, RoutedFFNConfig, SpartanConfig
 from memories.data import TaskSpec
 from memories.errors import ConfigError
 from memories.lab.baselines import build_model
@@ -34,6 +35,7 @@ from memories.lab.host import machine
 from memories.lab.timing import interleaved
 from memories.memfile import check_backbone, parse_memory
 from memories.methods import SavedTask, TaskModel, trainable_parameters
+from memories.routed_ffn import RoutedFFNs
 from memories.train import TrainOptions, train
 
 
@@ -354,11 +356,13 @@ def train_speed(
     seq_length: int = 64,
     rounds: int = 10,
     progress: Callable[[str], None] = print,
+    routed: Sequence[RoutedFFNConfig] = (),
 ) -> dict[str, Any]:
     """Fine-tuning throughput of every method, measured in one process on one fixed batch:
     one training step (forward, backward, clipping, AdamW) of each method per round, the order
     rotating every round, so the methods share whatever the host does. Returns training
-    instances per minute (best and median round) and ratios to SPARTAN's."""
+    instances per minute (best and median round) and ratios to SPARTAN's. Each of ``routed``
+    adds SPARTAN with that routed FFN (memories.routed_ffn), as ``spartan+routed-E/K``."""
     batch = random_batch(backbone, batch_size, seq_length, seed=0)
     labels = torch.arange(batch_size) % 2
     steps: dict[str, Callable[[], object]] = {}
@@ -366,6 +370,12 @@ def train_speed(
         torch.manual_seed(0)
         model = build_model(method, backbone, 2)
         steps[method] = _train_step(model, backbone, batch, labels, DEFAULT_LR[method])
+    for config in routed:  # blocks clustered on the timed batch: random ids, so only speed counts
+        torch.manual_seed(0)
+        model = build_model("spartan", backbone, 2)
+        step = _train_step(model, backbone, batch, labels, DEFAULT_LR["spartan"])
+        ffns = RoutedFFNs(backbone, config, batch)
+        steps[f"spartan+routed-{config.experts}/{config.active}"] = functools.partial(_routed, ffns, step)
 
     def report_round(r: int, times: dict[str, list[float]]) -> None:
         progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ts[-1]:.2f}s" for n, ts in times.items()))
@@ -386,6 +396,11 @@ def train_speed(
         "seconds": {m: [round(t, 4) for t in ts] for m, ts in times.items()},
         "machine": machine(),
     }
+
+
+def _routed(ffns: RoutedFFNs, step: Callable[[], None]) -> None:
+    with ffns.active():
+        step()
 
 
 def _train_step(

@@ -64,6 +64,41 @@ def test_train_then_eval_classification(
     assert report["metrics"]["accuracy"] == pytest.approx(summary["dev"]["accuracy"])
 
 
+def test_a_routed_ffn_training_is_recorded_and_leaves_the_backbone_dense(
+    toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "routed.safetensors"
+    _train(toy_data, "toy", out, "--routed-ffn", "4", "2")
+    summary = json.loads(capsys.readouterr().out)
+    options = read_memory(out).metadata.training["options"]
+    assert options["routed_ffn"] == {"experts": 4, "active": 2, "router_rank": 32, "kmeans_steps": 15}
+    assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metrics"]["score"] == pytest.approx(summary["dev"]["score"]), "evaluated dense, as served"
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "toy",
+                "--data",
+                str(toy_data),
+                "--backbone",
+                "roberta-tiny-random",
+                "--out",
+                str(tmp_path / "bad.safetensors"),
+                "--steps",
+                "1",
+                "--routed-ffn",
+                "5",
+                "2",
+            ]
+        )
+        == 2
+    )
+    assert "divide the FFN's 64 neurons" in capsys.readouterr().err
+
+
 def test_train_pairs_regression_and_fp16(
     toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from memories.backbone import Backbone
+from memories.config import RoutedFFNConfig
 from memories.errors import ConfigError
 from memories.lab.reproduce import (
     PAPER_TASKS,
@@ -160,8 +161,9 @@ def test_storage_table_measures_files_and_applies_the_paper_formula(
 
 def test_train_speed_interleaves_the_methods_and_relates_them_to_spartan(roberta_tiny: Backbone) -> None:
     before = {n: p.clone() for n, p in roberta_tiny.model.named_parameters()}
-    report = train_speed(roberta_tiny, ("spartan", "houlsby", "probe"), 4, 16, 2, lambda _: None)
-    assert set(report["seconds"]) == {"spartan", "houlsby", "probe"}
+    routed = [RoutedFFNConfig(experts=4, active=2, router_rank=4)]
+    report = train_speed(roberta_tiny, ("spartan", "houlsby", "probe"), 4, 16, 2, lambda _: None, routed)
+    assert set(report["seconds"]) == {"spartan", "houlsby", "probe", "spartan+routed-4/2"}
     assert all(len(ts) == 2 for ts in report["seconds"].values())
     assert report["over_spartan_best"]["spartan"] == 1.0
     best = report["train_inst_per_min_best"]
