@@ -547,7 +547,8 @@ def admission_by_tenant(metrics: dict[str, float]) -> dict[str, object]:
         for tenant in tenants
     }
     put_back = int(metrics.get("spartan_engine_put_back_rows_total", 0.0))
-    return {"tenants": by_tenant, "put_back_rows": put_back}
+    margin = metrics.get("spartan_engine_admission_margin")
+    return {"tenants": by_tenant, "put_back_rows": put_back, "margin": margin}
 
 
 async def _report_progress(

@@ -50,6 +50,7 @@ import torch
 from memories.backbone import Backbone
 from memories.compiled import Buckets
 from memories.model import run_batch
+from service.admission import AdmissionStats, DrainRate, Margin
 from service.cache import LoadedMemory
 from service.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
 from service.fairqueue import FairQueue
@@ -112,31 +113,6 @@ class EngineStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> batches; at most max_batch_size keys
 
 
-@dataclass
-class AdmissionStats:
-    """One tenant's admitted requests that had an estimate: the wait admission expected against
-    the wait that followed, to tell a wrong estimate from a slow engine (written on the event
-    loop, read by the metrics scrape)."""
-
-    admitted: int = 0
-    late: int = 0  # admitted, then not answered before the deadline (504)
-    left_seconds: float = 0.0  # summed: time to the deadline at admission
-    estimate_seconds: float = 0.0  # summed: the wait admission expected
-    wait_seconds: float = 0.0  # summed: admission -> every row answered (or the deadline)
-    late_estimate_seconds: float = 0.0  # the expected wait of the late ones only
-    late_left_seconds: float = 0.0  # and their time to the deadline at admission
-
-    def record(self, left: float, estimate: float, wait: float, late: bool) -> None:
-        self.admitted += 1
-        self.left_seconds += left
-        self.estimate_seconds += estimate
-        self.wait_seconds += wait
-        if late:
-            self.late += 1
-            self.late_estimate_seconds += estimate
-            self.late_left_seconds += left
-
-
 class Engine:
     def __init__(
         self,
@@ -156,9 +132,10 @@ class Engine:
     ) -> None:
         self.backbone = backbone
         self.admit_by_deadline = admit_by_deadline  # refuse what the queue cannot serve in time
-        # wall seconds per row served, averaged over recent rounds: batch compute plus what a round
-        # spends around it (tokenising, collecting, and the event loop's share of a shared CPU)
-        self.row_seconds: float | None = None
+        # wall seconds per row served over the last rounds: batch compute plus what a round spends
+        # around it (tokenising, collecting, and the event loop's share of a shared CPU)
+        self.drain = DrainRate()
+        self.margin = Margin()  # how far admission's estimates fell short, measured
         self.trimmer = HeapTrimmer(trim_every_s)  # freed heap pages back to the system when idle
         self.buckets = buckets  # pad every batch to a bucket shape (a compiled backbone's shapes)
         self.max_batch_size = max_batch_size
@@ -174,6 +151,10 @@ class Engine:
         self._admission = threading.Lock()
         self._accepting = False
         self._thread = threading.Thread(target=self._run, name="spartan-engine", daemon=True)
+
+    @property
+    def row_seconds(self) -> float | None:
+        return self.drain.row_seconds
 
     @property
     def queued(self) -> int:
@@ -216,22 +197,27 @@ class Engine:
             raise DeadlineExceededError("the request's deadline passed before it was served") from None
         finally:
             if expected is not None:
+                waited = time.monotonic() - admitted
+                self.margin.observe(expected, waited)
                 stats = self.admissions.setdefault(tenant, AdmissionStats())
-                stats.record(deadline - admitted, expected, time.monotonic() - admitted, late)
+                stats.record(deadline - admitted, expected, waited, late)
 
     def _refuse_if_late(self, tenant: str, rows: int, deadline: float) -> float | None:
         """The expected wait of a new request (None: no estimate yet); OverloadedError when the
-        rows before its last one would take longer than its deadline leaves and the check is on."""
-        if self.row_seconds is None:
+        rows before its last one, times the measured margin, would take longer than its deadline
+        leaves and the check is on."""
+        row_seconds = self.row_seconds
+        if row_seconds is None:
             return None
-        expected = self._queue.rows_before(tenant, rows, self.row_seconds) * self.row_seconds
+        expected = self._queue.rows_before(tenant, rows, row_seconds) * row_seconds
+        covered = expected * self.margin.factor
         left = deadline - time.monotonic()
-        if self.admit_by_deadline and expected > left:
+        if self.admit_by_deadline and covered > left:
             self.stats.refused_late += 1
             raise OverloadedError(
-                f"the queue holds about {expected:.1f} s of work before this request, more than its "
+                f"the queue holds about {covered:.1f} s of work before this request, more than its "
                 f"{max(left, 0.0):.1f} s deadline; retry later",
-                retry_after=expected - left,
+                retry_after=covered - left,
             )
         return expected
 
@@ -266,13 +252,11 @@ class Engine:
             self.trimmer.worked()
 
     def _observe(self, seconds: float, rows: int) -> None:
-        """Fold one round's wall time per row served into ``row_seconds``. Wall time, not the
+        """Count one round's wall time and rows served in the drain rate. Wall time, not the
         batches' compute alone: under a 2x overload the event loop takes a large share of a
         one-core server, and the compute-only figure let admitted requests time out (504s in
         docs/reliability.md, section 5)."""
-        if rows:
-            per_row = seconds / rows
-            self.row_seconds = per_row if self.row_seconds is None else 0.8 * self.row_seconds + 0.2 * per_row
+        self.drain.observe(seconds, rows)
 
     def _process(self, rows: list[_Row]) -> None:
         now = time.monotonic()

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import AdmissionStats
 from service.cache import LOAD_BUCKETS
-from service.engine import AdmissionStats
 from service.memlimit import resident_bytes
 from service.rollouts import TrialStats
 from service.runtime import Runtime
@@ -72,6 +72,11 @@ class RuntimeCollector(Collector):
             ("cache_capacity_bytes", now.cache_capacity_bytes, "byte budget of the cache"),
             ("cache_resident_tasks", now.cache_resident_tasks, "memories held by the cache"),
             ("engine_queue_depth", now.engine_queue_depth, "inputs admitted and waiting for the engine"),
+            (
+                "engine_admission_margin",
+                now.admission_margin,
+                "factor on admission's expected waits: the high quantile of wait / estimate lately",
+            ),
             ("catalog_tasks", now.catalog_tasks, "tasks known to this replica"),
             ("unknown_task_ids", now.unknown_ids, "task ids remembered as unknown (negative cache)"),
             ("registry_up", int(now.registry_up), "1 when the registry answers"),

@@ -38,8 +38,9 @@ from memories.backbone import Backbone
 from memories.errors import SpartanError
 from memories.memfile import MemoryFile, check_backbone, parse_memory
 from memories.precision import ResidentDType
+from service.admission import AdmissionStats
 from service.cache import CacheStats, LoadedMemory, MemoryCache
-from service.engine import AdmissionStats, Engine, EngineStats, RowRequest
+from service.engine import Engine, EngineStats, RowRequest
 from service.errors import OverloadedError, RegistryFullError, RegistryUnavailableError, TaskNotFoundError
 from service.memlimit import DEFAULT_CACHE_BYTES
 from service.precision import PrecisionChoice
@@ -78,6 +79,7 @@ class Snapshot:
     cache_resident_tasks: int
     engine: EngineStats
     admissions: dict[str, AdmissionStats]
+    admission_margin: float
     engine_queue_depth: int
     catalog_tasks: int
     unknown_ids: int
@@ -354,6 +356,7 @@ class Runtime:
             cache_resident_tasks=len(cache),
             engine=engine.stats,
             admissions=dict(engine.admissions),
+            admission_margin=engine.margin.factor,
             engine_queue_depth=engine.queued,
             catalog_tasks=len(self.catalog),
             unknown_ids=len(self.unknown),
