@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 PROJECTED = 256
-"""Dimensions a neuron's activations on the sample are projected to before clustering."""
+"""Random directions a neuron's activations on the sample are projected to before clustering."""
 
 
 def balanced_groups(features: torch.Tensor, groups: int, steps: int, seed: int = 0) -> torch.Tensor:
@@ -44,8 +44,6 @@ def balanced_groups(features: torch.Tensor, groups: int, steps: int, seed: int =
     size = n // groups
     assert size * groups == n, f"{groups} groups do not divide {n} neurons"
     generator = torch.Generator().manual_seed(seed)
-    if features.shape[1] > PROJECTED:  # a random projection keeps the distances (Johnson-Lindenstrauss)
-        features = features @ torch.randn(features.shape[1], PROJECTED, generator=generator)
     points = nn.functional.normalize(features, dim=-1)
     chosen = [int(torch.randint(n, (1,), generator=generator))]  # farthest-point start: spread out
     for _ in range(groups - 1):
@@ -122,10 +120,14 @@ class RoutedFFNs:
         first = layers[0][0].dense
         config.check(first.out_features, first.in_features)
         real = sample.attention_mask.flatten().bool()  # the sample's tokens, not its padding
-        inputs: list[torch.Tensor] = []  # activations of each intermediate on the sample, [T, f]
+        # each neuron's activations over the T sample tokens, projected at once to PROJECTED
+        # random directions (Johnson-Lindenstrauss keeps their distances): [f, PROJECTED] per
+        # layer instead of [T, f], so the clustering costs little memory
+        projection = torch.randn(int(real.sum()), PROJECTED, generator=torch.Generator().manual_seed(0))
+        inputs: list[torch.Tensor] = []
         handles = [
             intermediate.register_forward_hook(
-                lambda _m, _i, out: inputs.append(out.detach().flatten(0, -2)[real])
+                lambda _m, _i, out: inputs.append(out.detach().flatten(0, -2)[real].T @ projection)
             )
             for intermediate, _ in layers
         ]
@@ -142,10 +144,10 @@ class RoutedFFNs:
                 intermediate.dense,
                 intermediate.intermediate_act_fn,
                 output.dense,
-                balanced_groups(activations.T, config.experts, config.kmeans_steps),
+                balanced_groups(features, config.experts, config.kmeans_steps),
                 config,
             )
-            for (intermediate, output), activations in zip(layers, inputs, strict=True)
+            for (intermediate, output), features in zip(layers, inputs, strict=True)
         ]
 
     @contextlib.contextmanager
