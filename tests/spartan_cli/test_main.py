@@ -12,30 +12,32 @@ from memories.memfile import read_memory
 from spartan_cli.main import main
 
 
+def _train_argv(data: Path, task: str, out: Path, *extra: str) -> list[str]:
+    """A short training of ``task`` on the tiny RoBERTa, with ``extra`` flags."""
+    return [
+        "train",
+        "--task",
+        task,
+        "--data",
+        str(data),
+        "--backbone",
+        "roberta-tiny-random",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-seq-length",
+        "48",
+        *extra,
+    ]
+
+
 def _train(data: Path, task: str, out: Path, *extra: str) -> None:
-    status = main(
-        [
-            "train",
-            "--task",
-            task,
-            "--data",
-            str(data),
-            "--backbone",
-            "roberta-tiny-random",
-            "--out",
-            str(out),
-            "--steps",
-            "6",
-            "--eval-every",
-            "3",
-            "--batch-size",
-            "4",
-            "--max-seq-length",
-            "48",
-            *extra,
-        ]
-    )
-    assert status == 0
+    assert main(_train_argv(data, task, out, *extra)) == 0
 
 
 def test_a_file_written_with_string_options_still_loads() -> None:
@@ -75,27 +77,8 @@ def test_a_routed_ffn_training_is_recorded_and_leaves_the_backbone_dense(
     assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metrics"]["score"] == pytest.approx(summary["dev"]["score"]), "evaluated dense, as served"
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "toy",
-                "--data",
-                str(toy_data),
-                "--backbone",
-                "roberta-tiny-random",
-                "--out",
-                str(tmp_path / "bad.safetensors"),
-                "--steps",
-                "1",
-                "--routed-ffn",
-                "5",
-                "2",
-            ]
-        )
-        == 2
-    )
+    bad = tmp_path / "bad.safetensors"
+    assert main(_train_argv(toy_data, "toy", bad, "--routed-ffn", "5", "2")) == 2
     assert "divide the FFN's 64 neurons" in capsys.readouterr().err
 
 
@@ -118,20 +101,7 @@ def test_train_pairs_regression_and_fp16(
 def test_few_shot_mode_reads_fewshot200(
     toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(
-        [
-            "train",
-            "--task",
-            "toy",
-            "--data",
-            str(toy_data),
-            "--backbone",
-            "roberta-tiny-random",
-            "--out",
-            str(tmp_path / "m.safetensors"),
-            "--few-shot",
-        ]
-    )
+    status = main(_train_argv(toy_data, "toy", tmp_path / "m.safetensors", "--few-shot"))
     assert status == 2
     assert "no fewshot200.jsonl for task 'toy'" in capsys.readouterr().err
 
@@ -154,24 +124,7 @@ def test_errors_are_one_line_messages(
     assert "retrain it for this backbone" in capsys.readouterr().err
     assert main(["eval", "--memory", str(out), "--data", str(toy_data), "--task", "toyreg"]) == 2
     assert "the memory predicts classification" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "toy",
-                "--data",
-                str(toy_data),
-                "--backbone",
-                "roberta-tiny-random",
-                "--out",
-                str(out),
-                "--top-k",
-                "99",
-            ]
-        )
-        == 2
-    )
+    assert main(_train_argv(toy_data, "toy", out, "--top-k", "99")) == 2
     assert "top_k must be in [1, num_parents=16]" in capsys.readouterr().err
 
 
