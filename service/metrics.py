@@ -8,7 +8,7 @@ scrape time by :class:`RuntimeCollector`, so the hot paths only bump plain integ
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -135,10 +135,15 @@ def _admissions(admissions: dict[str, AdmissionStats]) -> Iterator[Metric]:
         ("late_estimate_seconds", "admission_late_estimate_seconds", "expected wait of the late ones"),
         ("late_left_seconds", "admission_late_left_seconds", "time to the deadline of the late ones"),
     )
+    yield from _per_tenant(fields, admissions)
+
+
+def _per_tenant(fields: Sequence[tuple[str, str, str]], by_tenant: Mapping[str, object]) -> Iterator[Metric]:
+    """One ``spartan_tenant_<name>`` counter per (attribute, name, doc), a sample per tenant."""
     for attribute, name, doc in fields:
         family = CounterMetricFamily(f"spartan_tenant_{name}", f"{doc}, per tenant", labels=["tenant"])
-        for tenant, stats in sorted(admissions.items()):
-            family.add_metric([tenant], getattr(stats, attribute))
+        for tenant, numbers in sorted(by_tenant.items()):
+            family.add_metric([tenant], getattr(numbers, attribute))
         yield family
 
 
@@ -188,11 +193,7 @@ def _usage(usage: UsageMeter) -> Iterator[Metric]:
         ("rejected", "classify requests refused with 429 (rate quota, queue share, full queue)"),
         ("errors", "classify requests that failed otherwise"),
     )
-    for name, doc in fields:
-        family = CounterMetricFamily(f"spartan_tenant_{name}", f"{doc}, per tenant", labels=["tenant"])
-        for tenant, counts in sorted(usage.tenants.items()):
-            family.add_metric([tenant], getattr(counts, name))
-        yield family
+    yield from _per_tenant([(name, name, doc) for name, doc in fields], usage.tenants)
     for name, doc in fields:
         family = CounterMetricFamily(
             f"spartan_task_{name}",
