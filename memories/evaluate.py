@@ -31,6 +31,12 @@ Predictor = Callable[[Encoded], torch.Tensor]
 """A tokenised batch -> logits [B, num_outputs], without gradients."""
 
 
+def tokenize_examples(backbone: Backbone, examples: Sequence[Example], max_length: int) -> Encoded:
+    """One batch of ``examples`` (all single texts or all pairs), truncated to ``max_length``."""
+    pairs = [e.pair or "" for e in examples] if examples[0].pair is not None else None
+    return backbone.tokenize([e.text for e in examples], pairs, max_length)
+
+
 def memory_predictor(backbone: Backbone, memory: PackedMemory) -> Predictor:
     """The service's inference path for one memory."""
 
@@ -58,9 +64,7 @@ def predict(
     outputs: list[torch.Tensor] = [torch.empty(0)] * len(examples)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        chunk = [examples[i] for i in rows]
-        pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
-        batch = backbone.tokenize([e.text for e in chunk], pairs, max_length)
+        batch = tokenize_examples(backbone, [examples[i] for i in rows], max_length)
         logits_batch = predictor(batch)  # [B, num_outputs]
         for row, logits in zip(rows, logits_batch, strict=True):
             outputs[row] = logits

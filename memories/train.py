@@ -24,7 +24,7 @@ import torch
 from pydantic_core import to_jsonable_python
 from tqdm import tqdm
 
-from memories.backbone import Backbone, Encoded, Pooling
+from memories.backbone import Backbone, Pooling
 from memories.config import (
     DEFAULT_LR,
     ExitConfig,
@@ -36,7 +36,7 @@ from memories.config import (
 )
 from memories.data import Example, TaskSpec, read_examples, split_path, targets, task_spec
 from memories.errors import ConfigError
-from memories.evaluate import Evaluation, evaluate
+from memories.evaluate import Evaluation, evaluate, tokenize_examples
 from memories.memfile import FileDType, read_memory
 from memories.methods import (
     ModelBuilder,
@@ -184,7 +184,11 @@ def train(
             options.lora_xs,
         )
     routed = (
-        RoutedFFNs(backbone, options.routed_ffn, _sample(backbone, train_set, options.max_seq_length))
+        RoutedFFNs(
+            backbone,
+            options.routed_ffn,
+            tokenize_examples(backbone, train_set[:ROUTED_SAMPLE], options.max_seq_length),
+        )
         if options.routed_ffn is not None
         else None
     )
@@ -243,10 +247,8 @@ def train(
         if not pending:
             pending = _batches(len(train_set), options.batch_size, generator)
         rows = pending.pop(0)
-        chunk = [train_set[i] for i in rows]
         tick = time.perf_counter()
-        pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
-        batch = backbone.tokenize([e.text for e in chunk], pairs, options.max_seq_length)
+        batch = tokenize_examples(backbone, [train_set[i] for i in rows], options.max_seq_length)
         with (
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.precision == "bf16"),
             routed.active() if routed is not None else contextlib.nullcontext(),
@@ -293,12 +295,6 @@ def train(
 
 ROUTED_SAMPLE = 256
 """Training examples the routed FFN's blocks are clustered on."""
-
-
-def _sample(backbone: Backbone, examples: list[Example], max_length: int) -> Encoded:
-    chunk = examples[:ROUTED_SAMPLE]
-    pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
-    return backbone.tokenize([e.text for e in chunk], pairs, max_length)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -22,6 +22,7 @@ import torch
 from memories.backbone import Backbone, Encoded
 from memories.data import Example, TaskSpec, targets
 from memories.errors import ConfigError
+from memories.evaluate import tokenize_examples
 from memories.lab.timing import interleaved, median_ratio
 from memories.metrics import compute_metrics
 from memories.model import PackedMemory, run_batch
@@ -50,9 +51,7 @@ class SweepOptions:
 def _batches(backbone: Backbone, examples: Sequence[Example], size: int, max_length: int) -> list[Encoded]:
     batches = []
     for start in range(0, len(examples), size):
-        chunk = examples[start : start + size]
-        pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
-        batches.append(backbone.tokenize([e.text for e in chunk], pairs, max_length))
+        batches.append(tokenize_examples(backbone, examples[start : start + size], max_length))
     return batches
 
 

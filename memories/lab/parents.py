@@ -22,6 +22,7 @@ from memories.backbone import Backbone
 from memories.config import SpartanConfig
 from memories.data import Example
 from memories.errors import ConfigError
+from memories.evaluate import tokenize_examples
 from memories.model import PackedMemory, run_batch
 
 
@@ -84,8 +85,7 @@ def parent_labels(
     counts = [[0] * len(labels) for _ in range(num_parents)]
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        pairs = [e.pair or "" for e in chunk] if chunk[0].pair is not None else None
-        batch = backbone.tokenize([e.text for e in chunk], pairs, max_length)
+        batch = tokenize_examples(backbone, chunk, max_length)
         out = run_batch(backbone, batch, [memory] * len(chunk), record_routing=True)
         assert out.routing is not None, "routing was asked for"
         for row, example in enumerate(chunk):
