@@ -12,18 +12,14 @@ would lose every request in flight.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memories.allocator import glibc
 from service.cpu import own_cgroup, read_value
 from service.errors import SettingsError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 256 << 20
 HEADROOM_FRACTION = 0.25
@@ -76,33 +72,6 @@ def cache_budget(limit: int | None, resident: int) -> CacheBudget:
     return CacheBudget(budget, f"{numbers} = {budget >> 20} MiB")
 
 
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas() -> None:
-    """Cap glibc malloc at :data:`MALLOC_ARENAS` arenas, unless ``MALLOC_ARENA_MAX`` is set. Call
-    before the threads start.
-
-    Each thread that allocates may get an arena of its own, and a freed memory stays inside its
-    arena. Memories loaded and evicted from worker threads, between batch activations, then spread
-    over many arenas and the resident set grows well past what the cache holds. Measured with
-    RoBERTa-base, a 300 MiB cache and 120 tasks cycling for 60 s (``loadtest run --scenario
-    memory-pressure``): the RSS grew by 420 MiB with glibc's default, and by 146 MiB with 2 arenas,
-    at the same speed. jemalloc grew by 77 MiB but ran bf16 passes 25% slower.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        done = libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS) if name and hasattr(libc, "mallopt") else 0
-    except OSError:
-        done = 0
-    if not done:
-        log.info("malloc arenas not limited: no glibc mallopt here")
-
-
 class HeapTrimmer:
     """Hands the heap's free pages back to the system (glibc ``malloc_trim``), at most every
     ``every_s`` seconds and only after work since the last trim; a no-op where there is no glibc.
@@ -114,12 +83,8 @@ class HeapTrimmer:
     """
 
     def __init__(self, every_s: float) -> None:
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name) if name else None
-        except OSError:
-            libc = None
-        self._trim = getattr(libc, "malloc_trim", None) if every_s > 0 else None
+        libc = glibc() if every_s > 0 else None
+        self._trim = None if libc is None else libc.malloc_trim
         self.every_s = every_s
         self._last = time.monotonic()
         self._dirty = False

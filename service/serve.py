@@ -24,11 +24,12 @@ def run(settings: ServiceSettings) -> None:
     """Serve ``settings.host:settings.port`` until SIGINT/SIGTERM (drained, see the module)."""
     import uvicorn
 
+    from memories.allocator import ARENAS_ONLY, REUSE, tune_malloc
     from service.app import create_app
-    from service.memlimit import limit_malloc_arenas
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limit_malloc_arenas()  # before any thread allocates: the cache's churn stays in few arenas
+    malloc = tune_malloc(REUSE if settings.malloc_reuse else ARENAS_ONLY)  # before threads allocate
+    log.info("malloc: %s", ", ".join(f"{name} {value}" for name, value in malloc.items()) or "glibc defaults")
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):

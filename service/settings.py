@@ -116,6 +116,12 @@ class ServiceSettings(BaseSettings):
         description="when the engine goes idle, hand freed heap pages back to the system (glibc "
         "malloc_trim) at most this often, so bursts do not ratchet the resident set up; 0 = never",
     )
+    malloc_reuse: bool = Field(
+        True,
+        description="glibc malloc keeps freed batch buffers for the next batch (one arena, a fixed 32 MiB "
+        "mmap threshold, a 256 MiB trim threshold; memories.allocator) instead of faulting them in "
+        "afresh every batch; off: only cap it at 2 arenas. A MALLOC_*_ environment variable wins",
+    )
     precision: PrecisionSetting = Field(
         "auto",
         description="backbone precision: auto (the fastest mode that keeps fp32's answers, measured at "

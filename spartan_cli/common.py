@@ -27,6 +27,11 @@ class CommandSettings(BaseSettings):
     cache_dir: Path | None = Field(
         None, description="directory for backbones unpacked from PyPI packages (default ~/.cache/spartan)"
     )
+    malloc_reuse: bool = Field(
+        True,
+        description="glibc malloc keeps freed batch buffers for the next batch (memories.allocator); "
+        "false: glibc's defaults, e.g. to measure what the tuning gives",
+    )
 
 
 def log(message: str) -> None:

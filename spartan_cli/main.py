@@ -12,9 +12,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from memories.allocator import REUSE, tune_malloc
 from memories.errors import SpartanError
 from spartan_cli import lab, loadtest, model, serve
-from spartan_cli.common import quiet_transformers
+from spartan_cli.common import CommandSettings, quiet_transformers
 
 # A command whose layer is not installed names the extra that brings it, instead of a traceback.
 EXTRA_OF_MODULE = {
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["spartan", *argv])
+    if args.command != "serve" and CommandSettings().malloc_reuse:  # serve reads ServiceSettings
+        tune_malloc(REUSE)  # before torch starts its threads
     quiet_transformers()
     try:
         status: int = args.func(args)
