@@ -43,15 +43,15 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY demo demo
 # Defaults for a container; every SPARTAN_* setting can be overridden (service/settings.py).
-# MALLOC_ARENA_MAX: two malloc arenas from the first allocation on (service/memlimit.py: the RSS
-# under cache churn).
+# MALLOC_ARENA_MAX: one malloc arena from the first allocation on (memories/allocator.py: batch
+# buffers reused instead of faulted in; service/memlimit.py: the RSS under cache churn).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SPARTAN_HOST=0.0.0.0 \
     SPARTAN_PORT=8000 \
     SPARTAN_REGISTRY_DIR=/data/registry \
     SPARTAN_SEED_DIR=/app/demo \
-    MALLOC_ARENA_MAX=2
+    MALLOC_ARENA_MAX=1
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \

@@ -5,12 +5,12 @@ With glibc's defaults an allocation above the mmap threshold (128 KiB at first, 
 32 MiB as such blocks are freed) gets a fresh mapping that is unmapped again on free, and each
 thread gets its own arena whose 64 MiB heaps shrink as they empty. A forward pass allocates a few
 dozen buffers of 3-25 MB per layer (RoBERTa-base, 32 x 64 tokens: the FFN's [2048, 3072] output
-is 12.6 MB in bf16, 25 MB in fp32), so every batch faulted its whole working set in again, one
-4 KiB page at a time: 50,628 minor faults per bf16 pass and 40,454 per fp32 pass, measured at a
-fifth of a bf16 pass on an AMX Xeon (docs/performance.md section 8).
+is 12.6 MB in bf16, 25 MB in fp32), so every batch could fault its working set in again, one
+4 KiB page at a time. ``tests/memories/test_allocator.py`` counts it; docs/performance.md
+section 8 has the speed.
 
-:data:`REUSE` keeps them: one arena for every thread (a thread arena's capped heaps still gave
-fp32 passes 57,000 faults), a fixed mmap threshold at glibc's ceiling of 32 MiB, and a trim
+:data:`REUSE` keeps them: one arena for every thread (a thread arena's capped heaps still refault
+fp32-sized buffers), a fixed mmap threshold at glibc's ceiling of 32 MiB, and a trim
 threshold of 256 MiB, so the top of the heap is not handed back between batches. Freed memory
 then stays resident up to the busiest batch's working set; the service's idle trim
 (service.memlimit.HeapTrimmer) still hands it back when the engine goes idle. A ``MALLOC_*_``
