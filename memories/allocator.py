@@ -51,7 +51,7 @@ class MallocTuning:
 
 
 REUSE = MallocTuning(arenas=1, mmap_threshold=32 * MiB, trim_threshold=256 * MiB)
-ARENAS_ONLY = MallocTuning(arenas=2)  # the cap on arenas alone (service.memlimit's RSS finding)
+ARENAS_ONLY = MallocTuning(arenas=2)  # the arena cap alone (RSS under cache churn: docs/reliability.md)
 
 _applied: dict[str, str] = {}
 
